@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine (see README): `make run` and `make test`.
+# Both create the project virtual environment on first use and reuse it afterwards:
+# the install runs again only when setup.cfg or pyproject.toml changes.
+PYTHON ?= python3
+VENV   ?= .venv
+STAMP  := $(VENV)/.installed
+CFG    ?= yaml/live.yaml
+PYTEST_ARGS ?=
+
+export DGLBACKEND := pytorch
+
+.PHONY: run test venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,text]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/python -m graphrec.run --cfg $(CFG)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

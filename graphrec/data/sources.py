@@ -1,0 +1,97 @@
+"""Resolve ``data.*`` config to a canonical dataset folder, converting or simulating once.
+
+Converted and simulated datasets are cached under ``data.cache_dir`` in a folder named after a
+fingerprint of everything that determines their content (source, input files' sizes and times,
+conversion options, simulator section and seed, schema version), so a changed input or option
+never reuses a stale copy and an unchanged one is never rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+from ..config import Config
+from ..errors import ConfigError, DataError
+from .dataset import MANIFEST, SCHEMA_VERSION, read_manifest, save_dataset
+from .validate import validate_dataset
+
+_INPUT_FILES = {
+    "movielens": ("u.data", "u.item", "u.user", "u.occupation", "u.info"),
+    "tiktok": ("trnMat.pkl", "valMat.pkl", "tstMat.pkl", "image_feat.npy", "audio_feat.npy"),
+}
+
+
+def _file_signature(path: Path, names) -> Dict[str, Any]:
+    if path.is_file():  # a zip archive
+        st = path.stat()
+        return {path.name: [st.st_size, int(st.st_mtime)]}
+    sig = {}
+    for name in names:
+        f = path / name
+        if f.exists():
+            st = f.stat()
+            sig[name] = [st.st_size, int(st.st_mtime)]
+    return sig
+
+
+def _fingerprint(payload: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Return the canonical dataset folder for ``cfg``, building it first if it is not cached."""
+    source = cfg.data.source
+    if source == "canonical":
+        if not cfg.data.path:
+            raise ConfigError("data.path must name a canonical dataset folder when data.source=canonical")
+        path = Path(cfg.data.path).expanduser()
+        read_manifest(path)
+        return path
+
+    cache = Path(cfg.data.cache_dir).expanduser()
+    if source == "simulate":
+        payload = {"source": source, "schema": SCHEMA_VERSION, "seed": cfg.run.seed, "simulate": dict(cfg.simulate)}
+    else:
+        if not cfg.data.path:
+            raise ConfigError(f"data.path must point at the {source} input (see README: 'Public datasets') "
+                              f"when data.source={source}")
+        raw = Path(cfg.data.path).expanduser().resolve()
+        if not raw.exists():
+            raise DataError(f"{raw}: data.path does not exist (data.source={source})")
+        payload = {"source": source, "schema": SCHEMA_VERSION, "path": str(raw),
+                   "files": _file_signature(raw, _INPUT_FILES[source])}
+        if source == "movielens":
+            from data_prep.text import minilm_available
+
+            encoder = cfg.data.text_encoder
+            if encoder == "auto":
+                encoder = "minilm" if minilm_available() else "tfidf"
+            payload.update(positive_rating=cfg.data.positive_rating, val_fraction=cfg.data.val_fraction,
+                           test_fraction=cfg.data.test_fraction, text_encoder=encoder,
+                           text_dim=cfg.data.text_dim if encoder == "tfidf" else None)
+    out = cache / f"{source}-{_fingerprint(payload)}"
+    if (out / MANIFEST).exists():
+        log(f"using cached dataset {out}")
+        return out
+
+    log(f"building dataset {out} (source={source})")
+    if source == "simulate":
+        from data_prep.simulate import simulate
+
+        ds = simulate(cfg.simulate, seed=cfg.run.seed, progress=progress, log=log)
+    elif source == "movielens":
+        from data_prep.movielens import convert
+
+        ds = convert(Path(cfg.data.path).expanduser(), cfg.data.positive_rating, cfg.data.val_fraction,
+                     cfg.data.test_fraction, payload["text_encoder"], cfg.data.text_dim, cfg.run.seed)
+    elif source == "tiktok":
+        from data_prep.tiktok import convert
+
+        ds = convert(Path(cfg.data.path).expanduser())
+    else:  # the config schema's choices make this unreachable
+        raise ConfigError(f"data.source: unknown source {source!r}")
+    validate_dataset(ds)
+    save_dataset(ds, out)
+    return out

@@ -1,0 +1,49 @@
+"""Train / validation / test split of impressions.
+
+A dataset that carries its own split (the ``split`` column; e.g. TikTok's published split) keeps
+it. Otherwise the split is by time: the latest ``test_fraction`` of impressions are test, the
+``val_fraction`` before them validation, the rest training, so that no future interaction informs
+the past. Impressions are stored sorted by time, so the split is a pair of cut points.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from .dataset import SPLITS
+
+
+def time_split(times: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test) for time-sorted ``times``.
+
+    Cut points are moved forward past ties, so impressions with the same timestamp always land in
+    the same split.
+    """
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction + data.test_fraction must be in [0, 1), got "
+                          f"{val_fraction} + {test_fraction}")
+    n = len(times)
+    if n and np.any(np.diff(times) < 0):
+        raise ValueError("time_split needs impressions sorted by time")
+    split = np.zeros(n, dtype=np.uint8)
+    if n == 0:
+        return split
+    val_start = int(round(n * (1.0 - val_fraction - test_fraction)))
+    test_start = int(round(n * (1.0 - test_fraction)))
+
+    def after_ties(i: int) -> int:
+        # first index whose time differs from times[i-1]; keeps equal times together
+        if i <= 0 or i >= n:
+            return i
+        return int(np.searchsorted(times, times[i - 1], side="right"))
+
+    val_start = after_ties(val_start)
+    test_start = max(after_ties(test_start), val_start)
+    split[val_start:test_start] = SPLITS["val"]
+    split[test_start:] = SPLITS["test"]
+    return split
+
+
+def split_masks(split: np.ndarray):
+    """Boolean masks ``(train, val, test)`` for a split column."""
+    return split == SPLITS["train"], split == SPLITS["val"], split == SPLITS["test"]

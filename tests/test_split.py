@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+from graphrec.data.split import split_masks, time_split
+from graphrec.errors import ConfigError
+
+
+def test_fractions_and_order():
+    t = np.arange(100)
+    s = time_split(t, 0.1, 0.2)
+    tr, va, te = split_masks(s)
+    assert (tr.sum(), va.sum(), te.sum()) == (70, 10, 20)
+    assert t[tr].max() < t[va].min() and t[va].max() < t[te].min()
+
+
+def test_equal_times_stay_together():
+    t = np.array([0, 1, 2, 3, 4, 5, 5, 5, 5, 9])
+    s = time_split(t, 0.0, 0.4)          # cut at index 6 falls inside the run of 5s
+    assert len(set(s[t == 5])) == 1
+    assert s[-1] == 2 and s[0] == 0
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="val_fraction"):
+        time_split(np.arange(5), 0.6, 0.5)
+    with pytest.raises(ValueError, match="sorted"):
+        time_split(np.array([3, 1, 2]), 0.1, 0.1)
+    assert len(time_split(np.array([], dtype=np.int64), 0.1, 0.1)) == 0

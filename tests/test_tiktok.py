@@ -1,0 +1,84 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from data_prep import tiktok
+from graphrec.data.safe_pickle import load_sparse_pickle, restricted_loads
+from graphrec.data.validate import find_violations
+from graphrec.errors import DataError
+
+
+def test_known_counts_and_exact_split(tiktok_dir):
+    ds = tiktok.convert(tiktok_dir)
+    assert (ds.num_users, ds.num_authors) == (9308, 6710)
+    split = ds.impressions["split"]
+    assert [(split == i).sum() for i in range(3)] == [59_541, 3_051, 6_130]
+    assert find_violations(ds) == []
+    # the published split is kept pair for pair
+    tst = load_sparse_pickle(tiktok_dir / "tstMat.pkl")
+    test_pairs = set(zip(ds.impressions["user"][split == 2].tolist(), ds.impressions["author"][split == 2].tolist()))
+    assert test_pairs == set(zip(tst.row.tolist(), tst.col.tolist()))
+    seg = ds.tables["segments"]
+    assert seg["frame"].shape == (6710, 1, 128) and seg["asr"].shape == (6710, 1, 128)
+    assert seg["frame"].dtype == np.float32 and "comment" not in seg
+    np.testing.assert_allclose(seg["frame"][:, 0], np.load(tiktok_dir / "image_feat.npy").astype(np.float32))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/graphrec-pwned",))
+
+
+def test_restricted_unpickler_refuses_other_classes(tmp_path):
+    marker = "/tmp/graphrec-pwned"
+    if os.path.exists(marker):
+        os.unlink(marker)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load 'posix.system'"):
+        restricted_loads(pickle.dumps(Evil()))
+    assert not os.path.exists(marker)
+    f = tmp_path / "evil.pkl"
+    f.write_bytes(pickle.dumps({"m": sp.coo_matrix(np.eye(2)), "x": Evil()}))
+    with pytest.raises(DataError, match=r"evil.pkl: refusing to load"):
+        load_sparse_pickle(f)
+    assert not os.path.exists(marker)
+    f.write_bytes(pickle.dumps(pickle.Pickler))            # any class outside the whitelist
+    with pytest.raises(DataError, match="refusing to load '_pickle.Pickler'"):
+        load_sparse_pickle(f)
+
+
+def test_restricted_unpickler_accepts_sparse_matrices(tmp_path):
+    m = sp.random(20, 30, density=0.1, format="csr", random_state=0)
+    for obj in (m, m.tocoo(), m.tocsc()):
+        back = restricted_loads(pickle.dumps(obj))
+        assert (back != obj).nnz == 0
+    f = tmp_path / "arr.pkl"
+    f.write_bytes(pickle.dumps(np.arange(3)))
+    with pytest.raises(DataError, match="expected a scipy sparse matrix, got ndarray"):
+        load_sparse_pickle(f)
+
+
+def test_bad_inputs(tiktok_dir, tmp_path):
+    d = tmp_path / "tk"
+    d.mkdir()
+    for f in tiktok_dir.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "valMat.pkl").write_bytes((d / "valMat.pkl").read_bytes()[:500])
+    with pytest.raises(DataError, match=r"valMat.pkl: truncated or malformed pickle"):
+        tiktok.convert(d)
+    (d / "valMat.pkl").write_bytes((tiktok_dir / "valMat.pkl").read_bytes())
+    np.save(d / "audio_feat.npy", np.zeros((10, 128), np.float16))
+    with pytest.raises(DataError, match=r"audio_feat.npy: expected shape \(6710, d\)"):
+        tiktok.convert(d)
+    (d / "audio_feat.npy").unlink()
+    with pytest.raises(DataError, match=r"audio_feat.npy: feature file not found"):
+        tiktok.convert(d)
+    with pytest.raises(DataError, match="TikTok folder not found"):
+        tiktok.convert(tmp_path / "nothing")
+
+
+def test_cli(tiktok_dir, tmp_path, capsys):
+    assert tiktok.main(["--src", str(tiktok_dir), "--out", str(tmp_path / "o")]) == 0
+    assert "users=9,308 authors=6,710 impressions=68,722" in capsys.readouterr().out

@@ -1,0 +1,253 @@
+"""The pipeline: an ordered list of stages sharing one run context.
+
+Stages run in the order of :data:`STAGES` (data -> graph -> expansion -> pre-training -> ranker ->
+evaluation -> report; the stages of later issues slot into that order). A stage is skipped, with
+its reason logged, when ``run.skip_stages`` names it or when its ``skip_reason`` finds its inputs
+absent (for example no statistic sequences in the dataset). Everything a stage learns that a later
+one needs goes into ``ctx.state``; every number worth keeping goes into ``ctx.metrics``, which is
+written to ``metrics.json`` after each stage.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .config import Config
+from .data.dataset import SPLITS, Dataset, atomic_write_text, load_dataset
+from .data.split import time_split
+from .data.validate import validate_dataset
+
+
+@dataclass
+class RunContext:
+    cfg: Config
+    run_dir: Path
+    log: logging.Logger
+    writer: Any                      # torch.utils.tensorboard.SummaryWriter
+    device: str
+    progress: bool
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    state: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.state["dataset"]
+
+    def save_metrics(self) -> None:
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics, indent=2, default=_jsonable))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+class Stage(abc.ABC):
+    """One pipeline step. Subclasses set ``name``/``summary`` and implement ``run``."""
+
+    name = "stage"
+    summary = ""
+
+    def skip_reason(self, ctx: RunContext) -> Optional[str]:
+        """Why this stage cannot run now (its inputs are absent), or None."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, ctx: RunContext) -> None:
+        """Do the stage's work, reading and extending ``ctx.state`` and ``ctx.metrics``."""
+
+
+# ----------------------------------------------------------------------------- data
+class DataStage(Stage):
+    name = "data"
+    summary = "build or reuse the canonical dataset, validate it, split train/val/test"
+
+    def run(self, ctx: RunContext) -> None:
+        from .data.sources import dataset_dir
+
+        path = dataset_dir(ctx.cfg, progress=ctx.progress, log=ctx.log.info)
+        ds = load_dataset(path)
+        validate_dataset(ds)
+        imp = ds.impressions
+        if "split" not in imp:
+            imp["split"] = time_split(imp["time"], ctx.cfg.data.val_fraction, ctx.cfg.data.test_fraction)
+            ctx.log.info("split by time: val_fraction=%s test_fraction=%s", ctx.cfg.data.val_fraction,
+                         ctx.cfg.data.test_fraction)
+        split_counts = {s: int((imp["split"] == code).sum()) for s, code in SPLITS.items()}
+        counts = ds.counts()
+        ctx.state["dataset"] = ds
+        ctx.metrics["data"] = {"path": str(path), "name": ds.name, **counts, "split": split_counts}
+        if "oracle" in ds.meta:
+            ctx.metrics["data"]["oracle"] = ds.meta["oracle"]
+        ctx.log.info("dataset %s: %s", ds.name, ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+        ctx.log.info("split: %s", ", ".join(f"{k}={v:,}" for k, v in split_counts.items()))
+        for k, v in counts.items():
+            ctx.writer.add_scalar(f"data/{k}", v, 0)
+        ctx.writer.add_text("data/manifest", "```\n" + json.dumps(ds.manifest(), indent=2, default=_jsonable)[:20000]
+                            + "\n```", 0)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def popularity_scores(ds: Dataset, label: str, train: np.ndarray, prior_weight: float = 10.0) -> np.ndarray:
+    """Per-author smoothed positive rate of ``label`` on training impressions (the popularity model)."""
+    imp = ds.impressions
+    a = imp["author"][train]
+    y = imp[label][train].astype(np.float64)
+    n = np.bincount(a, minlength=ds.num_authors)
+    pos = np.bincount(a, weights=y, minlength=ds.num_authors)
+    prior = y.mean() if len(y) else 0.0
+    return (pos + prior_weight * prior) / (n + prior_weight)
+
+
+def positives_matrix(ds: Dataset, label: str, mask: np.ndarray):
+    import scipy.sparse as sp
+
+    imp = ds.impressions
+    keep = mask & (imp[label] == 1)
+    m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (imp["user"][keep], imp["author"][keep])),
+                      shape=(ds.num_users, ds.num_authors))
+    m.data[:] = 1.0  # duplicates summed by the constructor count once
+    return m
+
+
+class EvaluationStage(Stage):
+    name = "evaluation"
+    summary = "AUC/UAUC/GAUC per label and full-ranking Recall/NDCG/Precision@20 on val and test"
+
+    def run(self, ctx: RunContext) -> None:
+        import torch
+
+        from .metrics import ranking_report
+        from .topk import full_ranking
+
+        ds = ctx.dataset
+        imp = ds.impressions
+        train = imp["split"] == SPLITS["train"]
+        results: Dict[str, Any] = ctx.metrics.setdefault("eval", {})
+        main = ds.meta.get("main_label", ds.labels[0])
+        for split in ("val", "test"):
+            mask = imp["split"] == SPLITS[split]
+            if not mask.any():
+                ctx.log.info("no %s impressions; %s metrics skipped", split, split)
+                continue
+            for label in ds.labels:
+                y = imp[label][mask]
+                if y.min() == y.max():
+                    ctx.log.info("%s/%s: one class only (%s feedback): AUC undefined, top-K below",
+                                 split, label, ds.meta.get("feedback", "explicit"))
+                    continue
+                models = {"popularity": popularity_scores(ds, label, train)[imp["author"][mask]]}
+                if f"p_{label}" in imp:
+                    models["oracle"] = imp[f"p_{label}"][mask]
+                for model, scores in models.items():
+                    rep = ranking_report(imp["user"][mask], y, scores)
+                    results.setdefault(split, {}).setdefault(model, {})[label] = rep
+                    for m, v in rep.items():
+                        ctx.writer.add_scalar(f"{split}/{model}/{label}/{m}", v, 0)
+                    ctx.log.info("%s %-10s %-9s auc=%.4f uauc=%.4f gauc=%.4f", split, model, label,
+                                 rep["auc"], rep["uauc"], rep["gauc"])
+            # full ranking of the main label: popularity by training positives, training items masked
+            train_pos = positives_matrix(ds, main, train)
+            test_pos = positives_matrix(ds, main, mask)
+            if test_pos.nnz:
+                pop = torch.from_numpy(np.asarray(train_pos.sum(axis=0)).ravel().astype(np.float32))
+                k = min(20, ds.num_authors - 1)
+                rep = full_ranking(lambda users: pop.expand(len(users), -1).clone(), train_pos, test_pos, k=k)
+                results.setdefault(split, {}).setdefault("popularity", {})[f"{main}_topk"] = rep
+                for m, v in rep.items():
+                    ctx.writer.add_scalar(f"{split}/popularity/{main}_topk/{m}", v, 0)
+                ctx.log.info("%s popularity %s full ranking: %s", split, main,
+                             ", ".join(f"{m}={v:.4f}" if isinstance(v, float) else f"{m}={v}" for m, v in rep.items()))
+
+
+# ----------------------------------------------------------------------------- report
+class ReportStage(Stage):
+    name = "report"
+    summary = "write report.md (dataset, timings, metrics tables)"
+
+    def run(self, ctx: RunContext) -> None:
+        atomic_write_text(ctx.run_dir / "report.md", render_report(ctx))
+        ctx.log.info("report: %s", ctx.run_dir / "report.md")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def render_report(ctx: RunContext) -> str:
+    m = ctx.metrics
+    out = [f"# graphrec run `{ctx.run_dir.name}`", "",
+           f"Config: `{m.get('config_file') or '(defaults only)'}`; resolved copy in `config.yaml`.", ""]
+    data = m.get("data")
+    if data:
+        out += ["## Dataset", "", "| what | value |", "|---|---|"]
+        out += [f"| {k} | {_fmt(v)} |" for k, v in data.items() if not isinstance(v, dict)]
+        out += [f"| split | {', '.join(f'{k} {v:,}' for k, v in data['split'].items())} |", ""]
+        if "oracle" in data:
+            out += ["Planted labels (simulator): rate and Bayes-optimal AUC over all impressions.", "",
+                    "| label | planted rate | rate | expected oracle AUC | realized oracle AUC |", "|---|---|---|---|---|"]
+            for label, o in data["oracle"].items():
+                out.append(f"| {label} | {_fmt(o['planted_rate'])} | {_fmt(o['rate'])} | "
+                           f"{_fmt(o['expected_auc'])} | {_fmt(o['realized_auc'])} |")
+            out.append("")
+    for split, models in m.get("eval", {}).items():
+        out += [f"## Metrics on {split}", "", "| model | label | AUC | UAUC | GAUC |", "|---|---|---|---|---|"]
+        topk = []
+        for model, labels in models.items():
+            for label, rep in labels.items():
+                if label.endswith("_topk"):
+                    topk.append((model, label[:-5], rep))
+                else:
+                    out.append(f"| {model} | {label} | {_fmt(rep['auc'])} | {_fmt(rep['uauc'])} | {_fmt(rep['gauc'])} |")
+        out.append("")
+        if topk:
+            keys = [k for k in topk[0][2] if k != "users"]
+            out += ["| model | label | " + " | ".join(keys) + " | users |", "|---" * (len(keys) + 3) + "|"]
+            for model, label, rep in topk:
+                out.append(f"| {model} | {label} | " + " | ".join(_fmt(rep[k]) for k in keys) + f" | {rep['users']} |")
+            out.append("")
+    if m.get("stages"):
+        out += ["## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+        out += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} |" for s in m["stages"]]
+        out.append("")
+    return "\n".join(out)
+
+
+STAGES: List[Stage] = [DataStage(), EvaluationStage(), ReportStage()]
+
+
+def stage_names() -> List[str]:
+    return [s.name for s in STAGES]
+
+
+def run_stages(ctx: RunContext, stages: Optional[List[Stage]] = None) -> None:
+    stages = STAGES if stages is None else stages
+    skip = set(ctx.cfg.run.skip_stages)
+    rows = ctx.metrics.setdefault("stages", [])
+    for i, stage in enumerate(stages, start=1):
+        row = {"name": stage.name, "status": "ran", "seconds": 0.0}
+        rows.append(row)  # before running, so the report stage lists itself
+        reason = "skipped by run.skip_stages" if stage.name in skip else stage.skip_reason(ctx)
+        if reason:
+            row["status"] = f"skipped: {reason}"
+            ctx.log.info("[%d/%d] %s: skipped (%s)", i, len(stages), stage.name, reason)
+            continue
+        ctx.log.info("[%d/%d] %s: %s", i, len(stages), stage.name, stage.summary)
+        t0 = time.perf_counter()
+        stage.run(ctx)
+        row["seconds"] = time.perf_counter() - t0
+        ctx.writer.add_scalar(f"time/{stage.name}_seconds", row["seconds"], 0)
+        ctx.log.info("[%d/%d] %s: done in %.1fs", i, len(stages), stage.name, row["seconds"])
+        ctx.save_metrics()

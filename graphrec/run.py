@@ -1,0 +1,139 @@
+"""``python -m graphrec.run --cfg yaml/<name>.yaml [--set section.key=value ...]``
+
+Runs the pipeline (see :mod:`graphrec.pipeline`) and writes ``<run.out_dir>/<name>-<timestamp>/``:
+``config.yaml`` (the resolved configuration), ``run.log``, ``metrics.json``, ``report.md`` and the
+TensorBoard event files (``tensorboard --logdir runs``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from .config import Config, describe_schema, load_config
+from .errors import ConfigError, UserError
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: Dict[str, Any]
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device=cuda but torch.cuda.is_available() is False on this machine; "
+                          "use run.device=auto or cpu")
+    return requested
+
+
+def make_run_dir(out_dir: Path, name: str) -> Path:
+    """A fresh ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>[-n]`` folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        path = out_dir / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"run.out_dir={out_dir}: could not create a new run folder for '{name}'")
+
+
+def _logger(run_dir: Path) -> logging.Logger:
+    log = logging.getLogger(f"graphrec.run.{run_dir.name}")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    fh = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setLevel(logging.INFO)
+    sh.setFormatter(logging.Formatter("[graphrec] %(message)s"))
+    log.addHandler(fh)
+    log.addHandler(sh)
+    return log
+
+
+def run(cfg: Config, config_file: Optional[str] = None) -> RunResult:
+    """Run the whole pipeline for ``cfg``; returns the run folder and its metrics."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .data.dataset import atomic_write_text
+    from .pipeline import RunContext, run_stages, stage_names
+
+    unknown = [s for s in cfg.run.skip_stages if s not in stage_names()]
+    if unknown:
+        raise ConfigError(f"run.skip_stages: unknown stage(s) {unknown}; stages are {stage_names()}")
+    device = resolve_device(cfg.run.device)
+    run_dir = make_run_dir(Path(cfg.run.out_dir), cfg.run.name)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    log = _logger(run_dir)
+    writer = SummaryWriter(log_dir=str(run_dir))
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, log=log, writer=writer, device=device,
+                     progress=cfg.run.progress and sys.stderr.isatty())
+    ctx.metrics["run"] = {"name": cfg.run.name, "dir": str(run_dir), "device": device, "seed": cfg.run.seed}
+    ctx.metrics["config_file"] = config_file
+    writer.add_text("config", "```yaml\n" + cfg.to_yaml() + "```", 0)
+    log.info("run folder %s (device %s)", run_dir, device)
+    try:
+        run_stages(ctx)
+    except BaseException as exc:
+        log.error("run failed: %s", exc)
+        ctx.metrics["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        ctx.save_metrics()
+        writer.close()
+        for h in list(log.handlers):
+            h.close()
+            log.removeHandler(h)
+    return RunResult(run_dir=run_dir, metrics=ctx.metrics)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m graphrec.run", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Every key is documented in graphrec/defaults.yaml (--help-config).")
+    ap.add_argument("--cfg", metavar="FILE", help="experiment YAML (e.g. yaml/live.yaml); defaults only if omitted")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one key, YAML syntax for the value (repeatable); wins over --cfg")
+    ap.add_argument("--help-config", action="store_true", help="print every config key with type, default, meaning")
+    ap.add_argument("--list-stages", action="store_true", help="print the pipeline stages in order")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.help_config:
+            print(describe_schema())
+            return 0
+        if args.list_stages:
+            from .pipeline import STAGES
+
+            for s in STAGES:
+                print(f"{s.name:12s} {s.summary}")
+            return 0
+        cfg = load_config(args.cfg, args.overrides)
+        result = run(cfg, config_file=args.cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"run folder: {result.run_dir}  (tensorboard --logdir {result.run_dir.parent})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

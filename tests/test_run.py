@@ -1,0 +1,121 @@
+import json
+
+import pytest
+
+from graphrec.config import load_config
+from graphrec.run import main, run
+
+from .conftest import TINY_SIM
+
+
+def tiny_args(tmp_path, *extra):
+    sets = TINY_SIM + [f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+                       "run.name=tiny", "run.progress=false"] + list(extra)
+    return [a for s in sets for a in ("--set", s)]
+
+
+def only_run_dir(tmp_path):
+    dirs = sorted((tmp_path / "runs").iterdir())
+    assert len(dirs) == 1
+    return dirs[0]
+
+
+def test_end_to_end_run_folder(tmp_path, capsys):
+    assert main(["--cfg", "yaml/live.yaml"] + tiny_args(tmp_path)) == 0
+    run_dir = only_run_dir(tmp_path)
+    assert run_dir.name.startswith("tiny-")
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.yaml", "run.log", "metrics.json", "report.md"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    # the resolved config reproduces the run's settings and is itself a valid experiment file
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.simulate.num_users == 300 and cfg.run.name == "tiny"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["users"] == 300 and metrics["data"]["impressions"] == 30_000
+    assert sum(metrics["data"]["split"].values()) == 30_000
+    assert [s["name"] for s in metrics["stages"]] == ["data", "evaluation", "report"]
+    test = metrics["eval"]["test"]
+    # on simulated data the oracle (true probabilities) beats popularity on the main task
+    assert test["oracle"]["gift"]["auc"] > test["popularity"]["gift"]["auc"]
+    assert 0 <= test["popularity"]["gift_topk"]["recall@20"] <= 1
+    report = (run_dir / "report.md").read_text()
+    assert "| oracle | gift |" in report and "Bayes-optimal" in report
+    log = (run_dir / "run.log").read_text()
+    assert "[1/3] data" in log and "[3/3] report" in log
+    assert str(run_dir) in capsys.readouterr().out
+
+
+def test_tensorboard_events_hold_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run(load_config("yaml/live.yaml", [s for s in tiny_args(tmp_path)[1::2]]))
+    acc = EventAccumulator(str(result.run_dir))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert "test/oracle/gift/auc" in tags and "data/impressions" in tags
+    value = acc.Scalars("test/oracle/gift/auc")[0].value
+    assert value == pytest.approx(result.metrics["eval"]["test"]["oracle"]["gift"]["auc"], abs=1e-6)
+
+
+def test_dataset_is_cached_and_refreshed_on_change(tmp_path):
+    cfg = load_config(None, tiny_args(tmp_path)[1::2])
+    first = run(cfg)
+    second = run(cfg)
+    assert first.metrics["data"]["path"] == second.metrics["data"]["path"]
+    log2 = (second.run_dir / "run.log").read_text()
+    assert "using cached dataset" in log2
+    other = run(load_config(None, tiny_args(tmp_path, "simulate.num_users=301")[1::2]))
+    assert other.metrics["data"]["path"] != first.metrics["data"]["path"]
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_skip_stages(tmp_path):
+    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation]")) == 0
+    metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
+    status = {s["name"]: s["status"] for s in metrics["stages"]}
+    assert status["evaluation"].startswith("skipped") and status["report"] == "ran"
+    assert "eval" not in metrics
+
+
+def test_user_errors_exit_2_without_run_folder(tmp_path, capsys):
+    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluate]")) == 2
+    assert "unknown stage(s) ['evaluate']" in capsys.readouterr().err
+    assert main(tiny_args(tmp_path, "data.source=movielens")) == 2
+    err = capsys.readouterr().err
+    assert "data.path must point at the movielens input" in err and "Traceback" not in err
+    assert main(tiny_args(tmp_path, "data.source=movielens", f"data.path={tmp_path / 'none'}")) == 2
+    assert "data.path does not exist" in capsys.readouterr().err
+
+
+def test_bad_data_is_reported_with_run_folder_kept(tmp_path, capsys):
+    # a canonical dataset that fails validation: the error lists the violation
+    from .test_validate import small_dataset
+    from graphrec.data.dataset import save_dataset
+
+    ds = small_dataset()
+    ds.tables["impressions"]["gift"][0] = 7
+    save_dataset(ds, tmp_path / "bad")
+    assert main(tiny_args(tmp_path, "data.source=canonical", f"data.path={tmp_path / 'bad'}")) == 2
+    err = capsys.readouterr().err
+    assert "impressions.gift: label must be 0 or 1 at rows 0" in err
+    metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
+    assert "DataError" in metrics["error"]
+
+
+@pytest.mark.slow
+def test_movielens_end_to_end(ml100k, tmp_path):
+    result = run(load_config("yaml/movielens.yaml", [f"data.path={ml100k}", f"run.out_dir={tmp_path / 'runs'}",
+                                                     f"data.cache_dir={tmp_path / 'cache'}", "data.text_encoder=tfidf"]))
+    m = result.metrics
+    assert (m["data"]["users"], m["data"]["authors"], m["data"]["impressions"]) == (943, 1682, 100_000)
+    assert 0.5 < m["eval"]["test"]["popularity"]["gift"]["auc"] < 1.0
+
+
+@pytest.mark.slow
+def test_tiktok_end_to_end(tiktok_dir, tmp_path):
+    result = run(load_config("yaml/tiktok.yaml", [f"data.path={tiktok_dir}", f"run.out_dir={tmp_path / 'runs'}",
+                                                  f"data.cache_dir={tmp_path / 'cache'}"]))
+    m = result.metrics
+    assert m["data"]["split"] == {"train": 59_541, "val": 3_051, "test": 6_130}
+    topk = m["eval"]["test"]["popularity"]["click_topk"]
+    assert topk["users"] > 0 and 0 < topk["recall@20"] < 1

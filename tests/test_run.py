@@ -33,7 +33,9 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data"]["users"] == 300 and metrics["data"]["impressions"] == 30_000
     assert sum(metrics["data"]["split"].values()) == 30_000
-    assert [s["name"] for s in metrics["stages"]] == ["data", "evaluation", "report"]
+    assert [s["name"] for s in metrics["stages"]] == ["data", "stat_forecast", "product_forecast", "evaluation",
+                                                       "report"]
+    assert all(s["status"] == "ran" for s in metrics["stages"])
     test = metrics["eval"]["test"]
     # on simulated data the oracle (true probabilities) beats popularity on the main task
     assert test["oracle"]["gift"]["auc"] > test["popularity"]["gift"]["auc"]
@@ -41,7 +43,7 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     report = (run_dir / "report.md").read_text()
     assert "| oracle | gift |" in report and "Bayes-optimal" in report
     log = (run_dir / "run.log").read_text()
-    assert "[1/3] data" in log and "[3/3] report" in log
+    assert "[1/5] data" in log and "[5/5] report" in log
     assert str(run_dir) in capsys.readouterr().out
 
 
@@ -69,8 +71,43 @@ def test_dataset_is_cached_and_refreshed_on_change(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
+def test_forecaster_stages_write_checkpoints_metrics_and_report(tmp_path):
+    import torch
+
+    from graphrec.checkpoint import load_checkpoint
+    from graphrec.models import ProductForecaster, StatForecaster
+
+    result = run(load_config(None, tiny_args(tmp_path, "stat_forecast.epochs=2", "product_forecast.epochs=2")[1::2]))
+    m = result.metrics
+    assert set(m["stat_forecast"]["mse"]) == {"model", "mean_value", "latest_value"}
+    assert set(m["product_forecast"]["hit_rate"]) == {"model", "latest_category", "most_frequent_category"}
+    assert load_checkpoint(result.run_dir / "checkpoints" / "stat_forecast.pt")["features"][1] == "audience"
+    stat = StatForecaster.from_checkpoint(result.run_dir / "checkpoints" / "stat_forecast.pt")
+    assert not stat.training and stat.horizon == 3
+    x = torch.rand(2, stat.input_steps, stat.num_variates)
+    assert stat.ranker_features(x).shape == (2, stat.num_variates * (3 + stat.dim))
+    prod = ProductForecaster.from_checkpoint(result.run_dir / "checkpoints" / "product_forecast.pt")
+    probs, enc = prod.ranker_features(torch.zeros(2, 3, 4, dtype=torch.long), torch.tensor([3, 1]))
+    assert probs.shape == (2, prod.num_cat3) and enc.shape == (2, prod.dim)
+    report = (result.run_dir / "report.md").read_text()
+    assert "Table 5 shape" in report and "| latest value |" in report and "| latest category |" in report
+
+
+def test_forecaster_stages_skip_with_reasons(tmp_path):
+    result = run(load_config(None, tiny_args(tmp_path, "stat_forecast.enabled=false",
+                                             "stat_forecast.input_steps=40")[1::2]))
+    status = {s["name"]: s["status"] for s in result.metrics["stages"]}
+    assert status["stat_forecast"] == "skipped: stat_forecast.enabled is false"
+    assert status["product_forecast"] == "ran"
+    result = run(load_config(None, tiny_args(tmp_path, "stat_forecast.input_steps=60",
+                                             "product_forecast.enabled=false")[1::2]))
+    status = {s["name"]: s["status"] for s in result.metrics["stages"]}
+    assert status["stat_forecast"] == "skipped: rooms have 48 steps, fewer than input_steps + horizon = 63"
+    assert status["product_forecast"] == "skipped: product_forecast.enabled is false"
+
+
 def test_skip_stages(tmp_path):
-    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation]")) == 0
+    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation, stat_forecast, product_forecast]")) == 0
     metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     status = {s["name"]: s["status"] for s in metrics["stages"]}
     assert status["evaluation"].startswith("skipped") and status["report"] == "ran"
@@ -109,6 +146,9 @@ def test_movielens_end_to_end(ml100k, tmp_path):
     m = result.metrics
     assert (m["data"]["users"], m["data"]["authors"], m["data"]["impressions"]) == (943, 1682, 100_000)
     assert 0.5 < m["eval"]["test"]["popularity"]["gift"]["auc"] < 1.0
+    # weekly rating counts are MovieLens' statistic sequences; there are no product sequences
+    assert m["stat_forecast"]["heldout_rooms"] > 0
+    assert {s["name"]: s["status"] for s in m["stages"]}["product_forecast"].startswith("skipped")
 
 
 @pytest.mark.slow
@@ -117,5 +157,8 @@ def test_tiktok_end_to_end(tiktok_dir, tmp_path):
                                                   f"data.cache_dir={tmp_path / 'cache'}"]))
     m = result.metrics
     assert m["data"]["split"] == {"train": 59_541, "val": 3_051, "test": 6_130}
+    status = {s["name"]: s["status"] for s in m["stages"]}
+    assert status["stat_forecast"] == "skipped: the dataset has no statistic sequences"
+    assert status["product_forecast"] == "skipped: the dataset has no product sequences"
     topk = m["eval"]["test"]["popularity"]["click_topk"]
     assert topk["users"] > 0 and 0 < topk["recall@20"] < 1

@@ -1,0 +1,132 @@
+"""MFQ: MMBee's Multi-modal Fusion with a learnable Query.
+
+A live room's current segment is seen as token sequences of up to three modalities (frame, ASR,
+comments). Following the MMBee poster::
+
+    Y_m  = OP(X_m, X_a, X_b)                  keep what the other two modalities do not already say
+    h_m  = CrossAttention(X_m W^Q, Y_m W^K, Y_m W^V)              one per modality
+    h_f  = SelfAttention(h_v ⊕ h_s ⊕ h_t)                         ⊕ = concatenation of the tokens
+    h_m' = CrossAttention(q_aid W^Q, h_f W^K, h_f W^V)            q_aid: learnable, from the author id
+    h_m  = SelfAttention(h_m')
+
+Each attention block is residual with layer normalisation. Padded tokens never influence the
+output: they are excluded from every span, key set and pooled mean. A modality may be absent from
+a dataset (TikTok has frame + ASR, MovieLens only text); then OP projects against the ones present,
+and with a single modality it is the identity.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+Tokens = Tuple[torch.Tensor, torch.Tensor]   # ([B, L, d], valid mask [B, L] bool)
+
+
+def orthogonal_projection(x: torch.Tensor, others: torch.Tensor, others_mask: Optional[torch.Tensor] = None,
+                          rtol: float = 1e-5) -> torch.Tensor:
+    """OP: the component of every row of ``x`` orthogonal to the span of the valid rows of ``others``.
+
+    ``x``: ``[B, L, D]``; ``others``: ``[B, K, D]`` (the other modalities' tokens, concatenated);
+    ``others_mask``: ``[B, K]``, True where a token is valid. Computes ``x - x O^T (O O^T)^+ O`` with a
+    pseudo-inverse, so padded (zeroed) and linearly dependent tokens are handled exactly; when the
+    other tokens span all of R^D nothing is left. Differentiable.
+    """
+    if others.shape[1] == 0:
+        return x
+    o = others if others_mask is None else others * others_mask.unsqueeze(-1).to(others.dtype)
+    gram = o @ o.transpose(1, 2)                                         # [B, K, K]
+    coef = (x @ o.transpose(1, 2)) @ torch.linalg.pinv(gram, hermitian=True, rtol=rtol)  # [B, L, K]
+    return x - coef @ o
+
+
+class _Attend(nn.Module):
+    """Residual multi-head attention + feed-forward (post-norm), safe for rows with no valid key."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
+        empty = ~kv_mask.any(dim=1)                                        # rows with nothing to attend
+        pad = ~kv_mask
+        if empty.any():
+            pad = pad.clone()
+            pad[empty, 0] = False                                          # attend a dummy, zeroed below
+        out, _ = self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)
+        out = out.masked_fill(empty[:, None, None], 0.0)
+        h = self.norm1(q + out)
+        return self.norm2(h + self.ff(h))
+
+
+class MFQ(nn.Module):
+    """Fuses a segment's multimodal tokens into ``h_m`` ``[B, dim]``, conditioned on the author id.
+
+    ``modality_dims`` maps each modality present in the dataset to its token dimension.
+    """
+
+    def __init__(self, modality_dims: Mapping[str, int], num_authors: int, dim: int = 32, heads: int = 4,
+                 query_tokens: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not modality_dims:
+            raise ValueError("MFQ needs at least one modality")
+        if dim % heads:
+            raise ValueError(f"mfq.dim={dim} must be divisible by mfq.heads={heads}")
+        self.modalities = list(modality_dims)
+        self.dim = dim
+        self.query_tokens = query_tokens
+        self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in modality_dims.items()})
+        self.cross = nn.ModuleDict({m: _Attend(dim, heads, dropout) for m in self.modalities})
+        self.modality_embedding = nn.Parameter(torch.zeros(len(self.modalities), dim))
+        self.fuse = _Attend(dim, heads, dropout)
+        self.author_query = nn.Embedding(num_authors, query_tokens * dim)
+        nn.init.normal_(self.author_query.weight, std=0.02)
+        self.query_cross = _Attend(dim, heads, dropout)
+        self.query_self = _Attend(dim, heads, dropout)
+
+    @classmethod
+    def from_config(cls, sec, modality_dims: Mapping[str, int], num_authors: int) -> "MFQ":
+        """Build from the ``mfq`` config section."""
+        return cls(modality_dims, num_authors, sec["dim"], sec["heads"], sec["query_tokens"], sec["dropout"])
+
+    def forward(self, tokens: Mapping[str, Tokens], author: torch.Tensor, return_tokens: bool = False):
+        """``tokens[m] = (X_m [B, L_m, d_m], valid [B, L_m])`` for every modality of the model;
+        ``author``: ``[B]`` ids. Returns ``h_m`` ``[B, dim]`` (and the query tokens if asked)."""
+        missing = [m for m in self.modalities if m not in tokens]
+        if missing:
+            raise KeyError(f"MFQ: missing modality tokens {missing}; model modalities are {self.modalities}")
+        x: Dict[str, torch.Tensor] = {}
+        valid: Dict[str, torch.Tensor] = {}
+        for i, m in enumerate(self.modalities):
+            raw, mask = tokens[m]
+            mask = mask.bool()
+            x[m] = (self.proj[m](raw) + self.modality_embedding[i]) * mask.unsqueeze(-1)
+            valid[m] = mask
+        fused, fused_mask = [], []
+        for m in self.modalities:
+            rest = [o for o in self.modalities if o != m]
+            if rest:
+                others = torch.cat([x[o] for o in rest], dim=1)
+                others_mask = torch.cat([valid[o] for o in rest], dim=1)
+                y = orthogonal_projection(x[m], others, others_mask)
+            else:
+                y = x[m]
+            fused.append(self.cross[m](x[m], y, valid[m]))
+            fused_mask.append(valid[m])
+        h_f_in = torch.cat(fused, dim=1)
+        h_mask = torch.cat(fused_mask, dim=1)
+        h_f = self.fuse(h_f_in, h_f_in, h_mask)
+        q = self.author_query(author).view(-1, self.query_tokens, self.dim)
+        h = self.query_cross(q, h_f, h_mask)
+        h = self.query_self(h, h, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device))
+        out = h.mean(dim=1)
+        return (out, h) if return_tokens else out
+
+
+def modality_dims_of(segments: Mapping[str, "object"], modalities: Sequence[str]) -> Dict[str, int]:
+    """``{modality: token dim}`` from a dataset's segments table."""
+    return {m: int(segments[m].shape[-1]) for m in modalities}

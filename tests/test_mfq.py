@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from graphrec.models.mfq import MFQ, orthogonal_projection
+
+
+def make_tokens(B=5, spec=(("frame", 4, 16), ("asr", 3, 8), ("comment", 2, 12)), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for m, L, d in spec:
+        x = torch.randn(B, L, d, generator=g)
+        lens = torch.randint(1, L + 1, (B,), generator=g)
+        mask = torch.arange(L)[None, :] < lens[:, None]
+        out[m] = (x, mask)
+    return out
+
+
+def test_op_is_orthogonal_to_the_valid_span():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, 16, generator=g, dtype=torch.float64)
+    others = torch.randn(3, 5, 16, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    y = orthogonal_projection(x, others, mask)
+    inner = y @ others.transpose(1, 2)                      # [3, 4, 5]
+    assert inner[mask[:, None, :].expand_as(inner)].abs().max() < 1e-9
+    # x - y lies in the span: projecting it again leaves nothing
+    assert orthogonal_projection(x - y, others, mask).abs().max() < 1e-9
+    # idempotent, and padded tokens are ignored whatever their values
+    assert torch.allclose(orthogonal_projection(y, others, mask), y, atol=1e-9)
+    junk = others.clone()
+    junk[~mask] = 1e3
+    assert torch.allclose(orthogonal_projection(x, junk, mask), y, atol=1e-9)
+
+
+def test_op_hand_worked_and_degenerate_cases():
+    x = torch.tensor([[[3.0, 4.0, 5.0]]])
+    others = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 7.0, 0.0], [0.0, 14.0, 0.0]]])   # span = xy-plane (dependent rows)
+    assert torch.allclose(orthogonal_projection(x, others), torch.tensor([[[0.0, 0.0, 5.0]]]), atol=1e-5)
+    full = torch.eye(3).unsqueeze(0)                       # others span everything: nothing is left
+    assert orthogonal_projection(x, full).abs().max() < 1e-5
+    assert torch.equal(orthogonal_projection(x, torch.zeros(1, 0, 3)), x)   # no other modality
+
+
+def test_mfq_shapes_and_padding_invariance():
+    torch.manual_seed(0)
+    tokens = make_tokens()
+    model = MFQ({m: t[0].shape[-1] for m, t in tokens.items()}, num_authors=10, dim=32, heads=4).eval()
+    author = torch.tensor([0, 1, 2, 3, 4])
+    out, q = model(tokens, author, return_tokens=True)
+    assert out.shape == (5, 32) and q.shape == (5, 4, 32)
+    assert torch.isfinite(out).all()
+    junk = {m: (torch.where(mask.unsqueeze(-1), x, torch.full_like(x, 99.0)), mask) for m, (x, mask) in tokens.items()}
+    assert torch.allclose(model(junk, author), out, atol=1e-5)
+    # the author's learnable query matters: same content, other author -> other output
+    assert not torch.allclose(model(tokens, author.flip(0)), out.flip(0)[[4, 3, 2, 1, 0]].flip(0), atol=1e-4)
+    assert (model(tokens, torch.tensor([5, 5, 5, 5, 5])) - out).abs().max() > 1e-4
+
+
+def test_mfq_row_with_an_empty_modality_and_single_token_modalities():
+    tokens = make_tokens(B=3, spec=(("frame", 1, 128), ("asr", 1, 128)))     # the TikTok shape
+    tokens["asr"][1][1] = False                                            # item 1 has no audio
+    model = MFQ({"frame": 128, "asr": 128}, num_authors=4, dim=16, heads=2).eval()
+    out = model(tokens, torch.tensor([0, 1, 2]))
+    assert out.shape == (3, 16) and torch.isfinite(out).all()
+    text_only = MFQ({"comment": 384}, num_authors=4, dim=16, heads=2).eval()  # the MovieLens shape
+    x = (torch.randn(2, 1, 384), torch.ones(2, 1, dtype=torch.bool))
+    assert text_only({"comment": x}, torch.tensor([0, 3])).shape == (2, 16)
+
+
+def test_mfq_gradients_reach_every_part():
+    tokens = make_tokens()
+    model = MFQ({m: t[0].shape[-1] for m, t in tokens.items()}, num_authors=10, dim=32, heads=4)
+    model(tokens, torch.arange(5)).pow(2).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.author_query.weight.grad[:5].abs().sum() > 0 and model.author_query.weight.grad[5:].abs().sum() == 0
+
+
+def test_mfq_errors():
+    with pytest.raises(ValueError, match="divisible"):
+        MFQ({"frame": 8}, 3, dim=30, heads=4)
+    with pytest.raises(ValueError, match="at least one modality"):
+        MFQ({}, 3)
+    model = MFQ({"frame": 8, "asr": 8}, 3, dim=8, heads=2)
+    with pytest.raises(KeyError, match=r"missing modality tokens \['asr'\]"):
+        model({"frame": (torch.randn(1, 2, 8), torch.ones(1, 2, dtype=torch.bool))}, torch.tensor([0]))
+
+
+def test_mfq_from_default_config():
+    from graphrec.config import load_config
+
+    model = MFQ.from_config(load_config(None, ["mfq.query_tokens=2"]).mfq, {"frame": 16, "asr": 8}, num_authors=3)
+    assert model.dim == 32 and model.query_tokens == 2 and model.modalities == ["frame", "asr"]
+    out = model(make_tokens(B=2, spec=(("frame", 4, 16), ("asr", 3, 8))), torch.tensor([0, 2]))
+    assert out.shape == (2, 32)

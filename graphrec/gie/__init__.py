@@ -1,0 +1,1 @@
+"""MMBee's Graph-guided Interest Expansion: gifting graphs, Swing, metapath expansions, GraphCL."""

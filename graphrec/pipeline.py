@@ -99,6 +99,130 @@ class DataStage(Stage):
                             + "\n```", 0)
 
 
+# ----------------------------------------------------------------------------- GIE
+def graph_label(ctx: RunContext) -> str:
+    return ctx.cfg.graph.label or ctx.dataset.meta.get("main_label", ctx.dataset.labels[0])
+
+
+class GraphStage(Stage):
+    name = "graph"
+    summary = "build the U2A/A2U/A2A gifting heterograph (Swing top-k) from training positives"
+
+    def skip_reason(self, ctx: RunContext) -> Optional[str]:
+        if not ctx.cfg.graph.enabled:
+            return "graph.enabled is false"
+        label = graph_label(ctx)
+        if label not in ctx.dataset.labels:
+            return f"graph.label={label!r} is not a label of this dataset {ctx.dataset.labels}"
+        return None
+
+    def run(self, ctx: RunContext) -> None:
+        from .gie.graph import build_gift_graph, graph_fingerprint
+
+        sec = ctx.cfg.graph
+        g = build_gift_graph(ctx.dataset, graph_label(ctx), {
+            "alpha": sec.swing_alpha, "a2a_topk": sec.a2a_topk, "max_authors_per_user": sec.max_authors_per_user,
+            "max_users_per_author": sec.max_users_per_author}, seed=ctx.cfg.run.seed)
+        ctx.state["graph"] = g
+        ctx.state["graph_fingerprint"] = graph_fingerprint(g)
+        edges = {et: int(g.num_edges(et)) for _, et, _ in g.canonical_etypes}
+        ctx.metrics["graph"] = {"label": graph_label(ctx), "fingerprint": ctx.state["graph_fingerprint"],
+                                "nodes": {nt: int(g.num_nodes(nt)) for nt in g.ntypes}, "edges": edges,
+                                "users_with_gifts": int((g.out_degrees(etype="u2a") > 0).sum())}
+        for et, n in edges.items():
+            ctx.writer.add_scalar(f"graph/edges_{et}", n, 0)
+        ctx.log.info("graph: %s", ", ".join(f"{k}={v:,}" for k, v in edges.items()))
+
+
+class ExpansionStage(Stage):
+    name = "expansion"
+    summary = "offline metapath expansions (u2a2u, u2a2u2a, u2a2a, a2a, a2u2a), cached by graph fingerprint"
+
+    def skip_reason(self, ctx: RunContext) -> Optional[str]:
+        if not ctx.cfg.expansion.enabled:
+            return "expansion.enabled is false"
+        if "graph" not in ctx.state:
+            return "no graph (stage graph did not run)"
+        return None
+
+    def run(self, ctx: RunContext) -> None:
+        from .gie.metapath import METAPATHS, load_expansions, offline_expansions, save_expansions
+
+        sec = ctx.cfg.expansion
+        ks = {name: sec[f"k_{name}"] for name in METAPATHS}
+        params = {"ks": ks, "backend": sec.backend, "retries": sec.retries, "seed": ctx.cfg.run.seed}
+        fp = ctx.state["graph_fingerprint"]
+        cache = Path(ctx.cfg.data.cache_dir) / "expansions" / f"{fp}-{ctx.cfg.fingerprint('expansion')}-s{ctx.cfg.run.seed}.npz"
+        exp = load_expansions(cache, fp, params)
+        if exp is None:
+            device = ctx.device if sec.backend == "torch" else "cpu"
+            exp = offline_expansions(ctx.state["graph"], ks, sec.backend, device, ctx.cfg.run.seed, sec.retries,
+                                     progress=ctx.progress)
+            save_expansions(cache, exp, fp, params)
+        else:
+            ctx.log.info("using cached expansions %s", cache)
+        save_expansions(ctx.run_dir / "expansions.npz", exp, fp, params)   # served with the run
+        ctx.state["expansions"] = exp
+        fill = {name: float((ids >= 0).mean()) for name, ids in exp.items()}
+        ctx.metrics["expansion"] = {"k": ks, "backend": sec.backend, "filled": fill, "cache": str(cache)}
+        for name, f in fill.items():
+            ctx.writer.add_scalar(f"expansion/filled_{name}", f, 0)
+        ctx.log.info("expansions filled (share of non-padding): %s",
+                     ", ".join(f"{k}={v:.3f}" for k, v in fill.items()))
+
+
+class GraphCLStage(Stage):
+    name = "graphcl"
+    summary = "GraphCL pre-training of node embeddings Θ (L_CE + λ·L_NCE) and its link-prediction check"
+
+    def skip_reason(self, ctx: RunContext) -> Optional[str]:
+        if not ctx.cfg.graphcl.enabled:
+            return "graphcl.enabled is false"
+        exp = ctx.state.get("expansions", {})
+        missing = [m for m in ("u2a2u", "a2u2a") if m not in exp]
+        if missing:
+            return f"needs the {missing} expansions (positives of Algorithm 1)"
+        return None
+
+    def run(self, ctx: RunContext) -> None:
+        from .checkpoint import save_checkpoint
+        from .gie.graph import gift_edges
+        from .gie.graphcl import link_prediction, train_graphcl
+
+        ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
+
+        def on_epoch(epoch: int, h: Dict[str, float]) -> None:
+            for k, v in h.items():
+                ctx.writer.add_scalar(f"graphcl/{k}", v, epoch)
+            ctx.log.debug("graphcl epoch %d: %s", epoch + 1, h)
+
+        result = train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"], sec, ctx.cfg.run.seed,
+                               ctx.device, ctx.progress, on_epoch)
+        label = graph_label(ctx)
+        train = ds.impressions["split"] == SPLITS["train"]
+        tu, ta, _, _ = gift_edges(ds, label, train)
+        hu, ha, _, _ = gift_edges(ds, label, ~train)
+        quality = {"trained": link_prediction(result.model.author_embeddings(), tu, ta, hu, ha, sec.eval_negatives,
+                                              ctx.cfg.run.seed),
+                   "untrained": link_prediction(result.initial[ds.num_users:], tu, ta, hu, ha, sec.eval_negatives,
+                                                ctx.cfg.run.seed)}
+        ctx.metrics["graphcl"] = {"final_loss": result.history[-1], "link_prediction": quality}
+        for which, q in quality.items():
+            for k, v in q.items():
+                ctx.writer.add_scalar(f"graphcl/link_{which}/{k}", v, 0)
+        ctx.log.info("GraphCL link prediction on %d held-out gifts: trained AUC %.4f MRR %.4f, untrained AUC %.4f "
+                     "MRR %.4f", quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
+                     quality["untrained"]["auc"], quality["untrained"].get("mrr", float("nan")))
+        theta = result.model.theta.weight.detach()
+        ctx.state["theta"] = theta
+        save_checkpoint(ctx.run_dir / "checkpoints" / "graphcl.pt",
+                        {"theta": theta, "num_users": ds.num_users, "num_authors": ds.num_authors, "hparams": dict(sec)})
+        authors = ds.tables["authors"]
+        tag = next((c for c in ("cluster", "shopping") if c in authors), None)
+        ctx.writer.add_embedding(result.model.author_embeddings(), tag="author_theta",
+                                 metadata=(authors[tag].tolist() if tag else list(range(ds.num_authors))))
+
+
 # ----------------------------------------------------------------------------- foresight
 class StatForecastStage(Stage):
     name = "stat_forecast"
@@ -292,6 +416,23 @@ def render_report(ctx: RunContext) -> str:
             for model, label, rep in topk:
                 out.append(f"| {model} | {label} | " + " | ".join(_fmt(rep[k]) for k in keys) + f" | {rep['users']} |")
             out.append("")
+    if "graph" in m:
+        gm = m["graph"]
+        out += ["## Gifting graph", "", f"Built from training `{gm['label']}` positives: "
+                + ", ".join(f"{k} {v:,} edges" for k, v in gm["edges"].items())
+                + f"; {gm['users_with_gifts']:,} users with gifts.", ""]
+    if "expansion" in m:
+        out += ["| metapath | K | filled |", "|---|---|---|"]
+        out += [f"| {k} | {m['expansion']['k'][k]} | {_fmt(v)} |" for k, v in m["expansion"]["filled"].items()]
+        out.append("")
+    if "graphcl" in m:
+        lp = m["graphcl"]["link_prediction"]
+        keys = [k for k in lp["trained"] if k != "pairs"]
+        out += ["## GraphCL embeddings: link prediction of held-out gifts", "",
+                f"{lp['trained']['pairs']:,} held-out gifts, each ranked against random authors.", "",
+                "| Θ | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        out += [f"| {which} | " + " | ".join(_fmt(lp[which][k]) for k in keys) + " |" for which in ("untrained", "trained")]
+        out.append("")
     if "stat_forecast" in m:
         sf = m["stat_forecast"]
         out += ["## Statistic forecasting (LiveForesighter Table 5 shape)", "",
@@ -314,7 +455,8 @@ def render_report(ctx: RunContext) -> str:
     return "\n".join(out)
 
 
-STAGES: List[Stage] = [DataStage(), StatForecastStage(), ProductForecastStage(), EvaluationStage(), ReportStage()]
+STAGES: List[Stage] = [DataStage(), GraphStage(), ExpansionStage(), GraphCLStage(), StatForecastStage(),
+                       ProductForecastStage(), EvaluationStage(), ReportStage()]
 
 
 def stage_names() -> List[str]:

@@ -33,8 +33,8 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data"]["users"] == 300 and metrics["data"]["impressions"] == 30_000
     assert sum(metrics["data"]["split"].values()) == 30_000
-    assert [s["name"] for s in metrics["stages"]] == ["data", "stat_forecast", "product_forecast", "evaluation",
-                                                       "report"]
+    assert [s["name"] for s in metrics["stages"]] == ["data", "graph", "expansion", "graphcl", "stat_forecast",
+                                                       "product_forecast", "evaluation", "report"]
     assert all(s["status"] == "ran" for s in metrics["stages"])
     test = metrics["eval"]["test"]
     # on simulated data the oracle (true probabilities) beats popularity on the main task
@@ -43,7 +43,7 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     report = (run_dir / "report.md").read_text()
     assert "| oracle | gift |" in report and "Bayes-optimal" in report
     log = (run_dir / "run.log").read_text()
-    assert "[1/5] data" in log and "[5/5] report" in log
+    assert "[1/8] data" in log and "[8/8] report" in log
     assert str(run_dir) in capsys.readouterr().out
 
 
@@ -68,7 +68,7 @@ def test_dataset_is_cached_and_refreshed_on_change(tmp_path):
     assert "using cached dataset" in log2
     other = run(load_config(None, tiny_args(tmp_path, "simulate.num_users=301")[1::2]))
     assert other.metrics["data"]["path"] != first.metrics["data"]["path"]
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(list((tmp_path / "cache").glob("simulate-*"))) == 2
 
 
 def test_forecaster_stages_write_checkpoints_metrics_and_report(tmp_path):
@@ -107,7 +107,7 @@ def test_forecaster_stages_skip_with_reasons(tmp_path):
 
 
 def test_skip_stages(tmp_path):
-    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation, stat_forecast, product_forecast]")) == 0
+    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation, graph, stat_forecast, product_forecast]")) == 0
     metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     status = {s["name"]: s["status"] for s in metrics["stages"]}
     assert status["evaluation"].startswith("skipped") and status["report"] == "ran"

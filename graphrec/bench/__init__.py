@@ -1,0 +1,1 @@
+"""Benchmarks that print tables and write JSON: ``python -m graphrec.bench <what>`` (never timed tests)."""

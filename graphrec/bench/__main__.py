@@ -1,0 +1,21 @@
+"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing."""
+from __future__ import annotations
+
+import sys
+
+from . import sampler
+
+COMMANDS = {"sampler": sampler.main, "swing": sampler.swing_main}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m graphrec.bench {{{','.join(COMMANDS)}}} [options]  (--help per command)",
+              file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

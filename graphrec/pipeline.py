@@ -9,64 +9,18 @@ written to ``metrics.json`` after each stage.
 """
 from __future__ import annotations
 
-import abc
 import json
-import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .config import Config
 from .data.dataset import SPLITS, Dataset, atomic_write_text, load_dataset
 from .data.split import time_split
 from .data.validate import validate_dataset
-
-
-@dataclass
-class RunContext:
-    cfg: Config
-    run_dir: Path
-    log: logging.Logger
-    writer: Any                      # torch.utils.tensorboard.SummaryWriter
-    device: str
-    progress: bool
-    metrics: Dict[str, Any] = field(default_factory=dict)
-    state: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def dataset(self) -> Dataset:
-        return self.state["dataset"]
-
-    def save_metrics(self) -> None:
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.metrics, indent=2, default=_jsonable))
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
-
-
-class Stage(abc.ABC):
-    """One pipeline step. Subclasses set ``name``/``summary`` and implement ``run``."""
-
-    name = "stage"
-    summary = ""
-
-    def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        """Why this stage cannot run now (its inputs are absent), or None."""
-        return None
-
-    @abc.abstractmethod
-    def run(self, ctx: RunContext) -> None:
-        """Do the stage's work, reading and extending ``ctx.state`` and ``ctx.metrics``."""
+from .ranking.stage import RankerStage
+from .stage import RunContext, Stage, jsonable
 
 
 # ----------------------------------------------------------------------------- data
@@ -95,7 +49,7 @@ class DataStage(Stage):
         ctx.log.info("split: %s", ", ".join(f"{k}={v:,}" for k, v in split_counts.items()))
         for k, v in counts.items():
             ctx.writer.add_scalar(f"data/{k}", v, 0)
-        ctx.writer.add_text("data/manifest", "```\n" + json.dumps(ds.manifest(), indent=2, default=_jsonable)[:20000]
+        ctx.writer.add_text("data/manifest", "```\n" + json.dumps(ds.manifest(), indent=2, default=jsonable)[:20000]
                             + "\n```", 0)
 
 
@@ -456,7 +410,7 @@ def render_report(ctx: RunContext) -> str:
 
 
 STAGES: List[Stage] = [DataStage(), GraphStage(), ExpansionStage(), GraphCLStage(), StatForecastStage(),
-                       ProductForecastStage(), EvaluationStage(), ReportStage()]
+                       ProductForecastStage(), RankerStage(), EvaluationStage(), ReportStage()]
 
 
 def stage_names() -> List[str]:

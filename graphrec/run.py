@@ -63,8 +63,13 @@ def _logger(run_dir: Path) -> logging.Logger:
     return log
 
 
-def run(cfg: Config, config_file: Optional[str] = None) -> RunResult:
-    """Run the whole pipeline for ``cfg``; returns the run folder and its metrics."""
+def run(cfg: Config, config_file: Optional[str] = None, run_dir: Optional[Path] = None,
+        resume: bool = False) -> RunResult:
+    """Run the whole pipeline for ``cfg``; returns the run folder and its metrics.
+
+    With ``run_dir`` and ``resume``, an interrupted run continues in its own folder: the stages before
+    the ranker are recomputed (deterministically, from the caches) and the ranker continues from its
+    last checkpoint."""
     from torch.utils.tensorboard import SummaryWriter
 
     from .data.dataset import atomic_write_text
@@ -74,7 +79,8 @@ def run(cfg: Config, config_file: Optional[str] = None) -> RunResult:
     if unknown:
         raise ConfigError(f"run.skip_stages: unknown stage(s) {unknown}; stages are {stage_names()}")
     device = resolve_device(cfg.run.device)
-    run_dir = make_run_dir(Path(cfg.run.out_dir), cfg.run.name)
+    if run_dir is None:
+        run_dir = make_run_dir(Path(cfg.run.out_dir), cfg.run.name)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     log = _logger(run_dir)
     writer = SummaryWriter(log_dir=str(run_dir))
@@ -82,8 +88,9 @@ def run(cfg: Config, config_file: Optional[str] = None) -> RunResult:
                      progress=cfg.run.progress and sys.stderr.isatty())
     ctx.metrics["run"] = {"name": cfg.run.name, "dir": str(run_dir), "device": device, "seed": cfg.run.seed}
     ctx.metrics["config_file"] = config_file
+    ctx.state["resume"] = resume
     writer.add_text("config", "```yaml\n" + cfg.to_yaml() + "```", 0)
-    log.info("run folder %s (device %s)", run_dir, device)
+    log.info("%s run folder %s (device %s)", "resuming in" if resume else "new", run_dir, device)
     try:
         run_stages(ctx)
     except BaseException as exc:
@@ -108,7 +115,64 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override one key, YAML syntax for the value (repeatable); wins over --cfg")
     ap.add_argument("--help-config", action="store_true", help="print every config key with type, default, meaning")
     ap.add_argument("--list-stages", action="store_true", help="print the pipeline stages in order")
+    ap.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder (its config.yaml, "
+                    "then any --set); the ranker restarts from its last epoch checkpoint")
+    ap.add_argument("--ablate", action="store_true", help="run every ablation (full, -GIE, -MFQ, -statistic forecast, "
+                    "-product forecast, -GraphCL, DIN) and write one report with a row each")
     return ap
+
+
+ABLATIONS = {
+    "full": [],
+    "-GIE": ["ranker.use_gie=false"],
+    "-MFQ": ["ranker.use_mfq=false"],
+    "-stat_forecast": ["ranker.use_stat_forecast=false", "stat_forecast.enabled=false"],
+    "-product_forecast": ["ranker.use_product_forecast=false", "product_forecast.enabled=false"],
+    "-GraphCL": ["graphcl.enabled=false"],
+    "DIN": ["ranker.use_gie=false", "ranker.use_mfq=false", "ranker.use_stat_forecast=false",
+            "ranker.use_product_forecast=false", "graphcl.enabled=false", "stat_forecast.enabled=false",
+            "product_forecast.enabled=false"],
+}
+
+
+def run_ablation(cfg_file: Optional[str], overrides: Sequence[str]) -> Path:
+    """One run per ablation under ``<out_dir>/<name>-ablate-<time>/`` and a combined ``report.md``."""
+    from .data.dataset import atomic_write_text
+
+    base = load_config(cfg_file, overrides)
+    parent = make_run_dir(Path(base.run.out_dir), f"{base.run.name}-ablate")
+    rows = []
+    for variant, extra in ABLATIONS.items():
+        cfg = load_config(cfg_file, list(overrides) + extra + [f"run.out_dir={parent}",
+                                                               f"run.name={variant.strip('-').replace('_', '-')}"])
+        result = run(cfg, config_file=cfg_file)
+        rows.append((variant, result))
+    atomic_write_text(parent / "report.md", ablation_report(rows))
+    return parent
+
+
+def ablation_report(rows) -> str:
+    main_label = None
+    lines = ["# Ablations", ""]
+    table = ["| variant | model | test AUC | test UAUC | test GAUC | val GAUC | run |", "|---|---|---|---|---|---|---|"]
+    oracle = popularity = None
+    for variant, res in rows:
+        m = res.metrics
+        name = m.get("ranker", {}).get("model")
+        main_label = main_label or next(iter(m.get("eval", {}).get("test", {}).get(name, {})), None)
+        test = m.get("eval", {}).get("test", {})
+        r = test.get(name, {}).get(main_label, {})
+        v = m.get("eval", {}).get("val", {}).get(name, {}).get(main_label, {})
+        fmt = lambda x: f"{x:.4f}" if isinstance(x, float) else "–"
+        table.append(f"| {variant} | {name} | {fmt(r.get('auc'))} | {fmt(r.get('uauc'))} | {fmt(r.get('gauc'))} | "
+                     f"{fmt(v.get('gauc'))} | `{res.run_dir.name}` |")
+        oracle = oracle or test.get("oracle", {}).get(main_label)
+        popularity = popularity or test.get("popularity", {}).get(main_label)
+    for label, rep in (("popularity", popularity), ("oracle (Bayes-optimal)", oracle)):
+        if rep:
+            table.append(f"| {label} | – | {rep['auc']:.4f} | {rep['uauc']:.4f} | {rep['gauc']:.4f} | – | |")
+    lines += [f"Main task: `{main_label}`. Every variant runs the same data, split and seed.", ""] + table + [""]
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -123,8 +187,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for s in STAGES:
                 print(f"{s.name:12s} {s.summary}")
             return 0
-        cfg = load_config(args.cfg, args.overrides)
-        result = run(cfg, config_file=args.cfg)
+        if args.ablate:
+            parent = run_ablation(args.cfg, args.overrides)
+            print(f"ablation report: {parent / 'report.md'}  (tensorboard --logdir {parent})")
+            return 0
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / "config.yaml").exists():
+                raise ConfigError(f"--resume {run_dir}: not a run folder (config.yaml missing)")
+            cfg = load_config(run_dir / "config.yaml", args.overrides)
+            result = run(cfg, config_file=str(run_dir / "config.yaml"), run_dir=run_dir, resume=True)
+        else:
+            cfg = load_config(args.cfg, args.overrides)
+            result = run(cfg, config_file=args.cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

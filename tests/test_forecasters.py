@@ -153,3 +153,22 @@ def test_checkpoint_round_trip_and_refusal(tmp_path):
     torch.save({"obj": NotWeights()}, tmp_path / "evil.pt")
     with pytest.raises(DataError, match="not a loadable graphrec checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_product_prefix_table_matches_ranker_features():
+    torch.manual_seed(0)
+    model = ProductForecaster(num_products=40, num_cat1=2, num_cat2=4, num_cat3=8, dim=8, layers=1, heads=2,
+                              max_len=4, dropout=0.0).eval()
+    items = torch.randint(0, 2, (3, 7, 4))
+    counts = torch.tensor([7, 3, 0])
+    table = model.prefix_table(items, counts, batch_size=2)
+    assert table.shape == (3, 8, 8 + 8)
+    for r in range(3):
+        for c in range(8):
+            if c == 0 or c > counts[r]:
+                assert (table[r, c] == 0).all()
+                continue
+            begin = max(0, c - 4)                        # the latest max_len products
+            probs, enc = model.ranker_features(items[r:r + 1, begin:c], torch.tensor([c - begin]))
+            assert torch.allclose(table[r, c, :8], probs[0], atol=1e-5)
+            assert torch.allclose(table[r, c, 8:], enc[0], atol=1e-5)

@@ -189,3 +189,12 @@ def test_csr_walker_on_cuda_matches_distribution():
     counts = np.bincount(np.where(ends < 0, len(exact) - 1, ends), minlength=len(exact))
     support = exact > 0
     assert chisquare(counts[support], exact[support] * 50000).pvalue > 1e-4
+
+
+def test_walks_over_an_edge_type_without_edges_end_in_padding():
+    g = build_graph(np.array([0, 1]), np.array([0, 1]), 3, 2)      # no co-gifters: Swing gives no a2a edge
+    assert g.num_edges("a2a") == 0
+    for walker in (DGLWalker(g), CSRWalker(g)):
+        assert (walker.walk(torch.arange(2), ("a2a",), 3) == PAD).all()
+        assert (walker.walk(torch.arange(2), ("u2a", "a2a"), 3) == PAD).all()
+        assert (expand(walker, g, "a2u2a", torch.arange(2), 3) == PAD).all()   # only self: excluded

@@ -9,7 +9,7 @@ from graphrec.gie.graph import build_gift_graph, gift_edges
 from graphrec.gie.graphcl import GraphCL, link_prediction, train_graphcl
 from graphrec.gie.metapath import offline_expansions
 
-from .conftest import TINY_SIM
+from .conftest import FAST_MODELS, TINY_SIM
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +81,16 @@ def test_gie_stages_in_the_pipeline(tmp_path):
     from graphrec.checkpoint import load_checkpoint
     from graphrec.run import run
 
-    sets = TINY_SIM + [f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
-                       "run.progress=false", "simulate.gift_rate=0.05", "graphcl.epochs=2",
-                       "stat_forecast.enabled=false", "product_forecast.enabled=false"]
+    sets = TINY_SIM + FAST_MODELS + [f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+                                     "run.progress=false", "simulate.gift_rate=0.05", "stat_forecast.enabled=false",
+                                     "product_forecast.enabled=false", "ranker.enabled=false"]
     first = run(load_config(None, sets))
     m = first.metrics
     assert m["graph"]["edges"]["u2a"] == m["graph"]["edges"]["a2u"] > 0
     assert set(m["expansion"]["filled"]) == {"u2a2u", "u2a2u2a", "u2a2a", "a2a", "a2u2a"}
     assert set(m["graphcl"]["link_prediction"]) == {"trained", "untrained"}
     ck = load_checkpoint(first.run_dir / "checkpoints" / "graphcl.pt")
-    assert ck["theta"].shape == (300 + 40, 32)
+    assert ck["theta"].shape == (300 + 40, 32)                      # graphcl.dim default
     assert (first.run_dir / "expansions.npz").exists()
     second = run(load_config(None, sets))
     assert "using cached expansions" in (second.run_dir / "run.log").read_text()

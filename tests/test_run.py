@@ -5,11 +5,11 @@ import pytest
 from graphrec.config import load_config
 from graphrec.run import main, run
 
-from .conftest import TINY_SIM
+from .conftest import FAST_MODELS, TINY_SIM
 
 
 def tiny_args(tmp_path, *extra):
-    sets = TINY_SIM + [f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+    sets = TINY_SIM + FAST_MODELS + ["simulate.num_impressions=8000",f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
                        "run.name=tiny", "run.progress=false"] + list(extra)
     return [a for s in sets for a in ("--set", s)]
 
@@ -31,10 +31,10 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     cfg = load_config(run_dir / "config.yaml")
     assert cfg.simulate.num_users == 300 and cfg.run.name == "tiny"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["data"]["users"] == 300 and metrics["data"]["impressions"] == 30_000
-    assert sum(metrics["data"]["split"].values()) == 30_000
+    assert metrics["data"]["users"] == 300 and metrics["data"]["impressions"] == 8_000
+    assert sum(metrics["data"]["split"].values()) == 8_000
     assert [s["name"] for s in metrics["stages"]] == ["data", "graph", "expansion", "graphcl", "stat_forecast",
-                                                       "product_forecast", "evaluation", "report"]
+                                                       "product_forecast", "ranker", "evaluation", "report"]
     assert all(s["status"] == "ran" for s in metrics["stages"])
     test = metrics["eval"]["test"]
     # on simulated data the oracle (true probabilities) beats popularity on the main task
@@ -43,7 +43,7 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     report = (run_dir / "report.md").read_text()
     assert "| oracle | gift |" in report and "Bayes-optimal" in report
     log = (run_dir / "run.log").read_text()
-    assert "[1/8] data" in log and "[8/8] report" in log
+    assert "[1/9] data" in log and "[9/9] report" in log
     assert str(run_dir) in capsys.readouterr().out
 
 
@@ -107,7 +107,7 @@ def test_forecaster_stages_skip_with_reasons(tmp_path):
 
 
 def test_skip_stages(tmp_path):
-    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation, graph, stat_forecast, product_forecast]")) == 0
+    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation, graph, stat_forecast, product_forecast, ranker]")) == 0
     metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     status = {s["name"]: s["status"] for s in metrics["stages"]}
     assert status["evaluation"].startswith("skipped") and status["report"] == "ran"
@@ -141,11 +141,13 @@ def test_bad_data_is_reported_with_run_folder_kept(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_movielens_end_to_end(ml100k, tmp_path):
-    result = run(load_config("yaml/movielens.yaml", [f"data.path={ml100k}", f"run.out_dir={tmp_path / 'runs'}",
-                                                     f"data.cache_dir={tmp_path / 'cache'}", "data.text_encoder=tfidf"]))
+    result = run(load_config("yaml/movielens.yaml", FAST_MODELS + [
+        f"data.path={ml100k}", f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+        "data.text_encoder=tfidf"]))
     m = result.metrics
     assert (m["data"]["users"], m["data"]["authors"], m["data"]["impressions"]) == (943, 1682, 100_000)
     assert 0.5 < m["eval"]["test"]["popularity"]["gift"]["auc"] < 1.0
+    assert 0.5 < m["eval"]["test"]["mmbee"]["gift"]["auc"] < 1.0        # the ranker ran on text + statistics
     # weekly rating counts are MovieLens' statistic sequences; there are no product sequences
     assert m["stat_forecast"]["heldout_rooms"] > 0
     assert {s["name"]: s["status"] for s in m["stages"]}["product_forecast"].startswith("skipped")
@@ -153,12 +155,15 @@ def test_movielens_end_to_end(ml100k, tmp_path):
 
 @pytest.mark.slow
 def test_tiktok_end_to_end(tiktok_dir, tmp_path):
-    result = run(load_config("yaml/tiktok.yaml", [f"data.path={tiktok_dir}", f"run.out_dir={tmp_path / 'runs'}",
-                                                  f"data.cache_dir={tmp_path / 'cache'}"]))
+    result = run(load_config("yaml/tiktok.yaml", FAST_MODELS + [
+        f"data.path={tiktok_dir}", f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+        "ranker.epochs=1"]))
     m = result.metrics
     assert m["data"]["split"] == {"train": 59_541, "val": 3_051, "test": 6_130}
     status = {s["name"]: s["status"] for s in m["stages"]}
     assert status["stat_forecast"] == "skipped: the dataset has no statistic sequences"
     assert status["product_forecast"] == "skipped: the dataset has no product sequences"
+    assert m["ranker"]["modules"]["modalities"] == ["frame", "asr"]
+    assert 0.0 <= m["eval"]["test"]["mmbee"]["click"]["auc"] <= 1.0      # positives vs sampled negatives
     topk = m["eval"]["test"]["popularity"]["click_topk"]
     assert topk["users"] > 0 and 0 < topk["recall@20"] < 1

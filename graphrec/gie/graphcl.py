@@ -17,7 +17,7 @@ the trained Θ and for the untrained initial Θ side by side.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping
 
 import numpy as np
 import torch

@@ -88,6 +88,8 @@ class CSRWalker:
         seeds = seeds.to(self.device)
         # first hop: one neighbour-range read per seed, k draws from it
         indptr, indices = self.csr[etypes[0]]
+        if indices.numel() == 0:                         # an edge type without edges: every walk ends here
+            return torch.full((len(seeds), k), PAD, dtype=torch.long, device=self.device)
         start = indptr[seeds]
         deg = indptr[seeds + 1] - start
         r = torch.rand(len(seeds), k, device=self.device, generator=generator)
@@ -96,6 +98,9 @@ class CSRWalker:
         cur = torch.where(alive, indices[pos.clamp(max=max(indices.numel() - 1, 0))].long(), PAD).reshape(-1)
         for et in etypes[1:]:
             indptr, indices = self.csr[et]
+            if indices.numel() == 0:
+                cur = torch.full_like(cur, PAD)
+                break
             ok = cur >= 0
             v = cur.clamp(min=0)
             start = indptr[v]

@@ -67,6 +67,30 @@ class ProductForecaster(nn.Module):
         return model.eval()
 
     @torch.no_grad()
+    def prefix_table(self, items: torch.Tensor, counts: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Ranker features after every prefix of every room's sequence, computed offline.
+
+        ``items [R, P, 4]`` (left-aligned), ``counts [R]``. Returns ``[R, P + 1, num_cat3 + dim]`` whose row
+        ``c`` holds ``[softmax(ĉ_next), encoding]`` after the first ``c`` products (zeros for ``c = 0``), each
+        computed from the latest ``max_len`` products as :meth:`ranker_features` would."""
+        R, P, _ = items.shape
+        out = torch.zeros(R, P + 1, self.num_cat3 + self.dim)
+        L = self.max_len
+        head = min(P, L)
+        for s in range(0, R, batch_size):                     # prefixes up to max_len: one causal pass
+            rows = slice(s, s + batch_size)
+            logits, enc = self.forward(items[rows, :head], counts[rows].clamp(min=1, max=head))
+            out[rows, 1:head + 1] = torch.cat([torch.softmax(logits, -1), enc], dim=-1)
+        for c in range(L + 1, P + 1):                         # longer prefixes: the window of the last L
+            rows = (counts >= c).nonzero().squeeze(1)
+            for s in range(0, len(rows), batch_size):
+                r = rows[s:s + batch_size]
+                logits, enc = self.forward(items[r, c - L:c], torch.full((len(r),), L))
+                out[r, c] = torch.cat([torch.softmax(logits[:, -1], -1), enc[:, -1]], dim=-1)
+        out[torch.arange(P + 1)[None, :].expand(R, -1) > counts[:, None]] = 0.0
+        return out
+
+    @torch.no_grad()
     def ranker_features(self, items: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Stop-gradient ``(softmax(ĉ_next) [B, num_cat3], encoding of the latest item [B, dim])``."""
         logits, enc = self.forward(items, lengths)

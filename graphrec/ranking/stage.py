@@ -1,0 +1,170 @@
+"""The ranker stage: assemble the feature store, train the ranker, score validation and test."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from ..data.dataset import SPLITS
+from ..gie.metapath import METAPATHS
+from ..models.ranker import Ranker, RankerSpec
+from ..stage import RunContext, Stage
+from .batches import BatchBuilder, BatchConfig, GiftHistory, side_features
+from .store import open_store
+from .train import evaluate_split, predict, train_ranker
+
+
+def enabled_modules(ctx: RunContext) -> Dict[str, Any]:
+    """Which ranker modules this run uses: config switches intersected with what exists."""
+    sec, ds, st = ctx.cfg.ranker, ctx.dataset, ctx.state
+    exp = st.get("expansions", {})
+    metapaths = [m for m in METAPATHS if sec.use_gie and sec[f"use_{m}"] and m in exp]
+    return {
+        "metapaths": metapaths,
+        "theta_pretrained": bool(metapaths) and "theta" in st,
+        "modalities": ds.modalities() if sec.use_mfq and ds.has("segments") else [],
+        "stat_forecast": sec.use_stat_forecast and "stat_forecaster" in st,
+        "product_forecast": sec.use_product_forecast and "product_forecaster" in st,
+    }
+
+
+def model_name(mods: Dict[str, Any]) -> str:
+    on = mods["metapaths"] or mods["modalities"] or mods["stat_forecast"] or mods["product_forecast"]
+    return "mmbee" if on else "din"
+
+
+def _node_data(ctx: RunContext, mods: Dict[str, Any]):
+    ds, st = ctx.dataset, ctx.state
+    U, A = ds.num_users, ds.num_authors
+    data: Dict[str, Dict[str, torch.Tensor]] = {"user": {}, "author": {}, "segment": {}}
+    if mods["theta_pretrained"]:
+        data["user"]["theta"] = st["theta"][:U].float()
+        data["author"]["theta"] = st["theta"][U:].float()
+    for m in mods["metapaths"]:
+        seed_type = METAPATHS[m][0]
+        data[seed_type][f"exp_{m}"] = torch.from_numpy(st["expansions"][m].astype(np.int64))
+    if mods["modalities"]:
+        seg = ds.tables["segments"]
+        for m in mods["modalities"]:
+            data["segment"][m] = torch.from_numpy(seg[m].astype(np.float32))
+            data["segment"][f"{m}_len"] = torch.from_numpy(seg.get(f"{m}_len", np.full(len(seg[m]), seg[m].shape[1])).astype(np.int64))
+    if mods["stat_forecast"]:
+        stt = ds.tables["stats"]
+        values = np.zeros((A,) + stt["values"].shape[1:], np.float32)
+        values[stt["author"]] = stt["values"]
+        start = np.zeros(A, np.int64)
+        start[stt["author"]] = stt["start"]
+        data["author"]["stats"] = torch.from_numpy(values)
+        data["author"]["stats_start"] = torch.from_numpy(start)
+    if mods["product_forecast"]:
+        pr = ds.tables["products"]
+        counts = np.bincount(pr["author"], minlength=A)
+        P = max(int(counts.max()), 1)
+        pos = np.arange(len(pr["author"])) - np.concatenate([[0], np.cumsum(counts)])[pr["author"]]
+        items = np.zeros((A, P, 4), np.int64)
+        times = np.full((A, P), np.iinfo(np.int64).max, np.int64)
+        items[pr["author"], pos] = np.stack([pr["product"], pr["cat1"], pr["cat2"], pr["cat3"]], axis=1)
+        times[pr["author"], pos] = pr["time"]
+        model = st["product_forecaster"]
+        data["author"]["prod_feat"] = model.prefix_table(torch.from_numpy(items), torch.from_numpy(counts))
+        data["author"]["prod_time"] = torch.from_numpy(times)
+    return {nt: d for nt, d in data.items() if d}
+
+
+class RankerStage(Stage):
+    name = "ranker"
+    summary = "train the MMBee ranker (or the plain DIN baseline) over impressions via DGL's DistDataLoader"
+
+    def skip_reason(self, ctx: RunContext) -> Optional[str]:
+        if not ctx.cfg.ranker.enabled:
+            return "ranker.enabled is false"
+        return None
+
+    def run(self, ctx: RunContext) -> None:
+        ds, sec, cfg = ctx.dataset, ctx.cfg.ranker, ctx.cfg
+        imp = ds.impressions
+        mods = enabled_modules(ctx)
+        name = model_name(mods)
+        tasks = ds.labels
+        main = ds.meta.get("main_label", tasks[0])
+        implicit = ds.meta.get("feedback") == "implicit"
+        truth = ds.meta.get("truth_columns", {})
+        seg_author = ds.tables["segments"]["author"] if mods["modalities"] else None
+        graph_name = re.sub(r"[^A-Za-z0-9_]", "_", f"graphrec_{ctx.run_dir.name}")
+        store = open_store(ctx.state.get("graph"), ds.num_users, ds.num_authors, seg_author, _node_data(ctx, mods),
+                           ctx.run_dir / "dist", graph_name)
+        gifts = imp[main] == 1
+        history = GiftHistory(imp["user"][gifts], imp["author"][gifts], imp["time"][gifts], ds.num_users)
+        stat_sec, prod_sec = cfg.stat_forecast, cfg.product_forecast
+        bcfg = BatchConfig(tasks=tasks, hist_len=sec.hist_len, metapaths=mods["metapaths"],
+                           theta_pretrained=mods["theta_pretrained"], modalities=mods["modalities"],
+                           stat_input_steps=stat_sec.input_steps if mods["stat_forecast"] else 0,
+                           stat_log1p=stat_sec.log1p,
+                           stat_step_seconds=float(ds.meta.get("stats", {}).get("step_seconds", 30)),
+                           product_max_len=prod_sec.max_len if mods["product_forecast"] else 0,
+                           implicit_negatives=sec.implicit_negatives if implicit else 0)
+        user_side = side_features(ds.tables["users"], truth.get("users", []))
+        author_side = side_features(ds.tables["authors"], truth.get("authors", []))
+        stat_model = ctx.state.get("stat_forecaster") if mods["stat_forecast"] else None
+        prod_model = ctx.state.get("product_forecaster") if mods["product_forecast"] else None
+        builder = BatchBuilder(ds, store, bcfg, history, user_side, author_side, stat_model, prod_model, cfg.run.seed)
+        stat_dim = 0
+        if stat_model is not None:
+            stat_dim = stat_model.num_variates * (stat_model.horizon + stat_model.dim)
+        spec = RankerSpec(
+            num_users=ds.num_users, num_authors=ds.num_authors, tasks=tasks,
+            user_cats={k: v[1] for k, v in user_side[0].items()}, author_cats={k: v[1] for k, v in author_side[0].items()},
+            user_dense=0 if user_side[1] is None else user_side[1].shape[1],
+            author_dense=0 if author_side[1] is None else author_side[1].shape[1],
+            id_dim=sec.id_dim, theta_dim=cfg.graphcl.dim, theta_pretrained=mods["theta_pretrained"],
+            metapaths=mods["metapaths"], modality_dims={m: int(ds.tables["segments"][m].shape[-1]) for m in mods["modalities"]},
+            mfq=dict(cfg.mfq), stat_dim=stat_dim,
+            product_cats=prod_model.num_cat3 if prod_model is not None else 0,
+            product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout)
+        torch.manual_seed(cfg.run.seed)
+        model = Ranker(spec)
+        weights = torch.tensor([sec[f"weight_{t}"] for t in tasks], dtype=torch.float32)
+        split = imp["split"]
+        train_idx = np.flatnonzero(split == SPLITS["train"])
+        val_idx = np.flatnonzero(split == SPLITS["val"])
+        test_idx = np.flatnonzero(split == SPLITS["test"])
+        ctx.log.info("ranker '%s': modules %s; %s train / %s val / %s test impressions", name,
+                     {k: v for k, v in mods.items()}, f"{len(train_idx):,}", f"{len(val_idx):,}", f"{len(test_idx):,}")
+
+        def on_epoch_end(epoch: int, h: Dict[str, float]) -> None:
+            for k, v in h.items():
+                if k != "epoch":
+                    ctx.writer.add_scalar(f"ranker/{k}", v, epoch + 1)
+
+        result = train_ranker(model, builder, train_idx, val_idx, sec, weights, main, cfg.run.seed,
+                              ctx.run_dir / "checkpoints" / "ranker_last.pt", resume=ctx.state.get("resume", False),
+                              log=ctx.log.info, on_epoch_end=on_epoch_end, progress=ctx.progress)
+        results = ctx.metrics.setdefault("eval", {})
+        neg = sec.eval_negatives if implicit else 0
+        for split_name, idx in (("val", val_idx), ("test", test_idx)):
+            if len(idx) == 0:
+                continue
+            rep = evaluate_split(result.model, builder, idx, tasks, neg, cfg.run.seed + 1)
+            results.setdefault(split_name, {})[name] = rep
+            for task, r in rep.items():
+                for k, v in r.items():
+                    ctx.writer.add_scalar(f"{split_name}/{name}/{task}/{k}", v, 0)
+                ctx.log.info("%s %-10s %-9s auc=%.4f uauc=%.4f gauc=%.4f", split_name, name, task, r["auc"],
+                             r["uauc"], r["gauc"])
+        if len(test_idx) and not implicit and main in tasks:
+            scores = predict(result.model, builder, test_idx)[:, tasks.index(main)]
+            ctx.writer.add_pr_curve(f"test/{name}/{main}_pr", torch.from_numpy(imp[main][test_idx].astype(np.int64)),
+                                    torch.from_numpy(scores), 0)
+        ctx.metrics["ranker"] = {"model": name, "modules": mods, "history": result.history,
+                                 "best_epoch": result.best_epoch, "best_val_gauc": result.best_val,
+                                 "resumed_from_epoch": result.resumed_from,
+                                 "parameters": int(sum(p.numel() for p in model.parameters()))}
+        from ..checkpoint import save_checkpoint
+
+        save_checkpoint(ctx.run_dir / "checkpoints" / "ranker.pt",
+                        {"state_dict": result.model.state_dict(), "spec": dataclasses.asdict(spec)})
+        ctx.state["ranker"] = result.model
+        ctx.state["ranker_builder"] = builder

@@ -251,6 +251,58 @@ def _epoch_logger(ctx: RunContext, tag: str):
     return log_epoch
 
 
+# ----------------------------------------------------------------------------- baselines
+class LightGCNStage(Stage):
+    name = "lightgcn"
+    summary = "LightGCN baseline (BPR on training positives): full-ranking top-K and per-impression AUC"
+
+    def skip_reason(self, ctx: RunContext) -> Optional[str]:
+        if not ctx.cfg.lightgcn.enabled:
+            return "lightgcn.enabled is false"
+        return None
+
+    def run(self, ctx: RunContext) -> None:
+        import torch
+
+        from .gie.graph import gift_edges
+        from .metrics import ranking_report
+        from .models.lightgcn import train_lightgcn
+        from .topk import full_ranking
+
+        ds, sec = ctx.dataset, ctx.cfg.lightgcn
+        imp = ds.impressions
+        main = ds.meta.get("main_label", ds.labels[0])
+        train = imp["split"] == SPLITS["train"]
+        u, a, _, _ = gift_edges(ds, main, train)
+        if len(u) == 0:
+            ctx.log.info("lightgcn: no training positives of %s; nothing to learn", main)
+            return
+        model = train_lightgcn(u, a, ds.num_users, ds.num_authors, sec, ctx.cfg.run.seed,
+                               lambda e, l: ctx.writer.add_scalar("lightgcn/bpr_loss", l, e))
+        with torch.no_grad():
+            eu, ea = model.split()
+        ctx.state["lightgcn_scores"] = lambda users: eu[torch.as_tensor(users).long()] @ ea.T
+        results = ctx.metrics.setdefault("eval", {})
+        train_pos = positives_matrix(ds, main, train)
+        for split in ("val", "test"):
+            mask = imp["split"] == SPLITS[split]
+            if not mask.any():
+                continue
+            test_pos = positives_matrix(ds, main, mask)
+            rep = full_ranking(ctx.state["lightgcn_scores"], train_pos, test_pos, k=min(20, ds.num_authors - 1))
+            out = results.setdefault(split, {}).setdefault("lightgcn", {})
+            out[f"{main}_topk"] = rep
+            y = imp[main][mask]
+            if y.min() != y.max():
+                scores = (eu[torch.from_numpy(imp["user"][mask]).long()] * ea[torch.from_numpy(imp["author"][mask]).long()]).sum(-1)
+                out[main] = ranking_report(imp["user"][mask], y, scores.numpy())
+            for name, r in out.items():
+                for k, v in r.items():
+                    ctx.writer.add_scalar(f"{split}/lightgcn/{name}/{k}", v, 0)
+            ctx.log.info("%s lightgcn %s full ranking: %s", split, main,
+                         ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rep.items()))
+
+
 # ----------------------------------------------------------------------------- evaluation
 def popularity_scores(ds: Dataset, label: str, train: np.ndarray, prior_weight: float = 10.0) -> np.ndarray:
     """Per-author smoothed positive rate of ``label`` on training impressions (the popularity model)."""
@@ -410,7 +462,7 @@ def render_report(ctx: RunContext) -> str:
 
 
 STAGES: List[Stage] = [DataStage(), GraphStage(), ExpansionStage(), GraphCLStage(), StatForecastStage(),
-                       ProductForecastStage(), RankerStage(), EvaluationStage(), ReportStage()]
+                       ProductForecastStage(), LightGCNStage(), RankerStage(), EvaluationStage(), ReportStage()]
 
 
 def stage_names() -> List[str]:

@@ -27,9 +27,12 @@ def test_full_ranker_trains_and_reports(tmp_path):
     assert mods["metapaths"] == ["u2a2u", "u2a2u2a", "u2a2a", "a2a", "a2u2a"] and mods["theta_pretrained"]
     assert mods["modalities"] == ["frame", "asr", "comment"] and mods["stat_forecast"] and mods["product_forecast"]
     test = m["eval"]["test"]["mmbee"]
-    assert set(test) == {"click", "long_view", "gift", "purchase"}
-    for rep in test.values():
-        assert 0.0 <= rep["auc"] <= 1.0 and 0.0 <= rep["gauc"] <= 1.0
+    assert set(test) == {"click", "long_view", "gift", "purchase", "gift_topk"}
+    for task in ("click", "long_view", "gift", "purchase"):
+        assert 0.0 <= test[task]["auc"] <= 1.0 and 0.0 <= test[task]["gauc"] <= 1.0
+    topk = test["gift_topk"]                                     # two-stage: LightGCN retrieves, ranker reranks
+    assert topk["candidates"] == 20 and 0.0 <= topk["recall@20"] <= 1.0
+    assert "gift_topk" in m["eval"]["test"]["lightgcn"]
     assert len(m["ranker"]["history"]) == 2
     ck = load_checkpoint(res.run_dir / "checkpoints" / "ranker.pt")
     model = Ranker(RankerSpec(**ck["spec"]))
@@ -80,8 +83,8 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path, monkeypatch):
     assert resumed["ranker"]["resumed_from_epoch"] == 2
     assert [h["val_gauc"] for h in resumed["ranker"]["history"]] == \
         pytest.approx([h["val_gauc"] for h in whole.metrics["ranker"]["history"]], abs=1e-9)
-    for task, rep in whole.metrics["eval"]["test"]["mmbee"].items():
-        assert resumed["eval"]["test"]["mmbee"][task]["auc"] == pytest.approx(rep["auc"], abs=1e-9)
+    for task, rep in whole.metrics["eval"]["test"]["mmbee"].items():      # incl. the two-stage top-K
+        assert resumed["eval"]["test"]["mmbee"][task] == pytest.approx(rep, abs=1e-9)
 
 
 def test_same_seed_same_result_and_resume_errors(tmp_path, capsys):

@@ -34,7 +34,7 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     assert metrics["data"]["users"] == 300 and metrics["data"]["impressions"] == 8_000
     assert sum(metrics["data"]["split"].values()) == 8_000
     assert [s["name"] for s in metrics["stages"]] == ["data", "graph", "expansion", "graphcl", "stat_forecast",
-                                                       "product_forecast", "ranker", "evaluation", "report"]
+                                                       "product_forecast", "lightgcn", "ranker", "evaluation", "report"]
     assert all(s["status"] == "ran" for s in metrics["stages"])
     test = metrics["eval"]["test"]
     # on simulated data the oracle (true probabilities) beats popularity on the main task
@@ -43,7 +43,7 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     report = (run_dir / "report.md").read_text()
     assert "| oracle | gift |" in report and "Bayes-optimal" in report
     log = (run_dir / "run.log").read_text()
-    assert "[1/9] data" in log and "[9/9] report" in log
+    assert "[1/10] data" in log and "[10/10] report" in log
     assert str(run_dir) in capsys.readouterr().out
 
 
@@ -107,7 +107,7 @@ def test_forecaster_stages_skip_with_reasons(tmp_path):
 
 
 def test_skip_stages(tmp_path):
-    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation, graph, stat_forecast, product_forecast, ranker]")) == 0
+    assert main(tiny_args(tmp_path, "run.skip_stages=[evaluation, graph, stat_forecast, product_forecast, ranker, lightgcn]")) == 0
     metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     status = {s["name"]: s["status"] for s in metrics["stages"]}
     assert status["evaluation"].startswith("skipped") and status["report"] == "ran"

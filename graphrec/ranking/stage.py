@@ -158,6 +158,8 @@ class RankerStage(Stage):
             scores = predict(result.model, builder, test_idx)[:, tasks.index(main)]
             ctx.writer.add_pr_curve(f"test/{name}/{main}_pr", torch.from_numpy(imp[main][test_idx].astype(np.int64)),
                                     torch.from_numpy(scores), 0)
+        if sec.topk_candidates > 0:
+            self._two_stage_topk(ctx, result.model, builder, name, main)
         ctx.metrics["ranker"] = {"model": name, "modules": mods, "history": result.history,
                                  "best_epoch": result.best_epoch, "best_val_gauc": result.best_val,
                                  "resumed_from_epoch": result.resumed_from,
@@ -168,3 +170,47 @@ class RankerStage(Stage):
                         {"state_dict": result.model.state_dict(), "spec": dataclasses.asdict(spec)})
         ctx.state["ranker"] = result.model
         ctx.state["ranker_builder"] = builder
+
+    def _two_stage_topk(self, ctx: RunContext, model, builder, name: str, main: str) -> None:
+        """Full-ranking top-K of the ranker, two-stage: retrieve ``ranker.topk_candidates`` authors per user
+        (LightGCN scores when that stage ran, popularity otherwise; training items masked), rerank them
+        with the ranker at the user's first impression time of the split; the rest rank below."""
+        from ..pipeline import positives_matrix
+        from ..topk import full_ranking
+
+        ds, imp = ctx.dataset, ctx.dataset.impressions
+        train = imp["split"] == SPLITS["train"]
+        train_pos = positives_matrix(ds, main, train)
+        retrieve = ctx.state.get("lightgcn_scores")
+        if retrieve is None:
+            pop = torch.from_numpy(np.asarray(train_pos.sum(axis=0)).ravel().astype(np.float32))
+            retrieve = lambda users: pop.expand(len(users), -1).clone()
+        n = min(ctx.cfg.ranker.topk_candidates, ds.num_authors)
+        task = builder.cfg.tasks.index(main)
+        for split_name in ("val", "test"):
+            mask = imp["split"] == SPLITS[split_name]
+            if not mask.any():
+                continue
+            first_time = {}
+            for u, t in zip(imp["user"][mask][::-1], imp["time"][mask][::-1]):
+                first_time[int(u)] = t
+
+            def score_users(users: np.ndarray) -> torch.Tensor:
+                base = retrieve(users).float()
+                seen = train_pos[users].tocoo()
+                base[torch.from_numpy(seen.row).long(), torch.from_numpy(seen.col).long()] = -float("inf")
+                cand = torch.topk(base, n, dim=1).indices                       # [B, n]
+                uu = np.repeat(users, n)
+                tt = np.array([first_time.get(int(u), 0) for u in users]).repeat(n)
+                with torch.no_grad():
+                    s = torch.sigmoid(model(builder.build(uu, cand.reshape(-1).numpy(), tt)))[:, task]
+                out = torch.full_like(base, -float("inf"))
+                out.scatter_(1, cand, s.view(len(users), n).float())
+                return out
+
+            rep = full_ranking(score_users, train_pos, positives_matrix(ds, main, mask), k=min(20, ds.num_authors - 1),
+                               batch_size=256)
+            rep["candidates"] = n
+            ctx.metrics.setdefault("eval", {}).setdefault(split_name, {}).setdefault(name, {})[f"{main}_topk"] = rep
+            ctx.log.info("%s %s %s two-stage full ranking (%d candidates): %s", split_name, name, main, n,
+                         ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rep.items()))

@@ -93,6 +93,7 @@ def run(cfg: Config, config_file: Optional[str] = None, run_dir: Optional[Path] 
     log.info("%s run folder %s (device %s)", "resuming in" if resume else "new", run_dir, device)
     try:
         run_stages(ctx)
+        _write_hparams(writer, cfg, ctx.metrics)
     except BaseException as exc:
         log.error("run failed: %s", exc)
         ctx.metrics["error"] = f"{type(exc).__name__}: {exc}"
@@ -104,6 +105,20 @@ def run(cfg: Config, config_file: Optional[str] = None, run_dir: Optional[Path] 
             h.close()
             log.removeHandler(h)
     return RunResult(run_dir=run_dir, metrics=ctx.metrics)
+
+
+def _write_hparams(writer, cfg: Config, metrics: Dict[str, Any]) -> None:
+    """TensorBoard's hparams view: every scalar config value beside the final test metrics."""
+    hparams = {f"{sec}.{k}": v for sec, keys in cfg.items() for k, v in keys.items()
+               if isinstance(v, (int, float, str, bool))}
+    final = {}
+    for model, labels in metrics.get("eval", {}).get("test", {}).items():
+        for label, rep in labels.items():
+            for k, v in rep.items():
+                if isinstance(v, float) and v == v:       # skip NaN
+                    final[f"hparam/test/{model}/{label}/{k}"] = v
+    if final:
+        writer.add_hparams(hparams, final, run_name="hparams")
 
 
 def build_parser() -> argparse.ArgumentParser:

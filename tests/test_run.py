@@ -51,10 +51,15 @@ def test_tensorboard_events_hold_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     result = run(load_config("yaml/live.yaml", [s for s in tiny_args(tmp_path)[1::2]]))
-    acc = EventAccumulator(str(result.run_dir))
+    acc = EventAccumulator(str(result.run_dir), size_guidance={"tensors": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
     assert "test/oracle/gift/auc" in tags and "data/impressions" in tags
+    assert "ranker/val_gauc" in tags and "ranker/lr" in tags and "graphcl/loss" in tags
+    assert {"test/mmbee/gift_pr", "config/text_summary"} <= set(acc.Tags()["tensors"])   # PR curve, config text
+    hp = EventAccumulator(str(result.run_dir / "hparams"))           # the hparams view: config + final metrics
+    hp.Reload()
+    assert any(t.startswith("hparam/test/mmbee/gift/") for t in hp.Tags()["scalars"])
     value = acc.Scalars("test/oracle/gift/auc")[0].value
     assert value == pytest.approx(result.metrics["eval"]["test"]["oracle"]["gift"]["auc"], abs=1e-6)
 

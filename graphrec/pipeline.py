@@ -208,9 +208,8 @@ class StatForecastStage(Stage):
                      "latest value %.4f", m["space"], m["heldout_rooms"], m["mse"]["model"],
                      m["mse"]["mean_value"], m["mse"]["latest_value"])
         features = ctx.dataset.meta.get("stats", {}).get("features", [])
-        path = save_checkpoint(ctx.run_dir / "checkpoints" / "stat_forecast.pt", result.model.checkpoint(sec, features))
+        save_checkpoint(ctx.run_dir / "checkpoints" / "stat_forecast.pt", result.model.checkpoint(sec, features))
         ctx.state["stat_forecaster"] = result.model
-        ctx.state["stat_forecaster_checkpoint"] = path
 
 
 class ProductForecastStage(Stage):
@@ -238,10 +237,9 @@ class ProductForecastStage(Stage):
         ctx.log.info("next-category hit rate on %d held-out shopping rooms: model %.4f, most frequent %.4f, "
                      "latest %.4f", m["heldout_rooms"], m["hit_rate"]["model"],
                      m["hit_rate"]["most_frequent_category"], m["hit_rate"]["latest_category"])
-        path = save_checkpoint(ctx.run_dir / "checkpoints" / "product_forecast.pt",
-                               result.model.checkpoint(sec, ctx.dataset.meta["products"]))
+        save_checkpoint(ctx.run_dir / "checkpoints" / "product_forecast.pt",
+                        result.model.checkpoint(sec, ctx.dataset.meta["products"]))
         ctx.state["product_forecaster"] = result.model
-        ctx.state["product_forecaster_checkpoint"] = path
 
 
 def _epoch_logger(ctx: RunContext, tag: str):

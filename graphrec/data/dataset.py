@@ -22,6 +22,7 @@ written under a temporary name and renamed into place, so a reader never sees ha
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Mapping, Optional
 
 import numpy as np
 
@@ -50,14 +51,16 @@ def _umask_mode(mode: int) -> int:
     return mode & ~current
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file handle that becomes ``path`` only when the block succeeds (temp file, then
+    rename in the same folder); on any error the temp file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _umask_mode(0o666))
@@ -68,23 +71,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_table(path: Path, columns: Mapping[str, np.ndarray]) -> None:
-    """Save columns as an uncompressed npz, atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in columns.items()})
-        os.chmod(tmp, _umask_mode(0o666))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Save columns as an uncompressed npz, atomically (streamed to disk, not buffered)."""
+    with atomic_file(path) as fh:
+        np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in columns.items()})
 
 
 def load_table(path: Path) -> Dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ representation is the mean over layers 0..K, and a pair is scored by the dot pro
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch

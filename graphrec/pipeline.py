@@ -125,6 +125,19 @@ class ExpansionStage(Stage):
                      ", ".join(f"{k}={v:.3f}" for k, v in fill.items()))
 
 
+def author_labels(ds: Dataset) -> List[str]:
+    """A label per author for TensorBoard's projector: planted cluster, first genre, vertical, or id."""
+    authors = ds.tables["authors"]
+    if "cluster" in authors:
+        return [f"cluster {c}" for c in authors["cluster"].tolist()]
+    if "genres" in authors and "genre_names" in ds.meta:
+        names = ds.meta["genre_names"]
+        return [names[int(np.argmax(g))] if g.any() else "none" for g in authors["genres"]]
+    if "shopping" in authors:
+        return ["shopping" if s else "talent" for s in authors["shopping"].tolist()]
+    return [str(i) for i in range(ds.num_authors)]
+
+
 class GraphCLStage(Stage):
     name = "graphcl"
     summary = "GraphCL pre-training of node embeddings Θ (L_CE + λ·L_NCE) and its link-prediction check"
@@ -171,10 +184,7 @@ class GraphCLStage(Stage):
         ctx.state["theta"] = theta
         save_checkpoint(ctx.run_dir / "checkpoints" / "graphcl.pt",
                         {"theta": theta, "num_users": ds.num_users, "num_authors": ds.num_authors, "hparams": dict(sec)})
-        authors = ds.tables["authors"]
-        tag = next((c for c in ("cluster", "shopping") if c in authors), None)
-        ctx.writer.add_embedding(result.model.author_embeddings(), tag="author_theta",
-                                 metadata=(authors[tag].tolist() if tag else list(range(ds.num_authors))))
+        ctx.writer.add_embedding(result.model.author_embeddings(), tag="author_theta", metadata=author_labels(ds))
 
 
 # ----------------------------------------------------------------------------- foresight

@@ -112,3 +112,17 @@ def test_importing_graphrec_dgl_and_ogb_starts_no_version_check_thread():
             "'outdated' in sys.modules and sys.modules['outdated'] is not None)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "False"]
+
+
+def test_projector_labels_use_the_best_available_author_attribute():
+    from graphrec.data.dataset import Dataset
+    from graphrec.pipeline import author_labels
+
+    def ds(authors, meta=None):
+        return Dataset("x", "t", 1, 3, {"authors": authors}, meta=meta or {})
+
+    assert author_labels(ds({"cluster": np.array([2, 0, 1])})) == ["cluster 2", "cluster 0", "cluster 1"]
+    genres = np.array([[0, 1, 1], [1, 0, 0], [0, 0, 0]], np.uint8)
+    assert author_labels(ds({"genres": genres}, {"genre_names": ["a", "b", "c"]})) == ["b", "a", "none"]
+    assert author_labels(ds({"shopping": np.array([1, 0, 0])})) == ["shopping", "talent", "talent"]
+    assert author_labels(ds({"raw_id": np.arange(3)})) == ["0", "1", "2"]

@@ -60,11 +60,10 @@ def graph_label(ctx: RunContext) -> str:
 
 class GraphStage(Stage):
     name = "graph"
+    section = "graph"
     summary = "build the U2A/A2U/A2A gifting heterograph (Swing top-k) from training positives"
 
-    def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        if not ctx.cfg.graph.enabled:
-            return "graph.enabled is false"
+    def missing_inputs(self, ctx: RunContext) -> Optional[str]:
         label = graph_label(ctx)
         if label not in ctx.dataset.labels:
             return f"graph.label={label!r} is not a label of this dataset {ctx.dataset.labels}"
@@ -90,11 +89,10 @@ class GraphStage(Stage):
 
 class ExpansionStage(Stage):
     name = "expansion"
+    section = "expansion"
     summary = "offline metapath expansions (u2a2u, u2a2u2a, u2a2a, a2a, a2u2a), cached by graph fingerprint"
 
-    def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        if not ctx.cfg.expansion.enabled:
-            return "expansion.enabled is false"
+    def missing_inputs(self, ctx: RunContext) -> Optional[str]:
         if "graph" not in ctx.state:
             return "no graph (stage graph did not run)"
         return None
@@ -140,11 +138,10 @@ def author_labels(ds: Dataset) -> List[str]:
 
 class GraphCLStage(Stage):
     name = "graphcl"
+    section = "graphcl"
     summary = "GraphCL pre-training of node embeddings Θ (L_CE + λ·L_NCE) and its link-prediction check"
 
-    def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        if not ctx.cfg.graphcl.enabled:
-            return "graphcl.enabled is false"
+    def missing_inputs(self, ctx: RunContext) -> Optional[str]:
         exp = ctx.state.get("expansions", {})
         missing = [m for m in ("u2a2u", "a2u2a") if m not in exp]
         if missing:
@@ -190,11 +187,10 @@ class GraphCLStage(Stage):
 # ----------------------------------------------------------------------------- foresight
 class StatForecastStage(Stage):
     name = "stat_forecast"
+    section = "stat_forecast"
     summary = "pre-train LiveForesighter's statistic forecaster (RevIN + iTransformer)"
 
-    def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        if not ctx.cfg.stat_forecast.enabled:
-            return "stat_forecast.enabled is false"
+    def missing_inputs(self, ctx: RunContext) -> Optional[str]:
         if not ctx.dataset.has("stats"):
             return "the dataset has no statistic sequences"
         steps = ctx.dataset.tables["stats"]["values"].shape[1]
@@ -224,11 +220,10 @@ class StatForecastStage(Stage):
 
 class ProductForecastStage(Stage):
     name = "product_forecast"
+    section = "product_forecast"
     summary = "pre-train LiveForesighter's product forecaster (causal Transformer, next fine category)"
 
-    def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        if not ctx.cfg.product_forecast.enabled:
-            return "product_forecast.enabled is false"
+    def missing_inputs(self, ctx: RunContext) -> Optional[str]:
         if not ctx.dataset.has("products"):
             return "the dataset has no product sequences"
         return None
@@ -262,12 +257,9 @@ def _epoch_logger(ctx: RunContext, tag: str):
 # ----------------------------------------------------------------------------- baselines
 class LightGCNStage(Stage):
     name = "lightgcn"
+    section = "lightgcn"
     summary = "LightGCN baseline (BPR on training positives): full-ranking top-K and per-impression AUC"
 
-    def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        if not ctx.cfg.lightgcn.enabled:
-            return "lightgcn.enabled is false"
-        return None
 
     def run(self, ctx: RunContext) -> None:
         import torch

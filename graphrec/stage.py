@@ -48,9 +48,16 @@ class Stage(abc.ABC):
 
     name = "stage"
     summary = ""
+    section: Optional[str] = None      # config section whose `enabled` key switches the stage off
 
     def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        """Why this stage cannot run now (its inputs are absent), or None."""
+        """Why this stage does not run now (switched off, or its inputs are absent), or None."""
+        if self.section is not None and not ctx.cfg[self.section]["enabled"]:
+            return f"{self.section}.enabled is false"
+        return self.missing_inputs(ctx)
+
+    def missing_inputs(self, ctx: RunContext) -> Optional[str]:
+        """What this stage needs and does not have, or None."""
         return None
 
     @abc.abstractmethod

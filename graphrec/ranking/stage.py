@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -76,12 +76,9 @@ def _node_data(ctx: RunContext, mods: Dict[str, Any]):
 
 class RankerStage(Stage):
     name = "ranker"
+    section = "ranker"
     summary = "train the MMBee ranker (or the plain DIN baseline) over impressions via DGL's DistDataLoader"
 
-    def skip_reason(self, ctx: RunContext) -> Optional[str]:
-        if not ctx.cfg.ranker.enabled:
-            return "ranker.enabled is false"
-        return None
 
     def run(self, ctx: RunContext) -> None:
         ds, sec, cfg = ctx.dataset, ctx.cfg.ranker, ctx.cfg

@@ -42,7 +42,8 @@ class DataStage(Stage):
         split_counts = {s: int((imp["split"] == code).sum()) for s, code in SPLITS.items()}
         counts = ds.counts()
         ctx.state["dataset"] = ds
-        ctx.metrics["data"] = {"path": str(path), "name": ds.name, **counts, "split": split_counts}
+        ctx.metrics["data"] = {"path": str(path), "name": ds.name, "main_label": ds.meta.get("main_label", ds.labels[0]),
+                               **counts, "split": split_counts}
         if "oracle" in ds.meta:
             ctx.metrics["data"]["oracle"] = ds.meta["oracle"]
         ctx.log.info("dataset %s: %s", ds.name, ", ".join(f"{k}={v:,}" for k, v in counts.items()))

@@ -127,5 +127,6 @@ def test_ablate_writes_one_row_per_variant(tmp_path, capsys):
     report = (parent / "report.md").read_text()
     for variant in ("full", "-GIE", "-MFQ", "-stat_forecast", "-product_forecast", "-GraphCL", "DIN"):
         assert f"| {variant} |" in report
-    assert "| oracle (Bayes-optimal) |" in report
+    assert "| oracle (Bayes-optimal) |" in report and "| LightGCN |" in report
+    assert "Main task: `gift`" in report                          # the dataset's main label, not the first one
     assert len([p for p in parent.iterdir() if p.is_dir()]) == 7

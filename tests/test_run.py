@@ -56,6 +56,7 @@ def test_tensorboard_events_hold_metrics(tmp_path):
     tags = acc.Tags()["scalars"]
     assert "test/oracle/gift/auc" in tags and "data/impressions" in tags
     assert "ranker/val_gauc" in tags and "ranker/lr" in tags and "graphcl/loss" in tags
+    assert "ranker/train_loss_step" in tags
     assert {"test/mmbee/gift_pr", "config/text_summary"} <= set(acc.Tags()["tensors"])   # PR curve, config text
     hp = EventAccumulator(str(result.run_dir / "hparams"))           # the hparams view: config + final metrics
     hp.Reload()

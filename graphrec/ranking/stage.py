@@ -138,7 +138,8 @@ class RankerStage(Stage):
 
         result = train_ranker(model, builder, train_idx, val_idx, sec, weights, main, cfg.run.seed,
                               ctx.run_dir / "checkpoints" / "ranker_last.pt", resume=ctx.state.get("resume", False),
-                              log=ctx.log.info, on_epoch_end=on_epoch_end, progress=ctx.progress)
+                              log=ctx.log.info, on_epoch_end=on_epoch_end, progress=ctx.progress,
+                              on_step=lambda step, loss: ctx.writer.add_scalar("ranker/train_loss_step", loss, step))
         results = ctx.metrics.setdefault("eval", {})
         neg = sec.eval_negatives if implicit else 0
         for split_name, idx in (("val", val_idx), ("test", test_idx)):

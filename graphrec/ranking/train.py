@@ -79,7 +79,8 @@ def train_ranker(model: Ranker, builder, train_idx: np.ndarray, val_idx: np.ndar
                  task_weights: torch.Tensor, main_task: str, seed: int, checkpoint_path: Path,
                  resume: bool = False, log: Callable[[str], None] = print,
                  on_epoch_end: Callable[[int, Dict[str, float]], None] = lambda e, h: None,
-                 progress: bool = False) -> TrainResult:
+                 progress: bool = False, on_step: Callable[[int, float], None] = lambda step, loss: None,
+                 log_every: int = 20) -> TrainResult:
     from tqdm import tqdm
 
     opt = torch.optim.Adam(model.parameters(), lr=sec["lr"], weight_decay=sec["weight_decay"])
@@ -103,6 +104,7 @@ def train_ranker(model: Ranker, builder, train_idx: np.ndarray, val_idx: np.ndar
         builder.gen = np.random.default_rng(seed * 1_000_003 + epoch)   # sampled negatives
         model.train()
         total, n = 0.0, 0
+        step = epoch * ((len(train_idx) + sec["batch_size"] - 1) // sec["batch_size"])   # global, resume-proof
         loader = _loader(train_idx, sec["batch_size"], lambda b: builder(b, train=True), shuffle=True)
         for batch in tqdm(loader, desc=f"ranker {epoch + 1}/{sec['epochs']}", disable=not progress, leave=False):
             logits = model(batch)
@@ -112,6 +114,9 @@ def train_ranker(model: Ranker, builder, train_idx: np.ndarray, val_idx: np.ndar
             opt.step()
             total += float(loss) * len(batch["user"])
             n += len(batch["user"])
+            if step % log_every == 0:
+                on_step(step, float(loss))
+            step += 1
         val = evaluate_split(model, builder, val_idx, builder.cfg.tasks, implicit, seed)
         val_gauc = val.get(main_task, {}).get("gauc", float("nan"))
         if np.isnan(val_gauc):

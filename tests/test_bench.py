@@ -1,6 +1,9 @@
 """The benchmark commands run and report consistent numbers (their speed is not asserted here)."""
 import json
 
+import numpy as np
+import torch
+
 from graphrec.bench.__main__ import main
 from graphrec.bench.sampler import format_table, power_law_graph, run
 
@@ -30,3 +33,40 @@ def test_swing_benchmark_and_usage(capsys):
     assert main(["swing", "--users", "2000", "--authors", "200", "--edges", "20000"]) == 0
     assert "a2a edges" in capsys.readouterr().out
     assert main(["nope"]) == 2
+
+
+def test_train_and_serve_benchmarks_on_a_tiny_world(tmp_path, capsys):
+    from .conftest import FAST_MODELS, TINY_SIM
+
+    sets = [a for s in TINY_SIM + FAST_MODELS + ["simulate.num_impressions=6000", f"data.cache_dir={tmp_path / 'c'}"]
+            for a in ("--set", s)]
+    assert main(["train", "--impressions", "2000", "--out", str(tmp_path / "t.json")] + sets) == 0
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert res["mmbee"]["impressions_per_s"] > 0 and res["din"]["impressions_per_s"] > 0
+    assert res["mmbee"]["parameters"] > res["din"]["parameters"]
+    assert res["cost_ratio"] == res["din"]["impressions_per_s"] / res["mmbee"]["impressions_per_s"]
+    assert main(["serve", "--requests", "5", "--candidates", "20", "--out", str(tmp_path / "s.json")] + sets) == 0
+    res = json.loads((tmp_path / "s.json").read_text())
+    for variant in ("offline cache", "online walk"):
+        r = res[variant]
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert "p99" in capsys.readouterr().out
+
+
+def test_online_expansions_walk_the_same_metapaths():
+    from graphrec.bench.ranker import OnlineExpansions
+    from graphrec.gie.graph import build_graph
+    from graphrec.gie.metapath import PAD
+
+    g = build_graph(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 2]), 3, 3)
+
+    class Store:
+        def get(self, ntype, name, ids):
+            return torch.zeros(len(ids))
+
+    online = OnlineExpansions(Store(), g, {"u2a2u": 4, "a2u2a": 4})
+    sim = online.get("user", "exp_u2a2u", torch.tensor([0, 0, 2]))
+    assert sim.shape == (3, 4)
+    assert 1 in sim[0].tolist() and set(sim[0].tolist()) <= {1, PAD}   # never the seed itself
+    assert set(sim[2].tolist()) == {PAD}                                 # user 2 shares no author
+    assert torch.equal(online.get("user", "theta", torch.tensor([1, 2])), torch.zeros(2))

@@ -1,11 +1,12 @@
-"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing."""
+"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, serve."""
 from __future__ import annotations
 
 import sys
 
-from . import sampler
+from . import ranker, sampler
 
-COMMANDS = {"sampler": sampler.main, "swing": sampler.swing_main}
+COMMANDS = {"sampler": sampler.main, "swing": sampler.swing_main, "train": ranker.train_main,
+            "serve": ranker.serve_main}
 
 
 def main(argv=None) -> int:

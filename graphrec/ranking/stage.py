@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Dict
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -74,11 +75,57 @@ def _node_data(ctx: RunContext, mods: Dict[str, Any]):
     return {nt: d for nt, d in data.items() if d}
 
 
+def build_ranker(ctx: RunContext, mods: Dict[str, Any], store_dir: Optional[Path] = None):
+    """The ranker, its batch builder and feature store for ``mods`` (see :func:`enabled_modules`).
+
+    The feature store is partitioned into ``store_dir`` (default ``<run>/dist``)."""
+    ds, sec, cfg = ctx.dataset, ctx.cfg.ranker, ctx.cfg
+    imp = ds.impressions
+    tasks = ds.labels
+    main = ds.meta.get("main_label", tasks[0])
+    implicit = ds.meta.get("feedback") == "implicit"
+    truth = ds.meta.get("truth_columns", {})
+    seg_author = ds.tables["segments"]["author"] if mods["modalities"] else None
+    graph_name = re.sub(r"[^A-Za-z0-9_]", "_", f"graphrec_{ctx.run_dir.name}")
+    store = open_store(ctx.state.get("graph"), ds.num_users, ds.num_authors, seg_author, _node_data(ctx, mods),
+                       store_dir or ctx.run_dir / "dist", graph_name)
+    gifts = imp[main] == 1
+    history = GiftHistory(imp["user"][gifts], imp["author"][gifts], imp["time"][gifts], ds.num_users)
+    stat_sec, prod_sec = cfg.stat_forecast, cfg.product_forecast
+    bcfg = BatchConfig(tasks=tasks, hist_len=sec.hist_len, metapaths=mods["metapaths"],
+                       theta_pretrained=mods["theta_pretrained"], modalities=mods["modalities"],
+                       stat_input_steps=stat_sec.input_steps if mods["stat_forecast"] else 0,
+                       stat_log1p=stat_sec.log1p,
+                       stat_step_seconds=float(ds.meta.get("stats", {}).get("step_seconds", 30)),
+                       product_max_len=prod_sec.max_len if mods["product_forecast"] else 0,
+                       implicit_negatives=sec.implicit_negatives if implicit else 0)
+    user_side = side_features(ds.tables["users"], truth.get("users", []))
+    author_side = side_features(ds.tables["authors"], truth.get("authors", []))
+    stat_model = ctx.state.get("stat_forecaster") if mods["stat_forecast"] else None
+    prod_model = ctx.state.get("product_forecaster") if mods["product_forecast"] else None
+    builder = BatchBuilder(ds, store, bcfg, history, user_side, author_side, stat_model, prod_model, cfg.run.seed)
+    stat_dim = 0
+    if stat_model is not None:
+        stat_dim = stat_model.num_variates * (stat_model.horizon + stat_model.dim)
+    spec = RankerSpec(
+        num_users=ds.num_users, num_authors=ds.num_authors, tasks=tasks,
+        user_cats={k: v[1] for k, v in user_side[0].items()}, author_cats={k: v[1] for k, v in author_side[0].items()},
+        user_dense=0 if user_side[1] is None else user_side[1].shape[1],
+        author_dense=0 if author_side[1] is None else author_side[1].shape[1],
+        id_dim=sec.id_dim, theta_dim=cfg.graphcl.dim, theta_pretrained=mods["theta_pretrained"],
+        metapaths=mods["metapaths"], modality_dims={m: int(ds.tables["segments"][m].shape[-1]) for m in mods["modalities"]},
+        mfq=dict(cfg.mfq), stat_dim=stat_dim,
+        product_cats=prod_model.num_cat3 if prod_model is not None else 0,
+        product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout)
+    torch.manual_seed(cfg.run.seed)
+    model = Ranker(spec)
+    return model, builder, spec
+
+
 class RankerStage(Stage):
     name = "ranker"
     section = "ranker"
     summary = "train the MMBee ranker (or the plain DIN baseline) over impressions via DGL's DistDataLoader"
-
 
     def run(self, ctx: RunContext) -> None:
         ds, sec, cfg = ctx.dataset, ctx.cfg.ranker, ctx.cfg
@@ -88,41 +135,7 @@ class RankerStage(Stage):
         tasks = ds.labels
         main = ds.meta.get("main_label", tasks[0])
         implicit = ds.meta.get("feedback") == "implicit"
-        truth = ds.meta.get("truth_columns", {})
-        seg_author = ds.tables["segments"]["author"] if mods["modalities"] else None
-        graph_name = re.sub(r"[^A-Za-z0-9_]", "_", f"graphrec_{ctx.run_dir.name}")
-        store = open_store(ctx.state.get("graph"), ds.num_users, ds.num_authors, seg_author, _node_data(ctx, mods),
-                           ctx.run_dir / "dist", graph_name)
-        gifts = imp[main] == 1
-        history = GiftHistory(imp["user"][gifts], imp["author"][gifts], imp["time"][gifts], ds.num_users)
-        stat_sec, prod_sec = cfg.stat_forecast, cfg.product_forecast
-        bcfg = BatchConfig(tasks=tasks, hist_len=sec.hist_len, metapaths=mods["metapaths"],
-                           theta_pretrained=mods["theta_pretrained"], modalities=mods["modalities"],
-                           stat_input_steps=stat_sec.input_steps if mods["stat_forecast"] else 0,
-                           stat_log1p=stat_sec.log1p,
-                           stat_step_seconds=float(ds.meta.get("stats", {}).get("step_seconds", 30)),
-                           product_max_len=prod_sec.max_len if mods["product_forecast"] else 0,
-                           implicit_negatives=sec.implicit_negatives if implicit else 0)
-        user_side = side_features(ds.tables["users"], truth.get("users", []))
-        author_side = side_features(ds.tables["authors"], truth.get("authors", []))
-        stat_model = ctx.state.get("stat_forecaster") if mods["stat_forecast"] else None
-        prod_model = ctx.state.get("product_forecaster") if mods["product_forecast"] else None
-        builder = BatchBuilder(ds, store, bcfg, history, user_side, author_side, stat_model, prod_model, cfg.run.seed)
-        stat_dim = 0
-        if stat_model is not None:
-            stat_dim = stat_model.num_variates * (stat_model.horizon + stat_model.dim)
-        spec = RankerSpec(
-            num_users=ds.num_users, num_authors=ds.num_authors, tasks=tasks,
-            user_cats={k: v[1] for k, v in user_side[0].items()}, author_cats={k: v[1] for k, v in author_side[0].items()},
-            user_dense=0 if user_side[1] is None else user_side[1].shape[1],
-            author_dense=0 if author_side[1] is None else author_side[1].shape[1],
-            id_dim=sec.id_dim, theta_dim=cfg.graphcl.dim, theta_pretrained=mods["theta_pretrained"],
-            metapaths=mods["metapaths"], modality_dims={m: int(ds.tables["segments"][m].shape[-1]) for m in mods["modalities"]},
-            mfq=dict(cfg.mfq), stat_dim=stat_dim,
-            product_cats=prod_model.num_cat3 if prod_model is not None else 0,
-            product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout)
-        torch.manual_seed(cfg.run.seed)
-        model = Ranker(spec)
+        model, builder, spec = build_ranker(ctx, mods)
         weights = torch.tensor([sec[f"weight_{t}"] for t in tasks], dtype=torch.float32)
         split = imp["split"]
         train_idx = np.flatnonzero(split == SPLITS["train"])

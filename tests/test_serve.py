@@ -1,0 +1,120 @@
+"""Serving a trained run: the loaded model reproduces the run's metrics; the HTTP server's contract."""
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from graphrec.config import load_config
+from graphrec.errors import UserError
+from graphrec.metrics import auc
+from graphrec.run import run
+from graphrec.serve import Scorer, main, parse_request
+
+from .conftest import FAST_MODELS, TINY_SIM
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    return run(load_config(None, TINY_SIM + FAST_MODELS + [
+        "simulate.num_impressions=8000", f"run.out_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}",
+        "run.progress=false"]))
+
+
+def test_loaded_run_reproduces_its_test_auc(trained_run):
+    scorer = Scorer(trained_run.run_dir)
+    ds = scorer.builder.ds
+    test = np.flatnonzero(ds.impressions["split"] == 2)
+    imp = ds.impressions
+    with torch.no_grad():
+        p = torch.sigmoid(scorer.model(scorer.builder.build(
+            imp["user"][test].astype(np.int64), imp["author"][test].astype(np.int64), imp["time"][test]))).numpy()
+    gift = scorer.tasks.index("gift")
+    expected = trained_run.metrics["eval"]["test"]["mmbee"]["gift"]["auc"]
+    assert auc(imp["gift"][test], p[:, gift]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_score_sorting_cold_start_and_unknown_authors(trained_run):
+    scorer = Scorer(trained_run.run_dir)
+    out = scorer.score({"user": 3, "authors": [1, 2, 5, 999, -1]})
+    assert out["cold_start"] is False and out["unknown_authors"] == [999, -1]
+    gifts = [r["gift"] for r in out["scores"]]
+    assert [r["author"] for r in out["scores"]] and gifts == sorted(gifts, reverse=True)
+    assert set(out["scores"][0]) == {"author", "click", "long_view", "gift", "purchase"}
+    cold = scorer.score({"user": 10**6, "authors": [0, 1, 2]})
+    assert cold["cold_start"] is True and len(cold["scores"]) == 3
+    pops = [r["gift"] for r in cold["scores"]]
+    assert pops == sorted(pops, reverse=True)
+    assert scorer.score({"user": 3, "authors": [999]})["scores"] == []
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ([1, 2], "JSON object"),
+    ({"user": 1}, "'authors' must be a non-empty list"),
+    ({"user": "1", "authors": [1]}, "'user' must be an integer"),
+    ({"user": 1, "authors": [1, "x"]}, "integer author ids"),
+    ({"user": 1, "authors": [1], "time": "now"}, "'time' must be an integer"),
+    ({"user": 1, "authors": [1], "extra": 2}, "unknown field(s) ['extra']"),
+])
+def test_request_validation(body, fragment):
+    with pytest.raises(UserError) as e:
+        parse_request(body)
+    assert fragment in str(e.value)
+
+
+def _post(port, body, raw=None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=data, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_http_server_contract_and_bounded_load(trained_run):
+    proc = subprocess.Popen([sys.executable, "-m", "graphrec.serve", "--run", str(trained_run.run_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = None
+        deadline = time.time() + 60
+        while port is None and time.time() < deadline:
+            line = proc.stdout.readline()
+            if "serving" in line:
+                port = int(line.split("127.0.0.1:")[1].split()[0])
+        assert port, "server did not start"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            assert json.loads(r.read()) == {"status": "ok"}
+        status, body = _post(port, {"user": 3, "authors": [1, 2, 5]})
+        assert status == 200 and len(body["scores"]) == 3
+        assert _post(port, None, raw=b"{not json")[0] == 400
+        status, body = _post(port, {"user": 3})
+        assert status == 400 and "authors" in body["error"]
+        for path, code in (("/score", 405), ("/nope", 404)):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5)
+            assert e.value.code == code
+        # bounded load from this (second) process: 200 requests, none may fail, server stays up
+        rng = np.random.default_rng(0)
+        errors, t0 = 0, time.perf_counter()
+        for _ in range(200):
+            status, _ = _post(port, {"user": int(rng.integers(0, 300)), "authors": rng.integers(0, 40, 20).tolist()})
+            errors += status != 200
+        rate = 200 / (time.perf_counter() - t0)
+        assert errors == 0 and rate > 1
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["--run", str(tmp_path)]) == 2
+    assert "not a trained run folder" in capsys.readouterr().err

@@ -42,8 +42,3 @@ def time_split(times: np.ndarray, val_fraction: float, test_fraction: float) -> 
     split[val_start:test_start] = SPLITS["val"]
     split[test_start:] = SPLITS["test"]
     return split
-
-
-def split_masks(split: np.ndarray):
-    """Boolean masks ``(train, val, test)`` for a split column."""
-    return split == SPLITS["train"], split == SPLITS["val"], split == SPLITS["test"]

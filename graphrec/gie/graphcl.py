@@ -54,9 +54,6 @@ class GraphCL(nn.Module):
                                                                        device=anchor.device))
         return {"loss": l_ce + self.nce_weight * l_nce, "ce": l_ce, "nce": l_nce}
 
-    def user_embeddings(self) -> torch.Tensor:
-        return self.theta.weight[: self.num_users].detach()
-
     def author_embeddings(self) -> torch.Tensor:
         return self.theta.weight[self.num_users:].detach()
 

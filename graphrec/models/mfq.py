@@ -16,7 +16,7 @@ and with a single modality it is the identity.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -125,8 +125,3 @@ class MFQ(nn.Module):
         h = self.query_self(h, h, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device))
         out = h.mean(dim=1)
         return (out, h) if return_tokens else out
-
-
-def modality_dims_of(segments: Mapping[str, "object"], modalities: Sequence[str]) -> Dict[str, int]:
-    """``{modality: token dim}`` from a dataset's segments table."""
-    return {m: int(segments[m].shape[-1]) for m in modalities}

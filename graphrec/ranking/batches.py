@@ -97,19 +97,14 @@ class BatchBuilder:
         imp = ds.impressions
         self.users, self.authors, self.times = imp["user"].astype(np.int64), imp["author"].astype(np.int64), imp["time"]
         self.labels = np.stack([imp[t] for t in cfg.tasks], axis=1).astype(np.float32)
-        self.segment = self._segments() if cfg.modalities else None
+        self.segment = None
+        if cfg.modalities:
+            seg = ds.tables["segments"]              # sorted by (author, start): one key, built once
+            self._seg_author = seg["author"]
+            self._seg_key = seg["author"].astype(np.int64) * (2**40) + seg["start"].astype(np.int64)
+            self.segment = (imp["segment"].astype(np.int64) if "segment" in imp
+                            else self._segment_of(self.authors, self.times))
         self.gen = np.random.default_rng(seed)
-
-    def _segments(self) -> np.ndarray:
-        imp = self.ds.impressions
-        if "segment" in imp:
-            return imp["segment"].astype(np.int64)
-        seg = self.ds.tables["segments"]            # the author's latest segment started by the impression time
-        key = seg["author"].astype(np.int64) * (2**40) + seg["start"].astype(np.int64)
-        q = self.authors * (2**40) + self.times.astype(np.int64)
-        pos = np.searchsorted(key, q, side="right") - 1
-        ok = (pos >= 0) & (seg["author"][np.maximum(pos, 0)] == self.authors)
-        return np.where(ok, pos, -1)
 
     def __call__(self, indices, train: bool = False) -> Dict:
         idx = np.asarray(indices, dtype=np.int64)
@@ -166,10 +161,9 @@ class BatchBuilder:
         return b
 
     def _segment_of(self, a: np.ndarray, t: np.ndarray) -> np.ndarray:
-        seg = self.ds.tables["segments"]
-        key = seg["author"].astype(np.int64) * (2**40) + seg["start"].astype(np.int64)
-        pos = np.searchsorted(key, a * (2**40) + t.astype(np.int64), side="right") - 1
-        ok = (pos >= 0) & (seg["author"][np.maximum(pos, 0)] == a)
+        """Row of each author's latest segment started by time ``t`` (-1: none)."""
+        pos = np.searchsorted(self._seg_key, a * (2**40) + t.astype(np.int64), side="right") - 1
+        ok = (pos >= 0) & (self._seg_author[np.maximum(pos, 0)] == a)
         return np.where(ok, pos, -1)
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from .errors import ConfigError, UserError
 class RunResult:
     run_dir: Path
     metrics: Dict[str, Any]
+    state: Optional[Dict[str, Any]] = None     # the stages' in-memory products (models, graph, dataset)
 
 
 def resolve_device(requested: str) -> str:
@@ -104,7 +105,7 @@ def run(cfg: Config, config_file: Optional[str] = None, run_dir: Optional[Path] 
         for h in list(log.handlers):
             h.close()
             log.removeHandler(h)
-    return RunResult(run_dir=run_dir, metrics=ctx.metrics)
+    return RunResult(run_dir=run_dir, metrics=ctx.metrics, state=ctx.state)
 
 
 def _write_hparams(writer, cfg: Config, metrics: Dict[str, Any]) -> None:

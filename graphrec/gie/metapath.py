@@ -128,6 +128,14 @@ class GiftedLookup:
         self.num_authors = g.num_nodes("author")
         self.keys = torch.unique(u.long() * self.num_authors + a.long()).to(device)
 
+    @classmethod
+    def from_edges(cls, users: torch.Tensor, authors: torch.Tensor, num_authors: int) -> "GiftedLookup":
+        """A lookup over the given ``u2a`` edges only (a distributed trainer knows its own seeds' edges)."""
+        self = cls.__new__(cls)
+        self.num_authors = num_authors
+        self.keys = torch.unique(users.long() * num_authors + authors.long())
+        return self
+
     def contains(self, users: torch.Tensor, authors: torch.Tensor) -> torch.Tensor:
         if self.keys.numel() == 0:
             return torch.zeros_like(users, dtype=torch.bool)

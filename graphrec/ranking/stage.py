@@ -37,7 +37,13 @@ def model_name(mods: Dict[str, Any]) -> str:
     return "mmbee" if on else "din"
 
 
-def _node_data(ctx: RunContext, mods: Dict[str, Any]):
+def graph_name_for(folder: Path) -> str:
+    """DGL names shared memory after the graph: one name per run (or partition) folder."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"graphrec_{Path(folder).name}")
+
+
+def node_data(ctx: RunContext, mods: Dict[str, Any]):
+    """``{ntype: {name: tensor}}``: every ranker feature that lives on the graph's nodes."""
     ds, st = ctx.dataset, ctx.state
     U, A = ds.num_users, ds.num_authors
     data: Dict[str, Dict[str, torch.Tensor]] = {"user": {}, "author": {}, "segment": {}}
@@ -75,10 +81,11 @@ def _node_data(ctx: RunContext, mods: Dict[str, Any]):
     return {nt: d for nt, d in data.items() if d}
 
 
-def build_ranker(ctx: RunContext, mods: Dict[str, Any], store_dir: Optional[Path] = None):
+def build_ranker(ctx: RunContext, mods: Dict[str, Any], store_dir: Optional[Path] = None, store=None):
     """The ranker, its batch builder and feature store for ``mods`` (see :func:`enabled_modules`).
 
-    The feature store is partitioned into ``store_dir`` (default ``<run>/dist``)."""
+    Without ``store``, the features are partitioned into ``store_dir`` (default ``<run>/dist``) and
+    opened as a standalone ``DistGraph``; a distributed trainer passes its own store."""
     ds, sec, cfg = ctx.dataset, ctx.cfg.ranker, ctx.cfg
     imp = ds.impressions
     tasks = ds.labels
@@ -86,9 +93,9 @@ def build_ranker(ctx: RunContext, mods: Dict[str, Any], store_dir: Optional[Path
     implicit = ds.meta.get("feedback") == "implicit"
     truth = ds.meta.get("truth_columns", {})
     seg_author = ds.tables["segments"]["author"] if mods["modalities"] else None
-    graph_name = re.sub(r"[^A-Za-z0-9_]", "_", f"graphrec_{ctx.run_dir.name}")
-    store = open_store(ctx.state.get("graph"), ds.num_users, ds.num_authors, seg_author, _node_data(ctx, mods),
-                       store_dir or ctx.run_dir / "dist", graph_name)
+    if store is None:
+        store = open_store(ctx.state.get("graph"), ds.num_users, ds.num_authors, seg_author, node_data(ctx, mods),
+                           store_dir or ctx.run_dir / "dist", graph_name_for(ctx.run_dir))
     gifts = imp[main] == 1
     history = GiftHistory(imp["user"][gifts], imp["author"][gifts], imp["time"][gifts], ds.num_users)
     stat_sec, prod_sec = cfg.stat_forecast, cfg.product_forecast

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 _INITIALIZED = False
+# a partition holds every *in*-edge of its nodes, not every out-edge: a distributed walk takes an
+# out-step over an edge type as an in-step over its reverse (u2a and a2u reverse each other)
+REVERSE_ETYPES = {"u2a": "a2u", "a2u": "u2a", "a2a": "a2a_rev"}
 
 
 def _initialize(ip_config: Path) -> None:
@@ -42,6 +45,9 @@ def partition_features(graph, num_users: int, num_authors: int, segment_author: 
         for et in graph.canonical_etypes:
             if graph.num_edges(et) > 0:          # DGL 2.1 cannot partition empty edge types
                 edges[et] = graph.edges(etype=et)
+        a2a = ("author", "a2a", "author")
+        if a2a in edges:                         # distributed walks step along in-edges (see dist/walk.py)
+            edges[("author", REVERSE_ETYPES["a2a"], "author")] = edges[a2a][::-1]
     nodes = {"user": num_users, "author": num_authors}
     if segment_author is not None and len(segment_author):
         nodes["segment"] = len(segment_author)
@@ -65,35 +71,49 @@ class FeatureStore:
 
     In standalone mode DGL keeps node data in one process-wide store where a later graph overwrites
     equally named data but never removes data an earlier graph had; ``names`` (what this store's
-    graph was partitioned with) is therefore the authority on what exists.
+    graph was partitioned with) is therefore the authority on what exists. In distributed mode
+    (``DGL_DIST_MODE=distributed``, after ``dgl.distributed.initialize``) the same reads go to the
+    graph servers. ``on_read`` is called on every read (the trainers' progress watchdog).
     """
 
     def __init__(self, part_config: Path, graph_name: str, orig_ids: Mapping[str, torch.Tensor],
-                 names: Mapping[str, set]) -> None:
+                 names: Mapping[str, set], on_read: Optional[Callable[[], None]] = None) -> None:
         import dgl
         from dgl.distributed import kvstore
 
         self.names = {nt: set(v) for nt, v in names.items()}
-        _initialize(Path(part_config).parent / "ip_config.txt")
+        self.overrides: Dict[Tuple[str, str], object] = {}
+        self.on_read = on_read
         if os.environ.get("DGL_DIST_MODE", "standalone") == "standalone":
+            _initialize(Path(part_config).parent / "ip_config.txt")
             # the standalone store is process-wide and keeps the partition policies (node counts) of
             # the first graph it saw; a fresh one per graph lets one process open several graphs
             kvstore.close_kvstore()
             kvstore.init_kvstore(None, 0, "default")
         self.graph = dgl.distributed.DistGraph(graph_name, part_config=str(part_config))
+        self.orig_of_new = {nt: torch.as_tensor(orig) for nt, orig in orig_ids.items()}
         self.new_of_orig = {}
-        for nt, orig in orig_ids.items():
+        for nt, orig in self.orig_of_new.items():
             inv = torch.empty_like(orig)
             inv[orig] = torch.arange(len(orig))
             self.new_of_orig[nt] = inv
 
     def has(self, ntype: str, name: str) -> bool:
-        return name in self.names.get(ntype, ())
+        return name in self.names.get(ntype, ()) or (ntype, name) in self.overrides
+
+    def override(self, ntype: str, name: str, tensor) -> None:
+        """Serve ``name`` from ``tensor`` (indexed by new ids, e.g. a ``DistTensor``) instead of node data."""
+        self.overrides[(ntype, name)] = tensor
 
     def get(self, ntype: str, name: str, ids: torch.Tensor) -> torch.Tensor:
         if not self.has(ntype, name):
             raise KeyError(f"feature store has no {ntype} feature '{name}' (it has {sorted(self.names.get(ntype, ()))})")
-        return self.graph.nodes[ntype].data[name][self.new_of_orig[ntype][ids.long()]]
+        if self.on_read is not None:
+            self.on_read()
+        source = self.overrides.get((ntype, name))
+        if source is None:
+            source = self.graph.nodes[ntype].data[name]
+        return source[self.new_of_orig[ntype][ids.long()]]
 
 
 def open_store(graph, num_users: int, num_authors: int, segment_author: Optional[np.ndarray],

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..dist.comm import LocalComm
 from ..metrics import ranking_report
 from ..models.ranker import Ranker
 
@@ -47,11 +48,15 @@ def predict(model: Ranker, builder, indices: np.ndarray, batch_size: int = 4096)
 
 
 def evaluate_split(model: Ranker, builder, indices: np.ndarray, tasks: List[str], implicit_negatives: int = 0,
-                   seed: int = 0) -> Dict[str, Dict[str, float]]:
+                   seed: int = 0, comm: Optional[LocalComm] = None) -> Dict[str, Dict[str, float]]:
     """AUC/UAUC/GAUC per task on the given impressions. For implicit feedback (positives only) each
-    positive is scored against ``implicit_negatives`` random authors (a fixed, seeded sample)."""
+    positive is scored against ``implicit_negatives`` random authors (a fixed, seeded sample).
+
+    Distributed, ``indices`` is this trainer's share: every trainer scores its own and all of them
+    compute the same report over the gathered scores (so early stopping agrees everywhere)."""
+    comm = comm or LocalComm()
     if implicit_negatives:
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed + 7919 * comm.rank)
         u = builder.users[indices]
         t = builder.times[indices]
         a_neg = rng.integers(0, builder.ds.num_authors, len(indices) * implicit_negatives)
@@ -64,9 +69,15 @@ def evaluate_split(model: Ranker, builder, indices: np.ndarray, tasks: List[str]
         with torch.no_grad():
             for s in range(0, len(uu), 4096):
                 scores.append(torch.sigmoid(model(builder.build(uu[s:s + 4096], aa[s:s + 4096], tt[s:s + 4096]))).numpy())
-        scores = np.concatenate(scores)
-        return {tasks[0]: ranking_report(uu, y, scores[:, 0])}
+        scores = np.concatenate(scores) if scores else np.zeros((0, len(tasks)), np.float32)
+        parts = comm.gather((uu, y, scores[:, 0]))
+        uu, y, s0 = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        return {tasks[0]: ranking_report(uu, y, s0)}
     scores = predict(model, builder, indices)
+    if comm.world > 1:
+        parts = comm.gather((np.asarray(indices), scores))
+        indices = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
     out = {}
     for i, task in enumerate(tasks):
         y = builder.labels[indices, i]
@@ -80,9 +91,13 @@ def train_ranker(model: Ranker, builder, train_idx: np.ndarray, val_idx: np.ndar
                  resume: bool = False, log: Callable[[str], None] = print,
                  on_epoch_end: Callable[[int, Dict[str, float]], None] = lambda e, h: None,
                  progress: bool = False, on_step: Callable[[int, float], None] = lambda step, loss: None,
-                 log_every: int = 20) -> TrainResult:
+                 log_every: int = 20, comm: Optional[LocalComm] = None) -> TrainResult:
+    """Train ``model`` on ``train_idx``; with a distributed ``comm`` (DDP), ``train_idx`` and ``val_idx``
+    are this trainer's shares, gradients are averaged by DDP and rank 0 writes the checkpoints."""
     from tqdm import tqdm
 
+    comm = comm or LocalComm()
+    net = comm.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=sec["lr"], weight_decay=sec["weight_decay"])
     history: List[Dict[str, float]] = []
     best_val, best_epoch, bad = -1.0, -1, 0
@@ -101,23 +116,26 @@ def train_ranker(model: Ranker, builder, train_idx: np.ndarray, val_idx: np.ndar
         if bad >= sec["patience"]:
             break
         torch.manual_seed(seed * 1_000_003 + epoch)        # loader shuffle + dropout
-        builder.gen = np.random.default_rng(seed * 1_000_003 + epoch)   # sampled negatives
+        builder.gen = np.random.default_rng(seed * 1_000_003 + epoch + 7919 * comm.rank)   # sampled negatives
         model.train()
         total, n = 0.0, 0
         step = epoch * ((len(train_idx) + sec["batch_size"] - 1) // sec["batch_size"])   # global, resume-proof
         loader = _loader(train_idx, sec["batch_size"], lambda b: builder(b, train=True), shuffle=True)
-        for batch in tqdm(loader, desc=f"ranker {epoch + 1}/{sec['epochs']}", disable=not progress, leave=False):
-            logits = model(batch)
-            loss = model.loss(logits, batch["labels"], task_weights)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss) * len(batch["user"])
-            n += len(batch["user"])
-            if step % log_every == 0:
-                on_step(step, float(loss))
-            step += 1
-        val = evaluate_split(model, builder, val_idx, builder.cfg.tasks, implicit, seed)
+        with comm.join(net):
+            for batch in tqdm(loader, desc=f"ranker {epoch + 1}/{sec['epochs']}", disable=not progress, leave=False):
+                logits = net(batch)
+                loss = model.loss(logits, batch["labels"], task_weights)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(batch["user"])
+                n += len(batch["user"])
+                if step % log_every == 0:
+                    on_step(step, float(loss))
+                step += 1
+        if comm.world > 1:
+            total, n = (sum(x) for x in zip(*comm.gather((total, n))))
+        val = evaluate_split(model, builder, val_idx, builder.cfg.tasks, implicit, seed, comm)
         val_gauc = val.get(main_task, {}).get("gauc", float("nan"))
         if np.isnan(val_gauc):
             val_gauc = val.get(main_task, {}).get("auc", float("nan"))
@@ -129,9 +147,10 @@ def train_ranker(model: Ranker, builder, train_idx: np.ndarray, val_idx: np.ndar
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
-        save_checkpoint(checkpoint_path, {"epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
-                                          "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
-                                          "bad_epochs": bad, "history": history})
+        if comm.is_main:
+            save_checkpoint(checkpoint_path, {"epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
+                                              "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
+                                              "bad_epochs": bad, "history": history})
         log(f"ranker epoch {epoch + 1}: train loss {h['train_loss']:.4f}, val {main_task} GAUC {val_gauc:.4f}"
             f"{' (best)' if bad == 0 else ''}")
         on_epoch_end(epoch, h)

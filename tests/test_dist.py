@@ -1,0 +1,385 @@
+"""DGL's distributed engine: partitions, the hop-by-hop walker, graph servers and DDP trainers.
+
+The launcher tests run real graph servers and trainers: on 127.0.0.1 (one machine, DGL's own test
+recipe) and on two simulated machines (network namespaces with a private /dev/shm each; skipped
+with the reason where namespaces cannot be made). Every process is bounded by a timeout.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from graphrec.dist.comm import Watchdog, pid_alive
+from graphrec.gie.metapath import METAPATHS, PAD, expand
+
+from .conftest import FAST_MODELS, TINY_SIM
+from .test_gie import exact_endpoint_distribution, toy_graph
+
+# a world where the ranker learns something in a few seconds
+DIST_SETS = TINY_SIM + FAST_MODELS + ["ranker.epochs=4", "ranker.batch_size=256", "ranker.topk_candidates=0",
+                                      "lightgcn.enabled=false", "run.progress=false"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sets(tmp_path, extra=()):
+    out = []
+    for x in list(DIST_SETS) + [f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+                                f"dist.master_port={free_port()}", "dist.connect_timeout_s=9",
+                                "dist.stall_timeout_s=60"] + list(extra):
+        out += ["--set", x]
+    return out
+
+
+def python(*args, timeout=300, **kw):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def loopback_ip_config(tmp_path) -> Path:
+    path = tmp_path / "ip.txt"
+    path.write_text(f"127.0.0.1 {free_port()}\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- the walker (standalone)
+@pytest.fixture
+def toy_store(tmp_path):
+    from graphrec.ranking.store import FeatureStore, partition_features
+
+    g = toy_graph()
+    orig = partition_features(g, 5, 4, None, {"user": {"x": torch.zeros(5, 1)}}, tmp_path, "toywalk")
+    return g, FeatureStore(tmp_path / "toywalk.json", "toywalk", orig, {"user": {"x"}})
+
+
+@pytest.mark.parametrize("name", list(METAPATHS))
+def test_dist_walker_samples_the_exact_endpoint_distribution(toy_store, name):
+    from graphrec.dist.walk import DistWalker
+
+    g, store = toy_store
+    walker = DistWalker(store.graph)
+    seed_type, etypes = METAPATHS[name]
+    end_type = g.to_canonical_etype(etypes[-1])[2]
+    n = 20000
+    gen = torch.Generator().manual_seed(0)
+    for seed in range(g.num_nodes(seed_type)):
+        exact = exact_endpoint_distribution(g, seed_type, etypes, seed)
+        new_seed = store.new_of_orig[seed_type][seed]
+        ends = walker.walk(new_seed.view(1), etypes, n, gen).view(-1)
+        ends = torch.where(ends >= 0, store.orig_of_new[end_type][ends.clamp(min=0)], ends).numpy()
+        counts = np.bincount(np.where(ends < 0, len(exact) - 1, ends), minlength=len(exact))
+        support = exact > 0
+        assert counts[~support].sum() == 0, (name, seed)
+        if support.sum() > 1:
+            assert chisquare(counts[support], exact[support] * n).pvalue > 1e-4, (name, seed, counts, exact * n)
+
+
+def test_dist_walker_exclusions_and_owned_expansions(toy_store):
+    from graphrec.dist.walk import DistWalker, walk_owned_expansions
+
+    g, store = toy_store
+    walker = DistWalker(store.graph)
+    users = torch.arange(5)
+    new = expand(walker, store.graph, "u2a2u2a", users, 50, generator=torch.Generator().manual_seed(1),
+                 gifted=walker.gifted(users))
+    u, a = g.edges(etype="u2a")
+    gifted = set(zip(u.tolist(), a.tolist()))
+    orig_u, orig_a = store.orig_of_new["user"], store.orig_of_new["author"]
+    for s in range(5):
+        assert all((int(orig_u[s]), int(orig_a[x])) not in gifted for x in new[s].tolist() if x != PAD)
+    tables, mine = walk_owned_expansions(store, {"u2a2u": 8, "a2u2a": 6, "a2a": 0})
+    assert sorted(mine["u2a2u"][0].tolist()) == list(range(5))        # one trainer owns every seed
+    assert sorted(tables) == ["a2u2a", "u2a2u"]                       # k = 0 is not walked
+    sim = tables["u2a2u"][torch.arange(5)]
+    assert sim.shape == (5, 8)
+    for s in range(5):
+        seed = int(orig_u[s])
+        assert all(x != seed for x in sim[s].tolist())                  # never the seed itself (original ids)
+    assert (tables["a2u2a"][store.new_of_orig["author"][3].view(1)] == PAD).all()   # author 3 has no gifters
+
+
+# ----------------------------------------------------------------------------- partition
+def test_partition_keeps_features_and_the_id_mapping(tmp_path):
+    import dgl
+
+    from graphrec.config import load_config
+    from graphrec.data.dataset import load_dataset
+    from graphrec.data.sources import dataset_dir
+    from graphrec.dist.prepare import load_orig_ids, load_prepared, part_dir_of, prepare
+    from graphrec.errors import ConfigError
+
+    overrides = [x for x in sets(tmp_path) if x != "--set"] + ["dist.num_parts=2", "dist.part_method=random"]
+    cfg = load_config(None, overrides)
+    part_dir = prepare(cfg, log=lambda m: None)
+    assert part_dir == part_dir_of(cfg) and not list(part_dir.parent.glob(".*tmp*"))
+    prepared = load_prepared(part_dir, cfg)
+    assert prepared["num_parts"] == 2 and prepared["modules"]["metapaths"]
+    orig = load_orig_ids(part_dir)
+    ds = load_dataset(dataset_dir(cfg))
+    assert sorted(orig["user"].tolist()) == list(range(ds.num_users))
+    assert sorted(orig["author"].tolist()) == list(range(ds.num_authors))
+    stats = ds.tables["stats"]
+    start = np.zeros(ds.num_authors, np.int64)
+    start[stats["author"]] = stats["start"]
+    seen = 0
+    for part in range(2):
+        _, node_feats, _, gpb, _, _, _ = dgl.distributed.load_partition(part_dir / prepared["part_config"], part)
+        local = gpb.partid2nids(part, "author")                       # new ids owned by this part
+        got = node_feats["author/stats_start"].numpy()
+        np.testing.assert_array_equal(got, start[orig["author"][local].numpy()])
+        seen += len(local)
+    assert seen == ds.num_authors
+    other = load_config(None, overrides + ["run.seed=5"])
+    with pytest.raises(ConfigError, match="run.seed"):
+        load_prepared(part_dir, other)
+
+
+# ----------------------------------------------------------------------------- launcher input errors
+def test_launcher_reports_bad_input(tmp_path, capsys):
+    from graphrec.launch import main, read_ip_config
+    from graphrec.errors import ConfigError
+
+    bad = tmp_path / "ip.txt"
+    bad.write_text("127.0.0.1 30050\n10.0.0.x\n")
+    with pytest.raises(ConfigError, match=r"ip.txt:2: '10.0.0.x' is not an IPv4 address"):
+        read_ip_config(bad)
+    bad.write_text("# machines\n127.0.0.1 70000\n")
+    with pytest.raises(ConfigError, match=r"ip.txt:2: port must be 1..65535"):
+        read_ip_config(bad)
+    good = tmp_path / "ok.txt"
+    good.write_text("10.0.0.1\n10.0.0.2 31000  # second\n")
+    assert read_ip_config(good) == [("10.0.0.1", 30050), ("10.0.0.2", 31000)]
+    assert main(sets(tmp_path) + ["--num-trainers", "1"]) == 2             # nothing partitioned yet
+    assert "graphrec.partition" in capsys.readouterr().err
+
+
+def test_watchdog_stops_a_stalled_or_orphaned_trainer():
+    codes = []
+    dog = Watchdog(0.3, exit=codes.append, poll_s=0.05).start()
+    for _ in range(10):                   # kicked: no stall
+        dog.kick()
+        time.sleep(0.05)
+    assert codes == []
+    time.sleep(0.8)
+    assert codes == [3]
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    assert not pid_alive(p.pid) and pid_alive(os.getpid())
+    codes.clear()
+    Watchdog(100, server_pids=[p.pid], exit=codes.append, poll_s=0.05).start()
+    time.sleep(0.4)
+    assert codes == [3]
+
+
+# ----------------------------------------------------------------------------- real servers and trainers
+def _partition(tmp_path, n, extra=()):
+    r = python("-m", "graphrec.partition", "--num-parts", str(n), *sets(tmp_path, extra))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _shares(run_dir: Path, world: int):
+    shares = []
+    for r in range(world):
+        with np.load(run_dir / "shares" / f"rank{r}.npz") as z:
+            shares.append({k: z[k] for k in z.files})
+    return shares
+
+
+def _assert_disjoint_and_complete(shares, num_impressions):
+    everything = np.concatenate([np.concatenate([s[k] for k in ("train", "val", "test")]) for s in shares])
+    assert len(everything) == num_impressions == len(np.unique(everything))
+    assert all(len(s["train"]) > 0 for s in shares)
+
+
+def _standalone_val_auc(tmp_path):
+    from graphrec.config import load_config
+    from graphrec.run import run
+
+    cfg = load_config(None, [x for x in sets(tmp_path) if x != "--set"])
+    m = run(cfg).metrics
+    return m["eval"]["val"]["mmbee"]["gift"]["auc"], m["data"]
+
+
+@pytest.mark.slow
+def test_one_machine_one_server_two_trainers(tmp_path):
+    _partition(tmp_path, 1)
+    run_dir = tmp_path / "runs" / "dist"
+    r = python("-m", "graphrec.launch", *sets(tmp_path), "--ip-config", str(loopback_ip_config(tmp_path)),
+               "--num-trainers", "2", "--num-servers", "1", "--run-dir", str(run_dir))
+    assert r.returncode == 0, r.stderr[-4000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["dist"]["world_size"] == 2 and len(m["ranker"]["history"]) == 4
+    auc, data = _standalone_val_auc(tmp_path)
+    shares = _shares(run_dir, 2)
+    _assert_disjoint_and_complete(shares, data["impressions"])
+    from graphrec.data.dataset import load_dataset
+
+    users = load_dataset(Path(data["path"])).impressions["user"]
+    owned = [set(users[np.concatenate(list(s.values()))].tolist()) for s in shares]
+    assert not owned[0] & owned[1]        # node_split gives each user (and all their impressions) to one trainer
+    assert abs(m["eval"]["val"]["gift"]["auc"] - auc) < 0.05, (m["eval"]["val"]["gift"]["auc"], auc)
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_stops_the_trainers(tmp_path):
+    _partition(tmp_path, 1)
+    run_dir = tmp_path / "runs" / "killed"
+    p = subprocess.Popen([sys.executable, "-m", "graphrec.launch", *sets(tmp_path, ["ranker.epochs=200"]),
+                          "--ip-config", str(loopback_ip_config(tmp_path)), "--num-trainers", "2",
+                          "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "ranker_last.pt").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.2)
+        pids = json.loads((run_dir / "processes-0.json").read_text())
+        killed = time.monotonic()
+        os.kill(pids["servers"][0], signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+        elapsed = time.monotonic() - killed
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0
+    assert elapsed < 30
+    assert "graph server 0" in err and "exited with code -9" in err
+    for rank in pids["trainers"]:
+        assert not pid_alive(rank)
+    assert "error: trainer" in err
+
+
+@pytest.mark.slow
+def test_crashed_trainer_is_restarted_from_the_last_checkpoint(tmp_path):
+    _partition(tmp_path, 1)
+    run_dir = tmp_path / "runs" / "crash"
+    ip = loopback_ip_config(tmp_path)
+    p = subprocess.Popen([sys.executable, "-m", "graphrec.launch", *sets(tmp_path, ["ranker.epochs=3"]),
+                          "--ip-config", str(ip), "--num-trainers", "2", "--run-dir", str(run_dir)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoints" / "ranker_last.pt").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[1][-3000:]
+            time.sleep(0.1)
+        os.kill(json.loads((run_dir / "processes-0.json").read_text())["trainers"][1], signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0 and "trainer 1" in err and "exit code -9" in err
+    assert not (run_dir / "metrics.json").exists()
+    r = python("-m", "graphrec.launch", "--resume", str(run_dir), "--ip-config", str(ip), "--num-trainers", "2")
+    assert r.returncode == 0, r.stderr[-4000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["ranker"]["resumed_from_epoch"] >= 1
+    assert [h["epoch"] for h in m["ranker"]["history"]] == [1, 2, 3]
+    assert "resumed ranker training" in r.stderr
+
+
+# ----------------------------------------------------------------------------- two simulated machines
+@pytest.fixture
+def two_machines():
+    from graphrec.dist.netns import list_namespaces, simulated_machines, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"simulated machines unavailable here: {reason}")
+    with simulated_machines(2) as machines:
+        yield machines
+    assert not set(m.namespace for m in machines) & set(list_namespaces())
+
+
+def _launch_on(machines, args, run_dir, only=None, timeout=300):
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0"}
+    procs = []
+    for i, m in enumerate(machines):
+        if only is not None and i not in only:
+            continue
+        procs.append(subprocess.Popen(m.command([sys.executable, "-m", "graphrec.launch", *args, "--machine-rank",
+                                                 str(i), "--run-dir", str(run_dir)]),
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[1])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [p.returncode for p in procs], outs
+
+
+def _assert_walks_follow_the_graph(tmp_path, run_dir):
+    """Every walked endpoint is reachable along its metapath in the training graph (original ids),
+    whichever partition the seed and each hop lived on; together the trainers walked every seed."""
+    from graphrec.config import load_config
+    from graphrec.run import run
+
+    cfg = load_config(None, [x for x in sets(tmp_path) if x != "--set"] + [
+        "run.skip_stages=[expansion, graphcl, stat_forecast, product_forecast, lightgcn, ranker, evaluation, report]"])
+    g = run(cfg).state["graph"]
+    adj = {}
+    for et in ("u2a", "a2u", "a2a"):
+        s, d = g.edges(etype=et)
+        adj[et] = {}
+        for a, b in zip(s.tolist(), d.tolist()):
+            adj[et].setdefault(a, set()).add(b)
+    walked = {}
+    for path in sorted((run_dir / "expansions").glob("rank*.npz")):
+        with np.load(path) as z:
+            for name in METAPATHS:
+                walked.setdefault(name, []).append((z[f"{name}_seeds"], z[name]))
+    for name, (seed_type, etypes) in METAPATHS.items():
+        seeds = np.concatenate([s for s, _ in walked[name]])
+        assert sorted(seeds.tolist()) == list(range(g.num_nodes(seed_type))), name
+        for s_ids, ends in walked[name]:
+            for seed, row in zip(s_ids.tolist(), ends.tolist()):
+                reach = {seed}
+                for et in etypes:
+                    reach = set().union(*(adj[et].get(v, set()) for v in reach)) if reach else set()
+                assert all(x in reach for x in row if x != PAD), (name, seed, row, reach)
+
+
+@pytest.mark.slow
+def test_two_machines_one_server_one_trainer_each(tmp_path, two_machines):
+    _partition(tmp_path, 2)
+    ip = tmp_path / "ip2.txt"
+    ip.write_text("".join(f"{m.ip} 30050\n" for m in two_machines))
+    run_dir = tmp_path / "runs" / "two"
+    t0 = time.monotonic()
+    codes, errs = _launch_on(two_machines, sets(tmp_path) + ["--ip-config", str(ip), "--num-trainers", "1"], run_dir)
+    assert codes == [0, 0], "\n".join(e[-3000:] for e in errs)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["dist"]["world_size"] == 2 and m["dist"]["num_parts"] == 2
+    auc, data = _standalone_val_auc(tmp_path)
+    _assert_disjoint_and_complete(_shares(run_dir, 2), data["impressions"])
+    assert abs(m["eval"]["val"]["gift"]["auc"] - auc) < 0.05, (m["eval"]["val"]["gift"]["auc"], auc)
+    print(f"2x1 wall {time.monotonic() - t0:.1f}s, val AUC {m['eval']['val']['gift']['auc']:.4f} "
+          f"(standalone {auc:.4f})")
+
+    # the walked expansions across both partitions (remote sampling through the other server)
+    codes, errs = _launch_on(two_machines, sets(tmp_path, ["dist.expansion=walk", "ranker.epochs=1"])
+                             + ["--ip-config", str(ip), "--num-trainers", "1"], tmp_path / "runs" / "walk")
+    assert codes == [0, 0], "\n".join(e[-3000:] for e in errs)
+    m = json.loads((tmp_path / "runs" / "walk" / "metrics.json").read_text())
+    assert m["dist"]["walked"]["metapaths"] == sorted(METAPATHS)
+    _assert_walks_follow_the_graph(tmp_path, tmp_path / "runs" / "walk")
+
+    # machine 1 never starts: machine 0's trainer gives up after dist.connect_timeout_s
+    t0 = time.monotonic()
+    codes, errs = _launch_on(two_machines, sets(tmp_path) + ["--ip-config", str(ip), "--num-trainers", "1"],
+                             tmp_path / "runs" / "alone", only=[0], timeout=120)
+    assert codes[0] != 0 and time.monotonic() - t0 < 60
+    assert "cannot reach every graph server" in errs[0], errs[0][-3000:]

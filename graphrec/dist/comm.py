@@ -1,0 +1,140 @@
+"""What a trainer shares with its peers: one process (``LocalComm``) or PyTorch DDP (``DDPComm``).
+
+The training loop is written once against this interface; with ``LocalComm`` every call is a no-op,
+so the single-process ranker is the distributed one with a world of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, List, Sequence
+
+import torch
+
+
+class LocalComm:
+    rank, world = 0, 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def join(self, net: torch.nn.Module):
+        return contextlib.nullcontext()
+
+    def gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        return [obj]
+
+    def barrier(self) -> None:
+        pass
+
+
+class DDPComm(LocalComm):
+    """``torch.distributed`` from the launcher's environment (``MASTER_ADDR``/``PORT``, ``RANK``,
+    ``WORLD_SIZE``). Must be created after ``dgl.distributed.initialize`` (DGL's rule)."""
+
+    def __init__(self, backend: str = "gloo", timeout_s: float = 300.0) -> None:
+        import torch.distributed as dist
+
+        self.rank = int(os.environ["RANK"])
+        self.world = int(os.environ["WORLD_SIZE"])
+        self.backend = backend
+        dist.init_process_group(backend, rank=self.rank, world_size=self.world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if backend == "nccl" else None
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device] if self.device is not None else None
+        # the forecaster heads see no gradient on batches whose authors have no products on sale
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def join(self, net: torch.nn.Module):
+        """Trainers own different numbers of batches; DDP's join shadows the finished ones."""
+        from torch.distributed.algorithms.join import Join
+
+        return Join([net])
+
+    def gather(self, obj: Any) -> List[Any]:
+        import torch.distributed as dist
+
+        out: List[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Watchdog:
+    """Ends the process with a message when ``kick`` has not been called for ``timeout_s`` seconds,
+    or when one of ``server_pids`` (the graph servers on this machine) is gone.
+
+    A DGL client whose server died can block forever on a remote pull, and a trainer that reads
+    only its local partition (shared memory) never notices the death at all; both must fail."""
+
+    def __init__(self, timeout_s: float, server_pids: Sequence[int] = (), what: str = "trainer",
+                 exit: Callable[[int], None] = os._exit, poll_s: float = 0.5) -> None:
+        self.timeout_s, self.server_pids, self.what, self._exit, self.poll_s = timeout_s, list(server_pids), what, exit, poll_s
+        self.last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="graphrec-watchdog", daemon=True)
+
+    def start(self) -> "Watchdog":
+        self._thread.start()
+        return self
+
+    def kick(self) -> None:
+        self.last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _fail(self, msg: str) -> None:
+        print(f"error: {self.what}: {msg}", file=sys.stderr, flush=True)
+        self._exit(3)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            for i, pid in enumerate(self.server_pids):
+                if not pid_alive(pid):
+                    self._fail(f"graph server {i} on this machine (pid {pid}) is gone; stopping")
+                    return
+            idle = time.monotonic() - self.last
+            if idle > self.timeout_s:
+                self._fail(f"no progress for {idle:.0f} s (dist.stall_timeout_s={self.timeout_s:g}): a graph "
+                           "server or another trainer is unreachable; stopping")
+                return
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped by its parent, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False

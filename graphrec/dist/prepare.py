@@ -1,0 +1,151 @@
+"""Everything a distributed run needs before its trainers start, in one folder (``dist.part_dir``).
+
+``prepare`` runs the pipeline up to the ranker (data, graph, expansions, GraphCL, forecasters),
+then partitions the heterograph with every ranker feature as node data (Θ, the expansion cache,
+statistic and product sequences, segment tokens) with ``dgl.distributed.partition_graph``, and
+writes beside the partitions: ``orig_ids.npz`` (original id of every new id, per node type), the
+forecaster checkpoints, and ``prepared.json`` (graph name, modules, feature names and a signature
+of the configuration the partitions were made with). The folder is built under a temporary name
+and renamed into place, so a failed run never leaves a half-written one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+
+from ..config import Config, Section
+from ..data.dataset import atomic_write_text
+from ..errors import ConfigError, DataError
+
+PREPARED = "prepared.json"
+STAGES_AFTER_PARTITION = ["lightgcn", "ranker", "evaluation", "report"]
+# the configuration a partition folder depends on: a launch with other values here must re-partition
+SIGNATURE_SECTIONS = ("data", "simulate", "graph", "expansion", "graphcl", "stat_forecast", "product_forecast")
+SIGNATURE_KEYS = (("run", "seed"), ("ranker", "use_gie"), ("ranker", "use_mfq"), ("ranker", "use_stat_forecast"),
+                  ("ranker", "use_product_forecast"), ("ranker", "use_u2a2u"), ("ranker", "use_u2a2u2a"),
+                  ("ranker", "use_u2a2a"), ("ranker", "use_a2a"), ("ranker", "use_a2u2a"))
+CHECKPOINTS = {"stat_forecast": "stat_forecast.pt", "product_forecast": "product_forecast.pt"}
+
+
+def part_dir_of(cfg: Config, num_parts: Optional[int] = None) -> Path:
+    """``dist.part_dir``, or ``<run.out_dir>/<run.name>-<N>parts`` (N: ``num_parts`` or ``dist.num_parts``)."""
+    if cfg.dist.part_dir is not None:
+        return Path(cfg.dist.part_dir)
+    return Path(cfg.run.out_dir) / f"{cfg.run.name}-{num_parts or cfg.dist.num_parts}parts"
+
+
+def signature(cfg: Config) -> Dict[str, Any]:
+    sig = {s: dict(cfg[s]) for s in SIGNATURE_SECTIONS}
+    for s, k in SIGNATURE_KEYS:
+        sig[f"{s}.{k}"] = cfg[s][k]
+    return json.loads(json.dumps(sig, default=str))
+
+
+def _flatten(sig: Mapping[str, Any]) -> Dict[str, Any]:
+    out = {}
+    for k, v in sig.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def load_prepared(part_dir: Path, cfg: Optional[Config] = None) -> Dict[str, Any]:
+    """``prepared.json`` of ``part_dir``; with ``cfg``, also checks that it was made with ``cfg``."""
+    path = Path(part_dir) / PREPARED
+    if not path.exists():
+        raise DataError(f"{path}: no partitions here; run `python -m graphrec.partition --cfg ... "
+                        f"--num-parts N` first (it writes dist.part_dir)")
+    try:
+        prepared = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if cfg is not None:
+        mine, theirs = _flatten(signature(cfg)), _flatten(prepared["signature"])
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: partitions {theirs.get(k)!r} vs now {mine.get(k)!r}" for k in diff[:5])
+            raise ConfigError(f"{path}: the partitions were made with another configuration ({shown}"
+                              f"{', ...' if len(diff) > 5 else ''}); re-run graphrec.partition with this one")
+    return prepared
+
+
+def load_orig_ids(part_dir: Path) -> Dict[str, torch.Tensor]:
+    with np.load(Path(part_dir) / "orig_ids.npz", allow_pickle=False) as z:
+        return {k: torch.from_numpy(z[k]) for k in z.files}
+
+
+def _partition(part, out: Path, name: str, num_parts: int, method: str, log) -> str:
+    """``partition_features`` with METIS, falling back to random where DGL has no METIS."""
+    try:
+        part(out, name, num_parts, method)
+        return method
+    except Exception as exc:          # DGL raises a bare DGLError when built without METIS
+        if method != "metis" or "metis" not in str(exc).lower():
+            raise
+        log(f"METIS is unavailable ({exc}); partitioning at random")
+        shutil.rmtree(out, ignore_errors=True)
+        part(out, name, num_parts, "random")
+        return "random"
+
+
+def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str], None] = print) -> Path:
+    """Run the stages before the ranker and write ``dist.part_dir`` (see the module docstring)."""
+    from ..ranking.stage import enabled_modules, graph_name_for, node_data
+    from ..ranking.store import partition_features
+    from ..run import run
+    from ..stage import RunContext
+
+    if not cfg.ranker.enabled:
+        raise ConfigError("ranker.enabled is false: there is nothing to train distributed")
+    part_dir = part_dir_of(cfg)
+    skip = sorted(set(cfg.run.skip_stages) | set(STAGES_AFTER_PARTITION))
+    prep_cfg = Config({s: Section(dict(v)) for s, v in cfg.items()})
+    prep_cfg.run["skip_stages"] = skip
+    prep_cfg.run["name"] = f"{cfg.run.name}-partition"
+    result = run(prep_cfg, config_file=config_file)
+    ctx = RunContext(cfg=cfg, run_dir=result.run_dir, log=logging.getLogger("graphrec.partition"), writer=None,
+                     device="cpu", progress=False, state=result.state)
+    ds = ctx.dataset
+    mods = enabled_modules(ctx)
+    data = node_data(ctx, mods)
+    seg_author = ds.tables["segments"]["author"] if mods["modalities"] else None
+    graph_name = graph_name_for(part_dir)
+    part_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = part_dir.parent / f".{part_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    orig: Dict[str, torch.Tensor] = {}
+
+    def part(out: Path, name: str, n: int, method: str) -> None:
+        orig.update(partition_features(result.state.get("graph"), ds.num_users, ds.num_authors, seg_author, data,
+                                       out, name, num_parts=n, part_method=method))
+    try:
+        method = _partition(part, tmp, graph_name, cfg.dist.num_parts, cfg.dist.part_method, log)
+        np.savez(tmp / "orig_ids.npz", **{nt: ids.numpy() for nt, ids in orig.items()})
+        (tmp / "checkpoints").mkdir()
+        checkpoints = {}
+        for key, fname in CHECKPOINTS.items():
+            if mods[key]:
+                shutil.copy2(result.run_dir / "checkpoints" / fname, tmp / "checkpoints" / fname)
+                checkpoints[key] = f"checkpoints/{fname}"
+        prepared = {"graph_name": graph_name, "part_config": f"{graph_name}.json", "num_parts": cfg.dist.num_parts,
+                    "part_method": method, "modules": mods, "checkpoints": checkpoints,
+                    "names": {nt: sorted(feats) for nt, feats in data.items()},
+                    "num_nodes": {nt: int(len(ids)) for nt, ids in orig.items()},
+                    "prepared_by": str(result.run_dir), "signature": signature(cfg)}
+        atomic_write_text(tmp / PREPARED, json.dumps(prepared, indent=2))
+        if part_dir.exists():
+            shutil.rmtree(part_dir)
+        os.replace(tmp, part_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"{cfg.dist.num_parts} partition(s) ({method}) of graph '{graph_name}' in {part_dir}")
+    return part_dir

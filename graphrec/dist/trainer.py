@@ -1,0 +1,236 @@
+"""One distributed trainer process (started by ``python -m graphrec.launch``, never by hand).
+
+It connects to the graph servers (``dgl.distributed.initialize``), joins the DDP group, opens the
+partitioned features as a ``DistGraph``, takes its share of the impressions (the impressions of the
+users ``dgl.distributed.node_split`` gives it, so user features are mostly local), optionally walks
+the expansions of the seeds it owns, and trains the ranker with :func:`graphrec.ranking.train.train_ranker`.
+Rank 0 writes the checkpoints, ``metrics.json`` and TensorBoard; every rank writes its log and its
+share (``shares/rank<r>.npz``) to the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import Config, load_config
+from ..errors import UserError
+
+
+class ServerUnreachable(UserError):
+    pass
+
+
+class NullWriter:
+    """TensorBoard for ranks other than 0: accepts every call, writes nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def _logger(run_dir: Path, rank: int, world: int) -> logging.Logger:
+    log = logging.getLogger(f"graphrec.trainer.{rank}")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    fh = logging.FileHandler(run_dir / f"trainer-{rank}.log", encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setLevel(logging.INFO)
+    sh.setFormatter(logging.Formatter(f"[graphrec trainer {rank}/{world}] %(message)s"))
+    log.addHandler(fh)
+    log.addHandler(sh)
+    return log
+
+
+def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    import io
+
+    from ..data.dataset import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def owned_impressions(store, users: np.ndarray) -> np.ndarray:
+    """Mask of the impressions whose user ``node_split`` gives this trainer (disjoint, covering)."""
+    import dgl
+
+    g = store.graph
+    mask = torch.ones(g.num_nodes("user"), dtype=torch.bool)
+    new = dgl.distributed.node_split(mask, g.get_partition_book(), ntype="user", force_even=True)
+    owner = np.zeros(g.num_nodes("user"), dtype=bool)
+    owner[store.orig_of_new["user"][new].numpy()] = True
+    return owner[users]
+
+
+def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False) -> Dict[str, Any]:
+    """The body of one trainer; returns rank 0's metrics (other ranks return their own share counts)."""
+    import dgl
+
+    from ..checkpoint import save_checkpoint
+    from ..data.dataset import SPLITS
+    from ..models.product_forecaster import ProductForecaster
+    from ..models.stat_forecaster import StatForecaster
+    from ..pipeline import DataStage
+    from ..ranking.stage import build_ranker, model_name
+    from ..ranking.store import FeatureStore
+    from ..ranking.train import evaluate_split, train_ranker
+    from ..stage import RunContext
+    from .comm import DDPComm, Watchdog
+    from .prepare import load_orig_ids, load_prepared
+    from .walk import walk_owned_expansions
+
+    t_start = time.perf_counter()
+    prepared = load_prepared(part_dir, cfg)
+    try:
+        dgl.distributed.initialize(str(ip_config))
+    except dgl.distributed.rpc.DistConnectError as exc:
+        raise ServerUnreachable(f"cannot reach every graph server of {ip_config} within dist.connect_timeout_s="
+                                f"{cfg.dist.connect_timeout_s} (is graphrec.launch running on every machine?): "
+                                f"{exc.message}") from None
+    comm = DDPComm(cfg.dist.backend, timeout_s=cfg.dist.stall_timeout_s)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = _logger(run_dir, comm.rank, comm.world)
+    writer = NullWriter()
+    if comm.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir))
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, log=log, writer=writer, device="cpu", progress=False)
+    DataStage().run(ctx)
+    ds = ctx.dataset
+    mods = prepared["modules"]
+    if mods["stat_forecast"]:
+        ctx.state["stat_forecaster"] = StatForecaster.from_checkpoint(part_dir / prepared["checkpoints"]["stat_forecast"])
+    if mods["product_forecast"]:
+        ctx.state["product_forecaster"] = ProductForecaster.from_checkpoint(
+            part_dir / prepared["checkpoints"]["product_forecast"])
+
+    pids = [int(p) for p in os.environ.get("GRAPHREC_SERVER_PIDS", "").split(",") if p]
+    watchdog = Watchdog(cfg.dist.stall_timeout_s, pids, what=f"trainer {comm.rank}").start()
+    store = FeatureStore(part_dir / prepared["part_config"], prepared["graph_name"], load_orig_ids(part_dir),
+                         {nt: set(v) for nt, v in prepared["names"].items()}, on_read=watchdog.kick)
+    walked = {}
+    if cfg.dist.expansion == "walk" and mods["metapaths"]:
+        t0 = time.perf_counter()
+        ks = {m: cfg.expansion[f"k_{m}"] for m in mods["metapaths"]}
+        tables, mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, comm.rank,
+                                             log=log.info)
+        store.graph.barrier()               # every trainer's walks are written before anyone reads them
+        for m, table in tables.items():
+            store.override("user" if m.startswith("u") else "author", f"exp_{m}", table)
+        walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(tables),
+                  "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0
+                                   for m, (_, e) in mine.items()}}
+        _save_npz(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids
+                  {**{f"{m}_seeds": s.numpy() for m, (s, _) in mine.items()},
+                   **{m: e.numpy().astype(np.int32) for m, (_, e) in mine.items()}})
+    model, builder, spec = build_ranker(ctx, mods, store=store)
+
+    imp = ds.impressions
+    mine = owned_impressions(store, imp["user"])
+    share = {s: np.flatnonzero(mine & (imp["split"] == code)) for s, code in SPLITS.items()}
+    _save_npz(run_dir / "shares" / f"rank{comm.rank}.npz", share)
+    log.info("share: %s impressions (%s)", f"{int(mine.sum()):,}",
+             ", ".join(f"{s} {len(v):,}" for s, v in share.items()))
+
+    sec = cfg.ranker
+    tasks = ds.labels
+    main = ds.meta.get("main_label", tasks[0])
+    implicit = ds.meta.get("feedback") == "implicit"
+    weights = torch.tensor([sec[f"weight_{t}"] for t in tasks], dtype=torch.float32)
+
+    def on_epoch_end(epoch: int, h: Dict[str, float]) -> None:
+        for k, v in h.items():
+            if k != "epoch":
+                writer.add_scalar(f"ranker/{k}", v, epoch + 1)
+
+    t_train = time.perf_counter()
+    result = train_ranker(model, builder, share["train"], share["val"], sec, weights, main, cfg.run.seed,
+                          run_dir / "checkpoints" / "ranker_last.pt", resume=resume, log=log.info,
+                          on_epoch_end=on_epoch_end, comm=comm,
+                          on_step=lambda step, loss: (writer.add_scalar("ranker/train_loss_step", loss, step),
+                                                      log.debug("step %d loss %.4f", step, loss)))
+    train_seconds = time.perf_counter() - t_train
+    neg = sec.eval_negatives if implicit else 0
+    evals: Dict[str, Any] = {}
+    for split_name in ("val", "test"):
+        rep = evaluate_split(result.model, builder, share[split_name], tasks, neg, cfg.run.seed + 1, comm)
+        evals[split_name] = rep
+        for task, r in rep.items():
+            log.info("%s %-9s auc=%.4f uauc=%.4f gauc=%.4f", split_name, task, r["auc"], r["uauc"], r["gauc"])
+    counts = comm.gather({s: int(len(v)) for s, v in share.items()})
+    watchdog.stop()
+    metrics = {"run": {"dir": str(run_dir), "seed": cfg.run.seed, "distributed": True},
+               "dist": {"world_size": comm.world, "num_parts": prepared["num_parts"],
+                        "part_method": prepared["part_method"], "part_dir": str(part_dir),
+                        "expansion": cfg.dist.expansion, "walked": walked, "shares": counts,
+                        "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t_start},
+               "ranker": {"model": model_name(mods), "modules": mods,
+                          "history": result.history, "best_epoch": result.best_epoch,
+                          "best_val_gauc": result.best_val, "resumed_from_epoch": result.resumed_from},
+               "eval": evals}
+    if comm.is_main:
+        import dataclasses
+
+        from ..data.dataset import atomic_write_text
+        from ..stage import jsonable
+
+        save_checkpoint(run_dir / "checkpoints" / "ranker.pt",
+                        {"state_dict": result.model.state_dict(), "spec": dataclasses.asdict(spec)})
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=jsonable))
+        writer.close()
+    comm.barrier()
+    comm.close()
+    return metrics
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphrec.dist.trainer",
+                                 description="one trainer of a distributed run (started by graphrec.launch)")
+    ap.add_argument("--cfg")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--part-dir", required=True)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--ip-config", required=True)
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+    rank = os.environ.get("RANK", "?")
+
+    def on_sigterm(signum, frame):
+        print(f"error: trainer {rank}: stopped by SIGTERM (the launcher stops every trainer when one process "
+              f"fails)", file=sys.stderr, flush=True)
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        cfg = load_config(args.cfg, args.overrides)
+        train(cfg, Path(args.part_dir), Path(args.run_dir), Path(args.ip_config), args.resume)
+    except UserError as exc:
+        print(f"error: trainer {rank}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:          # one readable line for the launcher's log, then the details
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: trainer {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)

@@ -388,7 +388,7 @@ class ReportStage(Stage):
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def render_report(ctx: RunContext) -> str:
@@ -418,10 +418,10 @@ def render_report(ctx: RunContext) -> str:
                     out.append(f"| {model} | {label} | {_fmt(rep['auc'])} | {_fmt(rep['uauc'])} | {_fmt(rep['gauc'])} |")
         out.append("")
         if topk:
-            keys = [k for k in topk[0][2] if k != "users"]
+            keys = list(dict.fromkeys(k for _, _, rep in topk for k in rep if k != "users"))   # union, in order
             out += ["| model | label | " + " | ".join(keys) + " | users |", "|---" * (len(keys) + 3) + "|"]
             for model, label, rep in topk:
-                out.append(f"| {model} | {label} | " + " | ".join(_fmt(rep[k]) for k in keys) + f" | {rep['users']} |")
+                out.append(f"| {model} | {label} | " + " | ".join(_fmt(rep.get(k)) for k in keys) + f" | {rep['users']} |")
             out.append("")
     if "graph" in m:
         gm = m["graph"]
@@ -456,14 +456,22 @@ def render_report(ctx: RunContext) -> str:
                 f"| latest category | {_fmt(pf['hit_rate']['latest_category'])} |",
                 f"| LiveForesighter (graphrec) | {_fmt(pf['hit_rate']['model'])} |", ""]
     if m.get("stages"):
-        out += ["## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
-        out += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} |" for s in m["stages"]]
+        out += ["## Stages", "", "| stage | status | seconds | peak RSS so far (GiB) |", "|---|---|---|---|"]
+        out += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {_fmt(s.get('peak_rss_gib'))} |"
+                for s in m["stages"]]
         out.append("")
     return "\n".join(out)
 
 
 STAGES: List[Stage] = [DataStage(), GraphStage(), ExpansionStage(), GraphCLStage(), StatForecastStage(),
                        ProductForecastStage(), LightGCNStage(), RankerStage(), EvaluationStage(), ReportStage()]
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def stage_names() -> List[str]:
@@ -486,6 +494,8 @@ def run_stages(ctx: RunContext, stages: Optional[List[Stage]] = None) -> None:
         t0 = time.perf_counter()
         stage.run(ctx)
         row["seconds"] = time.perf_counter() - t0
+        row["peak_rss_gib"] = peak_rss_gib()
         ctx.writer.add_scalar(f"time/{stage.name}_seconds", row["seconds"], 0)
-        ctx.log.info("[%d/%d] %s: done in %.1fs", i, len(stages), stage.name, row["seconds"])
+        ctx.log.info("[%d/%d] %s: done in %.1fs (peak RSS so far %.2f GiB)", i, len(stages), stage.name,
+                     row["seconds"], row["peak_rss_gib"])
         ctx.save_metrics()

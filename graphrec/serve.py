@@ -28,6 +28,60 @@ import torch
 from .errors import DataError, UserError
 
 
+class AuthorSideCache:
+    """What a score needs from the room alone, computed once and kept across requests and viewers:
+    MFQ's ``h_m`` of the segment on air and the statistic forecaster's features of the current step.
+
+    Valid because a served model does not change. Entries are keyed by (author, segment) and
+    (author, step), so a room that moves to its next segment or step is recomputed; the oldest
+    entries go first beyond ``max_entries`` per kind."""
+
+    def __init__(self, model, builder, max_entries: int = 200_000) -> None:
+        from collections import OrderedDict
+
+        self.model, self.builder, self.max_entries = model, builder, max_entries
+        self.mfq: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self.stat: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self.hits = self.misses = 0
+
+    def _remember(self, table, key, value) -> None:
+        table[key] = value
+        while len(table) > self.max_entries:
+            table.popitem(last=False)
+
+    @torch.no_grad()
+    def build(self, u: np.ndarray, a: np.ndarray, t: np.ndarray) -> Dict[str, Any]:
+        """The batch ``builder.build(u, a, t)`` would give, with ``mfq_out`` in place of the tokens."""
+        b = self.builder
+        batch = b.build(u, a, t, author_side=False)
+        at = torch.from_numpy(a)
+        use_mfq = self.model.mfq is not None
+        use_stat = bool(b.cfg.stat_input_steps) and b.stat_model is not None
+        keys_m = list(zip(a.tolist(), b.segment_rows(a, t).tolist())) if use_mfq else []
+        keys_s = list(zip(a.tolist(), b.stat_steps(at, t).tolist())) if use_stat else []
+        got_m = {k: self.mfq[k] for k in keys_m if k in self.mfq}
+        got_s = {k: self.stat[k] for k in keys_s if k in self.stat}
+        miss = [i for i in range(len(a)) if (use_mfq and keys_m[i] not in got_m) or (use_stat and keys_s[i] not in got_s)]
+        self.hits += len(a) - len(miss)
+        self.misses += len(miss)
+        if miss:
+            idx = np.array(miss)
+            full = b.build(u[idx], a[idx], t[idx])
+            h = self.model.mfq(full["tokens"], at[idx]) if use_mfq else None
+            for j, i in enumerate(miss):
+                if use_mfq:
+                    got_m[keys_m[i]] = h[j]
+                    self._remember(self.mfq, keys_m[i], h[j])
+                if use_stat:
+                    got_s[keys_s[i]] = full["stat_feat"][j]
+                    self._remember(self.stat, keys_s[i], full["stat_feat"][j])
+        if use_mfq:
+            batch["mfq_out"] = torch.stack([got_m[k] for k in keys_m])
+        if use_stat:
+            batch["stat_feat"] = torch.stack([got_s[k] for k in keys_s])
+        return batch
+
+
 class Scorer:
     """A trained run, ready to score (user, candidate authors) requests."""
 
@@ -75,6 +129,7 @@ class Scorer:
         self.model = Ranker(spec)
         self.model.load_state_dict(ck["state_dict"])
         self.model.eval()
+        self.author_cache = AuthorSideCache(self.model, self.builder)
         self.tasks = spec.tasks
         self.main = ds.meta.get("main_label", self.tasks[0])
         self.num_users, self.num_authors = ds.num_users, ds.num_authors
@@ -97,8 +152,9 @@ class Scorer:
         else:
             a = np.array(known, dtype=np.int64)
             with self.lock, torch.no_grad():
-                batch = self.builder.build(np.full(len(a), user, dtype=np.int64), a,
-                                           np.full(len(a), self.default_time if time is None else time, dtype=np.int64))
+                batch = self.author_cache.build(np.full(len(a), user, dtype=np.int64), a,
+                                                np.full(len(a), self.default_time if time is None else time,
+                                                        dtype=np.int64))
                 p = torch.sigmoid(self.model(batch)).numpy()
             scores = [{"author": int(x), **{t: float(p[i, j]) for j, t in enumerate(self.tasks)}} for i, x in enumerate(a)]
         scores.sort(key=lambda r: -r[self.main])

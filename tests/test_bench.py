@@ -47,7 +47,8 @@ def test_train_and_serve_benchmarks_on_a_tiny_world(tmp_path, capsys):
     assert res["cost_ratio"] == res["din"]["impressions_per_s"] / res["mmbee"]["impressions_per_s"]
     assert main(["serve", "--requests", "5", "--candidates", "20", "--out", str(tmp_path / "s.json")] + sets) == 0
     res = json.loads((tmp_path / "s.json").read_text())
-    for variant in ("offline cache", "online walk"):
+    assert res["room_cache"]["hits"] > 0
+    for variant in ("offline cache", "offline cache + room cache", "online walk"):
         r = res[variant]
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert "p99" in capsys.readouterr().out
@@ -70,3 +71,21 @@ def test_online_expansions_walk_the_same_metapaths():
     assert 1 in sim[0].tolist() and set(sim[0].tolist()) <= {1, PAD}   # never the seed itself
     assert set(sim[2].tolist()) == {PAD}                                 # user 2 shares no author
     assert torch.equal(online.get("user", "theta", torch.tensor([1, 2])), torch.zeros(2))
+
+
+def test_scale_benchmark_reports_time_and_memory_per_stage(tmp_path, capsys):
+    from .conftest import FAST_MODELS, TINY_SIM
+
+    sets = [a for s in TINY_SIM + FAST_MODELS + ["simulate.num_impressions=6000", f"data.cache_dir={tmp_path / 'c'}"]
+            for a in ("--set", s)]
+    out = tmp_path / "scale.json"
+    assert main(["scale", "--preset", "small", "--ranker-impressions", "1500", "--workdir", str(tmp_path / "w"),
+                 "--out", str(out)] + sets) == 0
+    res = json.loads(out.read_text())
+    assert res["counts"] == {"users": 300, "authors": 40, "impressions": 6000}        # --set wins over the preset
+    ran = [s for s in res["stages"] if s["status"] == "ran"]
+    assert [s["stage"] for s in ran][:2] == ["data", "graph"] and "ranker" in [s["stage"] for s in ran]
+    rss = [s["peak_rss_gib"] for s in ran]
+    assert all(r > 0 for r in rss) and rss == sorted(rss)                  # a running peak never decreases
+    assert res["peak_rss_gib"] >= rss[-1] and res["ranker_sample"] == 1500
+    assert "peak RSS" in capsys.readouterr().out

@@ -130,3 +130,22 @@ def test_ablate_writes_one_row_per_variant(tmp_path, capsys):
     assert "| oracle (Bayes-optimal) |" in report and "| LightGCN |" in report
     assert "Main task: `gift`" in report                          # the dataset's main label, not the first one
     assert len([p for p in parent.iterdir() if p.is_dir()]) == 7
+
+
+def test_max_train_impressions_samples_a_fresh_subset_per_epoch(tmp_path, monkeypatch):
+    import graphrec.ranking.train as train_mod
+
+    seen = []
+    real = train_mod._loader
+
+    def recording(indices, batch_size, collate, shuffle):
+        if shuffle:                                   # the training loader (evaluation does not shuffle)
+            seen.append(np.array(indices))
+        return real(indices, batch_size, collate, shuffle)
+
+    monkeypatch.setattr(train_mod, "_loader", recording)
+    res = run(load_config(None, sets(tmp_path, "ranker.max_train_impressions=700", "ranker.topk_candidates=0")))
+    train = res.metrics["data"]["split"]["train"]
+    assert train > 700 and len(seen) == 2 and all(len(s) == 700 for s in seen)
+    assert len(np.unique(seen[0])) == 700 and not np.array_equal(seen[0], seen[1])   # fresh, no repeats
+    assert all(s.max() < 8000 for s in seen)

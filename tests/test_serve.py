@@ -40,6 +40,29 @@ def test_loaded_run_reproduces_its_test_auc(trained_run):
     assert auc(imp["gift"][test], p[:, gift]) == pytest.approx(expected, abs=1e-6)
 
 
+def test_room_cache_gives_the_uncached_scores_and_is_reused(trained_run):
+    scorer = Scorer(trained_run.run_dir)
+    ds = scorer.builder.ds
+    imp = ds.impressions
+    rows = np.flatnonzero(ds.impressions["split"] == 2)[:300]
+    u, a, t = imp["user"][rows].astype(np.int64), imp["author"][rows].astype(np.int64), imp["time"][rows]
+    cache = scorer.author_cache
+    with torch.no_grad():
+        plain = scorer.model(scorer.builder.build(u, a, t))
+        first = scorer.model(cache.build(u, a, t))
+        hits_before = cache.hits
+        again = scorer.model(cache.build(u[::-1].copy(), a[::-1].copy(), t[::-1].copy()))
+    torch.testing.assert_close(first, plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, plain.flip(0), rtol=0, atol=1e-5)
+    assert cache.misses > 0 and cache.hits - hits_before == len(rows)       # the second pass is all hits
+    keys = {(int(x), int(s)) for x, s in zip(a, scorer.builder.segment_rows(a, t))}
+    assert set(cache.mfq) == keys                                          # one h_m per (room, segment)
+    small = type(cache)(scorer.model, scorer.builder, max_entries=5)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer.model(small.build(u, a, t)), plain, rtol=0, atol=1e-5)
+    assert len(small.mfq) == 5 and len(small.stat) == 5                    # bounded
+
+
 def test_score_sorting_cold_start_and_unknown_authors(trained_run):
     scorer = Scorer(trained_run.run_dir)
     out = scorer.score({"user": 3, "authors": [1, 2, 5, 999, -1]})

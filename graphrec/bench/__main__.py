@@ -1,12 +1,12 @@
-"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, serve."""
+"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, serve, dist, scale."""
 from __future__ import annotations
 
 import sys
 
-from . import ranker, sampler
+from . import dist, ranker, sampler, scale
 
 COMMANDS = {"sampler": sampler.main, "swing": sampler.swing_main, "train": ranker.train_main,
-            "serve": ranker.serve_main}
+            "serve": ranker.serve_main, "dist": dist.main, "scale": scale.main}
 
 
 def main(argv=None) -> int:

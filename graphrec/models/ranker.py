@@ -123,8 +123,8 @@ class Ranker(nn.Module):
                 seq = batch["exp_theta"][m] if self.spec.theta_pretrained else self._theta(batch, ENDPOINT[m], ids)
                 target = t_u if ENDPOINT[m] == "user" else t_a
                 parts.append(self.exp_att[m](target, seq, ids >= 0))
-        if self.mfq is not None:
-            parts.append(self.mfq(batch["tokens"], a))
+        if self.mfq is not None:    # serving may pass h_m precomputed (it depends on the room only)
+            parts.append(batch["mfq_out"] if "mfq_out" in batch else self.mfq(batch["tokens"], a))
         if self.spec.stat_dim:
             parts.append(self.stat_proj(batch["stat_feat"]))
         if self.spec.product_cats:

@@ -118,8 +118,10 @@ class BatchBuilder:
         return self.build(u, a, t, y, idx if not (train and self.cfg.implicit_negatives) else None)
 
     def build(self, u: np.ndarray, a: np.ndarray, t: np.ndarray, y: Optional[np.ndarray] = None,
-              imp_idx: Optional[np.ndarray] = None) -> Dict:
-        """A batch for arbitrary (user, author, time) triples (serving uses this too)."""
+              imp_idx: Optional[np.ndarray] = None, author_side: bool = True) -> Dict:
+        """A batch for arbitrary (user, author, time) triples (serving uses this too). With
+        ``author_side=False`` the room-only parts (segment tokens, statistic features) are left out
+        for the caller to fill in (see ``graphrec.serve.AuthorSideCache``)."""
         cfg, store = self.cfg, self.store
         ut, at = torch.from_numpy(u), torch.from_numpy(a)
         b: Dict = {"user": ut, "author": at,
@@ -145,7 +147,7 @@ class BatchBuilder:
                 b["exp"][m] = ids
                 if cfg.theta_pretrained:
                     b["exp_theta"][m] = store.get(ENDPOINT[m], "theta", ids.clamp(min=0).view(-1)).view(*ids.shape, -1)
-        if cfg.modalities:
+        if cfg.modalities and author_side:
             seg = torch.from_numpy(self.segment[imp_idx] if imp_idx is not None else self._segment_of(a, t))
             ok = seg >= 0
             s = seg.clamp(min=0)
@@ -154,7 +156,7 @@ class BatchBuilder:
                 x = store.get("segment", m, s)
                 n = store.get("segment", f"{m}_len", s).long().masked_fill(~ok, 0)
                 b["tokens"][m] = (x.float(), torch.arange(x.shape[1])[None, :] < n[:, None])
-        if cfg.stat_input_steps and self.stat_model is not None:
+        if cfg.stat_input_steps and self.stat_model is not None and author_side:
             b["stat_feat"] = self._stat_features(at, t)
         if cfg.product_max_len and self.product_model is not None:
             b["prod_probs"], b["prod_enc"] = self._product_features(at, t)
@@ -166,11 +168,19 @@ class BatchBuilder:
         ok = (pos >= 0) & (self._seg_author[np.maximum(pos, 0)] == a)
         return np.where(ok, pos, -1)
 
+    def segment_rows(self, a: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """The segment row each (author, time) shows (-1: none); what MFQ's ``h_m`` depends on."""
+        return self._segment_of(a, t) if self.cfg.modalities else np.full(len(a), -1, np.int64)
+
+    def stat_steps(self, at: torch.Tensor, t: np.ndarray) -> np.ndarray:
+        """The statistic step of each (author, time); what the statistic features depend on."""
+        start = self.store.get("author", "stats_start", at).numpy()
+        return np.floor((t - start) / self.cfg.stat_step_seconds).astype(np.int64)
+
     @torch.no_grad()
     def _stat_features(self, at: torch.Tensor, t: np.ndarray) -> torch.Tensor:
         values = self.store.get("author", "stats", at).float()               # [B, T, F]
-        start = self.store.get("author", "stats_start", at).numpy()
-        step = np.floor((t - start) / self.cfg.stat_step_seconds).astype(np.int64)   # the impression's step
+        step = self.stat_steps(at, t)                                         # the impression's step
         I = self.cfg.stat_input_steps
         cols = torch.from_numpy(step[:, None] - I + np.arange(I))             # steps strictly before it
         valid = (cols >= 0) & (cols < values.shape[1])

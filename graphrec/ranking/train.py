@@ -119,8 +119,14 @@ def train_ranker(model: Ranker, builder, train_idx: np.ndarray, val_idx: np.ndar
         builder.gen = np.random.default_rng(seed * 1_000_003 + epoch + 7919 * comm.rank)   # sampled negatives
         model.train()
         total, n = 0.0, 0
-        step = epoch * ((len(train_idx) + sec["batch_size"] - 1) // sec["batch_size"])   # global, resume-proof
-        loader = _loader(train_idx, sec["batch_size"], lambda b: builder(b, train=True), shuffle=True)
+        epoch_idx = train_idx
+        cap = sec.get("max_train_impressions", 0) // comm.world
+        if cap and len(train_idx) > cap:                      # a fresh sample per epoch, seeded by epoch
+            pick = np.random.default_rng(seed * 1_000_003 + epoch + 7919 * comm.rank).choice(len(train_idx), cap,
+                                                                                             replace=False)
+            epoch_idx = train_idx[np.sort(pick)]
+        step = epoch * ((len(epoch_idx) + sec["batch_size"] - 1) // sec["batch_size"])   # global, resume-proof
+        loader = _loader(epoch_idx, sec["batch_size"], lambda b: builder(b, train=True), shuffle=True)
         with comm.join(net):
             for batch in tqdm(loader, desc=f"ranker {epoch + 1}/{sec['epochs']}", disable=not progress, leave=False):
                 logits = net(batch)

@@ -1,0 +1,90 @@
+"""``python -m graphrec.bench scale [--preset full|small]``: the whole pipeline on a large simulated
+world, wall time and peak resident memory per stage (DESIGN.md target: ≤ 12 GiB at full size).
+
+Presets (``--set`` overrides anything):
+* ``full``: 1,000,000 users, 100,000 streamers, 20,000,000 impressions;
+* ``small``: 100,000 users, 10,000 streamers, 2,000,000 impressions.
+
+Full-ranking evaluations against every author (LightGCN, the ranker's two-stage top-K) are off: at
+100k authors they would dominate the run without saying anything about the pipeline's scaling.
+One ranker epoch on a seeded sample of ``--ranker-impressions`` training impressions; the table
+extrapolates a full epoch from its rate. The pipeline runs in a child process; its peak RSS is read
+from the kernel (``ru_maxrss``), so it includes everything the process ever held.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+PRESETS = {
+    "full": ["simulate.num_users=1000000", "simulate.num_authors=100000", "simulate.num_impressions=20000000"],
+    "small": ["simulate.num_users=100000", "simulate.num_authors=10000", "simulate.num_impressions=2000000"],
+}
+FIXED = ["lightgcn.enabled=false", "ranker.topk_candidates=0", "ranker.epochs=1", "run.progress=false"]
+
+
+def run(preset: str, overrides: List[str], ranker_impressions: int, workdir: Path, cfg: Optional[str] = None,
+        log=print) -> Dict:
+    sets = PRESETS[preset] + FIXED + [f"ranker.max_train_impressions={ranker_impressions}",
+                                      f"run.out_dir={workdir / 'runs'}", f"run.name=scale-{preset}"] + list(overrides)
+    argv = [sys.executable, "-m", "graphrec.run"] + (["--cfg", cfg] if cfg else [])
+    for s in sets:
+        argv += ["--set", s]
+    log(f"running the pipeline ({preset}); its log: {workdir / 'runs'}/scale-{preset}-*/run.log")
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    if r.returncode != 0:
+        raise RuntimeError(f"pipeline failed ({r.returncode}):\n{r.stderr[-4000:]}")
+    run_dir = Path(r.stdout.split("run folder: ", 1)[1].split()[0])
+    m = json.loads((run_dir / "metrics.json").read_text())
+    stages = [{"stage": s["name"], "status": s["status"], "seconds": s["seconds"], "peak_rss_gib": s.get("peak_rss_gib")}
+              for s in m["stages"]]
+    train = m["data"]["split"]["train"]
+    ranker_s = next((s["seconds"] for s in m["stages"] if s["name"] == "ranker"), None)
+    return {"preset": preset, "overrides": sets, "counts": {k: m["data"][k] for k in ("users", "authors", "impressions")},
+            "train_impressions": train, "ranker_sample": min(ranker_impressions, train), "stages": stages,
+            "wall_seconds": wall, "peak_rss_gib": peak_gib, "target_gib": 12.0, "run_dir": str(run_dir),
+            "ranker_seconds": ranker_s}
+
+
+def format_table(res: Dict) -> str:
+    c = res["counts"]
+    lines = [f"preset {res['preset']}: {c['users']:,} users, {c['authors']:,} authors, {c['impressions']:,} impressions",
+             f"{'stage':18s} {'status':44s} {'seconds':>9s} {'peak RSS so far':>16s}"]
+    for s in res["stages"]:
+        rss = f"{s['peak_rss_gib']:.2f} GiB" if s["peak_rss_gib"] is not None else "–"
+        lines.append(f"{s['stage']:18s} {s['status'][:44]:44s} {s['seconds']:9.1f} {rss:>16s}")
+    lines.append(f"whole run: {res['wall_seconds']:.0f} s wall, peak RSS {res['peak_rss_gib']:.2f} GiB "
+                 f"(target ≤ {res['target_gib']:.0f} GiB: {'met' if res['peak_rss_gib'] <= res['target_gib'] else 'NOT met'})")
+    lines.append(f"ranker: one epoch on {res['ranker_sample']:,} of {res['train_impressions']:,} training impressions "
+                 "(training plus validation and test scoring)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphrec.bench scale", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--cfg", help="experiment YAML under the preset (default: the built-in defaults)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--ranker-impressions", type=int, default=1_000_000,
+                    help="training impressions of the ranker's one epoch (a seeded sample)")
+    ap.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
+    ap.add_argument("--out", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.workdir or tmp).resolve()
+        res = run(args.preset, args.overrides, args.ranker_impressions, workdir, args.cfg,
+                  log=lambda m: print(f"[bench scale] {m}", file=sys.stderr, flush=True))
+    print(format_table(res))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+    return 0

@@ -215,7 +215,7 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m graphrec.launch", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m graphrec.launch", description="Start this machine's DGL graph servers and DDP trainers for a distributed ranker run, and watch them.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("--cfg", metavar="FILE", help="experiment YAML (the one graphrec.partition used)")

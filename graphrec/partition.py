@@ -15,7 +15,7 @@ from .errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m graphrec.partition", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m graphrec.partition", description='Partition the gifting graph and every ranker feature for a distributed run (graphrec.launch).')
     ap.add_argument("--cfg", metavar="FILE", help="experiment YAML (defaults only if omitted)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one key (repeatable)")

@@ -89,3 +89,19 @@ def test_scale_benchmark_reports_time_and_memory_per_stage(tmp_path, capsys):
     assert all(r > 0 for r in rss) and rss == sorted(rss)                  # a running peak never decreases
     assert res["peak_rss_gib"] >= rss[-1] and res["ranker_sample"] == 1500
     assert "peak RSS" in capsys.readouterr().out
+
+
+def test_dist_benchmark_table_reads_both_metrics_layouts():
+    from graphrec.bench.dist import _row, format_table
+
+    standalone = {"eval": {"val": {"mmbee": {"gift": {"auc": 0.71, "gauc": 0.70}}},
+                           "test": {"mmbee": {"gift": {"auc": 0.72}}}},
+                  "ranker": {"model": "mmbee", "history": [{}, {}]}}
+    dist = {"dist": {}, "eval": {"val": {"gift": {"auc": 0.69, "gauc": 0.68}}, "test": {"gift": {"auc": 0.70}}},
+            "ranker": {"model": "mmbee", "history": [{}, {}, {}]}}
+    rows = [_row("standalone", "1 process", "gift", standalone, 10.0, 12.0),
+            _row("1 machine x 2", "1 server + 2 trainers", "gift", dist, 8.0, 9.5),
+            {"setup": "2 machines x 1", "skipped": "network namespaces need root"}]
+    assert rows[0]["val_auc"] == 0.71 and rows[0]["epochs"] == 2 and rows[1]["test_auc"] == 0.70
+    table = format_table({"main_label": "gift", "rows": rows, "cpus": 2})
+    assert "0.6900" in table and "skipped: network namespaces need root" in table

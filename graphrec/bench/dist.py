@@ -118,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--trainers", type=int, default=2, help="trainers of the one-machine setup")
     ap.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
-    ap.add_argument("--out", help="also write the results as JSON")
+    ap.add_argument("--out", help="JSON results (default runs/bench/dist.json)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp).resolve()
@@ -126,6 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         res = run(args.cfg, args.overrides, args.trainers, workdir,
                   log=lambda m: print(f"[bench dist] {m}", file=sys.stderr, flush=True))
     print(format_table(res))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+    from . import write_results
+
+    write_results(res, args.out or "runs/bench/dist.json")
     return 0

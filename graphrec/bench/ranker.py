@@ -12,7 +12,6 @@ comparison).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+
+from . import write_results
 
 DIN_MODULES = {"metapaths": [], "theta_pretrained": False, "modalities": [], "stat_forecast": False,
                "product_forecast": False}
@@ -140,13 +141,6 @@ def _common(prog: str, doc: str) -> argparse.ArgumentParser:
     return ap
 
 
-def _write(res: Dict, path: str) -> None:
-    from ..data.dataset import atomic_write_text
-
-    atomic_write_text(Path(path), json.dumps(res, indent=2, default=str))
-    print(f"written {path}")
-
-
 def train_main(argv: Optional[List[str]] = None) -> int:
     ap = _common("python -m graphrec.bench train", "ranker training throughput: every module on vs plain DIN")
     ap.add_argument("--impressions", type=int, default=100_000, help="training impressions per timed pass")
@@ -161,7 +155,7 @@ def train_main(argv: Optional[List[str]] = None) -> int:
     print(f"cost of every module on: {res['cost_ratio']:.2f}x the plain DIN ranker (target <= 2.5x); "
           f"{res['impressions']:,} impressions per pass, batch {ctx.cfg.ranker.batch_size}, "
           f"{torch.get_num_threads()} torch threads")
-    _write(res, args.out or "runs/bench/train.json")
+    write_results(res, args.out or "runs/bench/train.json")
     return 0
 
 
@@ -179,5 +173,5 @@ def serve_main(argv: Optional[List[str]] = None) -> int:
         print(f"{name:27s} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} {r['p99_ms']:8.2f}")
     print(f"1 user x {args.candidates} candidates, {args.requests} requests, {res['torch_threads']} torch threads "
           f"(target: p99 <= 10 ms with the cache); the ranker is untrained: latency does not depend on its weights")
-    _write(res, args.out or "runs/bench/serve.json")
+    write_results(res, args.out or "runs/bench/serve.json")
     return 0

@@ -78,13 +78,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--ranker-impressions", type=int, default=1_000_000,
                     help="training impressions of the ranker's one epoch (a seeded sample)")
     ap.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
-    ap.add_argument("--out", help="also write the results as JSON")
+    ap.add_argument("--out", help="JSON results (default runs/bench/scale-<preset>.json)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp).resolve()
         res = run(args.preset, args.overrides, args.ranker_impressions, workdir, args.cfg,
                   log=lambda m: print(f"[bench scale] {m}", file=sys.stderr, flush=True))
     print(format_table(res))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+    from . import write_results
+
+    write_results(res, args.out or f"runs/bench/scale-{args.preset}.json")
     return 0

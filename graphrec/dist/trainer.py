@@ -75,11 +75,12 @@ def owned_impressions(store, users: np.ndarray) -> np.ndarray:
 
 
 def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False) -> Dict[str, Any]:
-    """The body of one trainer; returns rank 0's metrics (other ranks return their own share counts)."""
+    """The body of one trainer; every rank returns the same metrics (rank 0 also writes them)."""
     import dgl
 
     from ..checkpoint import save_checkpoint
     from ..data.dataset import SPLITS
+    from ..gie.metapath import METAPATHS
     from ..models.product_forecaster import ProductForecaster
     from ..models.stat_forecaster import StatForecaster
     from ..pipeline import DataStage
@@ -129,7 +130,7 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
                                              log=log.info)
         store.graph.barrier()               # every trainer's walks are written before anyone reads them
         for m, table in tables.items():
-            store.override("user" if m.startswith("u") else "author", f"exp_{m}", table)
+            store.override(METAPATHS[m][0], f"exp_{m}", table)
         walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(tables),
                   "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0
                                    for m, (_, e) in mine.items()}}

@@ -167,19 +167,23 @@ def test_launcher_reports_bad_input(tmp_path, capsys):
 
 def test_watchdog_stops_a_stalled_or_orphaned_trainer():
     codes = []
-    dog = Watchdog(0.3, exit=codes.append, poll_s=0.05).start()
-    for _ in range(10):                   # kicked: no stall
+    dog = Watchdog(1.0, exit=codes.append, poll_s=0.05).start()
+    for _ in range(20):                   # kicked every 0.05 s for 1 s: no stall
         dog.kick()
         time.sleep(0.05)
     assert codes == []
-    time.sleep(0.8)
+    deadline = time.monotonic() + 10
+    while not codes and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert codes == [3]
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     assert not pid_alive(p.pid) and pid_alive(os.getpid())
     codes.clear()
     Watchdog(100, server_pids=[p.pid], exit=codes.append, poll_s=0.05).start()
-    time.sleep(0.4)
+    deadline = time.monotonic() + 10
+    while not codes and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert codes == [3]
 
 

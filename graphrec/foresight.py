@@ -76,10 +76,12 @@ def fit(model: nn.Module, n: int, step_loss: Callable[[torch.Tensor], torch.Tens
 
 # ----------------------------------------------------------------------------- statistics
 def stat_windows(values: np.ndarray, input_steps: int, horizon: int,
-                 last_target_step: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 last_target_step: Optional[np.ndarray] = None, max_windows: Optional[int] = None,
+                 rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sliding windows of ``values [R, T, F]``: inputs ``[n, input_steps, F]``, targets ``[n, horizon, F]``
     and the room of each window. With ``last_target_step[r]``, only windows whose targets end before
-    that step (exclusive) are kept."""
+    that step (exclusive) are kept. With ``max_windows``, a sample of that many (drawn with ``rng``) is
+    taken before any window is copied out: at 100k rooms all windows would take gigabytes."""
     R, T, F = values.shape
     w = input_steps + horizon
     if T < w:
@@ -91,6 +93,9 @@ def stat_windows(values: np.ndarray, input_steps: int, horizon: int,
     if last_target_step is not None:
         keep = (starts[None, :] + w) <= np.asarray(last_target_step)[:, None]
     rooms, pos = np.nonzero(keep)
+    if max_windows is not None and len(rooms) > max_windows:
+        pick = rng.choice(len(rooms), max_windows, replace=False)
+        rooms, pos = rooms[pick], pos[pick]
     win = view[rooms, pos].transpose(0, 2, 1)                              # [n, w, F]
     return (np.ascontiguousarray(win[:, :input_steps], dtype=np.float32),
             np.ascontiguousarray(win[:, input_steps:], dtype=np.float32), rooms)
@@ -114,15 +119,12 @@ def train_stat_forecaster(ds: Dataset, sec: Mapping[str, Any], seed: int, progre
     last_step = np.floor((cutoff - st["start"]) / step) if np.isfinite(cutoff) else np.full(len(values), values.shape[1])
     train_rooms, held_rooms = split_rooms(np.arange(len(values)), sec["holdout_fraction"], seed)
     I, H = sec["input_steps"], sec["horizon"]
-    x_tr, y_tr, _ = stat_windows(values[train_rooms], I, H, last_step[train_rooms])
+    x_tr, y_tr, _ = stat_windows(values[train_rooms], I, H, last_step[train_rooms],
+                                 max_windows=sec["max_train_windows"], rng=np.random.default_rng(seed))
     x_ho, y_ho, _ = stat_windows(values[held_rooms], I, H)
     if len(x_tr) == 0 or len(x_ho) == 0:
         raise ValueError(f"no statistic windows of {I}+{H} steps (rooms have {values.shape[1]} steps; "
                          f"training windows {len(x_tr)}, held-out {len(x_ho)})")
-    rng = np.random.default_rng(seed)
-    if len(x_tr) > sec["max_train_windows"]:
-        pick = rng.choice(len(x_tr), sec["max_train_windows"], replace=False)
-        x_tr, y_tr = x_tr[pick], y_tr[pick]
     torch.manual_seed(seed)
     model = StatForecaster.from_config(sec, values.shape[2])
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)

@@ -65,6 +65,9 @@ def test_stat_windows_hand_worked():
     assert y[:, :, 0].tolist() == [[3, 4], [4, 5], [5, 6]]
     x, y, _ = stat_windows(values, 3, 2, last_target_step=np.array([6]))   # targets must end before step 6
     assert y[:, :, 0].tolist() == [[3, 4], [4, 5]]
+    x, y, _ = stat_windows(values, 3, 2, max_windows=2, rng=np.random.default_rng(0))   # sampled, still aligned
+    assert len(x) == 2 and len({tuple(r) for r in x[:, :, 0].tolist()}) == 2
+    assert all(yy[0] == xx[-1] + 1 and yy[1] == xx[-1] + 2 for xx, yy in zip(x[:, :, 0], y[:, :, 0]))
 
 
 def test_stat_forecaster_beats_naive_baselines(world):

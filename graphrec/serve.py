@@ -66,7 +66,7 @@ class AuthorSideCache:
         self.misses += len(miss)
         if miss:
             idx = np.array(miss)
-            full = b.build(u[idx], a[idx], t[idx])
+            full = b.room_features(a[idx], t[idx])             # the room parts only, for the misses
             h = self.model.mfq(full["tokens"], at[idx]) if use_mfq else None
             for j, i in enumerate(miss):
                 if use_mfq:

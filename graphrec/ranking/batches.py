@@ -120,8 +120,8 @@ class BatchBuilder:
     def build(self, u: np.ndarray, a: np.ndarray, t: np.ndarray, y: Optional[np.ndarray] = None,
               imp_idx: Optional[np.ndarray] = None, author_side: bool = True) -> Dict:
         """A batch for arbitrary (user, author, time) triples (serving uses this too). With
-        ``author_side=False`` the room-only parts (segment tokens, statistic features) are left out
-        for the caller to fill in (see ``graphrec.serve.AuthorSideCache``)."""
+        ``author_side=False`` the room-only parts (:meth:`room_features`) are left out for the caller
+        to fill in (see ``graphrec.serve.AuthorSideCache``)."""
         cfg, store = self.cfg, self.store
         ut, at = torch.from_numpy(u), torch.from_numpy(a)
         b: Dict = {"user": ut, "author": at,
@@ -147,20 +147,29 @@ class BatchBuilder:
                 b["exp"][m] = ids
                 if cfg.theta_pretrained:
                     b["exp_theta"][m] = store.get(ENDPOINT[m], "theta", ids.clamp(min=0).view(-1)).view(*ids.shape, -1)
-        if cfg.modalities and author_side:
-            seg = torch.from_numpy(self.segment[imp_idx] if imp_idx is not None else self._segment_of(a, t))
-            ok = seg >= 0
-            s = seg.clamp(min=0)
-            b["tokens"] = {}
-            for m in cfg.modalities:
-                x = store.get("segment", m, s)
-                n = store.get("segment", f"{m}_len", s).long().masked_fill(~ok, 0)
-                b["tokens"][m] = (x.float(), torch.arange(x.shape[1])[None, :] < n[:, None])
-        if cfg.stat_input_steps and self.stat_model is not None and author_side:
-            b["stat_feat"] = self._stat_features(at, t)
+        if author_side:
+            b.update(self.room_features(a, t, imp_idx))
         if cfg.product_max_len and self.product_model is not None:
             b["prod_probs"], b["prod_enc"] = self._product_features(at, t)
         return b
+
+    def room_features(self, a: np.ndarray, t: np.ndarray, imp_idx: Optional[np.ndarray] = None) -> Dict:
+        """The parts of a batch that depend on the room alone: the segment's ``tokens`` and the
+        statistic forecaster's ``stat_feat`` (each present when its module is on)."""
+        cfg, store = self.cfg, self.store
+        out: Dict = {}
+        if cfg.modalities:
+            seg = torch.from_numpy(self.segment[imp_idx] if imp_idx is not None else self._segment_of(a, t))
+            ok = seg >= 0
+            s = seg.clamp(min=0)
+            out["tokens"] = {}
+            for m in cfg.modalities:
+                x = store.get("segment", m, s)
+                n = store.get("segment", f"{m}_len", s).long().masked_fill(~ok, 0)
+                out["tokens"][m] = (x.float(), torch.arange(x.shape[1])[None, :] < n[:, None])
+        if cfg.stat_input_steps and self.stat_model is not None:
+            out["stat_feat"] = self._stat_features(torch.from_numpy(a), t)
+        return out
 
     def _segment_of(self, a: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Row of each author's latest segment started by time ``t`` (-1: none)."""

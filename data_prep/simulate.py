@@ -337,12 +337,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--cfg", help="experiment YAML whose `simulate` section sets the world (optional)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="simulate.KEY=VALUE",
                     help="override a simulate.* key (repeatable); see graphrec/defaults.yaml")
-    ap.add_argument("--seed", type=int, default=None, help="random seed (default: run.seed)")
+    ap.add_argument("--seed", type=int, default=None, help="random seed of the world (default: simulate.seed)")
     args = ap.parse_args(argv)
 
     def job() -> None:
         cfg = load_config(args.cfg, args.overrides)
-        ds = simulate(cfg.simulate, seed=cfg.run.seed if args.seed is None else args.seed,
+        ds = simulate(cfg.simulate, seed=cfg.simulate.seed if args.seed is None else args.seed,
                       progress=sys.stderr.isatty(), log=print)
         validate_dataset(ds)
         out = save_dataset(ds, args.out)

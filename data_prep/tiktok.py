@@ -78,6 +78,7 @@ def convert(path: Path) -> Dataset:
         segments[f"{modality}_len"] = np.ones(na, dtype=np.int16)
     meta = {
         "feedback": "implicit",
+        "timestamps": False,
         "main_label": "click",
         "label_meaning": {"click": "user interacted with the micro-video (positives only)"},
         "modality_meaning": {"frame": "visual features (128-d)", "asr": "acoustic features (128-d)"},

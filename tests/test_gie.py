@@ -7,8 +7,8 @@ from scipy.stats import chisquare
 
 from graphrec.data.split import time_split
 from graphrec.gie.graph import build_gift_graph, build_graph, gift_edges, graph_fingerprint
-from graphrec.gie.metapath import (METAPATHS, PAD, CSRWalker, DGLWalker, endpoint_type, expand, load_expansions,
-                                   mask_target, offline_expansions, save_expansions)
+from graphrec.gie.metapath import (METAPATHS, PAD, CSRWalker, DGLWalker, expand, load_expansions,
+                                   offline_expansions, save_expansions)
 from graphrec.gie.swing import swing, top_k_per_source
 
 
@@ -119,7 +119,7 @@ def exact_endpoint_distribution(g, seed_type, etypes, seed):
 @pytest.mark.parametrize("name", list(METAPATHS))
 def test_both_backends_sample_the_exact_endpoint_distribution(name):
     g = toy_graph()
-    seed_type, etypes = METAPATHS[name]
+    seed_type, etypes = METAPATHS[name].seed, METAPATHS[name].etypes
     n = 20000
     for walker in (DGLWalker(g), CSRWalker(g)):
         gen = torch.Generator().manual_seed(0)
@@ -151,12 +151,9 @@ def test_expansion_exclusions_and_padding():
         a2u2a = expand(walker, g, "a2u2a", torch.arange(4), 30, generator=gen)
         assert (a2u2a[3] == PAD).all()                                # author 3 has no gifters
         assert not (a2u2a == torch.arange(4)[:, None]).any()
-        assert endpoint_type(g, "u2a2u") == "user" and endpoint_type(g, "a2u2a") == "author"
-
-
-def test_mask_target_removes_the_label_edge():
-    ids = torch.tensor([[3, 1, 3, PAD], [2, 2, 0, 1]])
-    assert mask_target(ids, torch.tensor([3, 2])).tolist() == [[PAD, 1, PAD, PAD], [PAD, PAD, 0, 1]]
+        for name, path in METAPATHS.items():        # the declared schema matches the built graph
+            assert g.to_canonical_etype(path.etypes[0])[0] == path.seed
+            assert g.to_canonical_etype(path.etypes[-1])[2] == path.endpoint, name
 
 
 def test_offline_cache_is_tied_to_graph_and_params(tmp_path):

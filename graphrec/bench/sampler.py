@@ -80,7 +80,8 @@ def run(num_users: int, num_authors: int, num_edges: int, num_seeds: int, k: int
     ceiling = gather_ceiling()
     rows: List[Dict] = []
     rng = torch.Generator().manual_seed(seed)
-    for name, (seed_type, etypes) in METAPATHS.items():
+    for name, path in METAPATHS.items():
+        seed_type, etypes = path.seed, path.etypes
         seeds = torch.randint(0, g.num_nodes(seed_type), (num_seeds,), generator=rng)
         walks = num_seeds * k
         row = {"metapath": name, "hops": len(etypes), "walks": walks}

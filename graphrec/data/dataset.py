@@ -119,6 +119,22 @@ class Dataset:
     def labels(self) -> List[str]:
         return [l for l in LABELS if l in self.tables.get("impressions", {})]
 
+    @property
+    def main_label(self) -> str:
+        """The label the dataset is about (``meta.main_label``; else its first label)."""
+        return self.meta.get("main_label", self.labels[0])
+
+    @property
+    def implicit(self) -> bool:
+        """Positives only (every impression is an interaction; negatives must be sampled)."""
+        return self.meta.get("feedback") == "implicit"
+
+    @property
+    def timed(self) -> bool:
+        """Whether ``time`` is a real clock. ``False`` for data whose rows carry only their split as time
+        (TikTok): then "before" means "in the training split", not "earlier"."""
+        return bool(self.meta.get("timestamps", True))
+
     def has(self, table: str) -> bool:
         return table in self.tables
 

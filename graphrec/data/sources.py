@@ -17,6 +17,9 @@ from ..errors import ConfigError, DataError
 from .dataset import MANIFEST, SCHEMA_VERSION, read_manifest, save_dataset
 from .validate import validate_dataset
 
+# Bumped when a converter's output changes, so caches made by an older converter are rebuilt.
+CONVERTER_VERSION = {"tiktok": 2}   # 2: meta.timestamps = False (rows carry their split as time)
+
 _INPUT_FILES = {
     "movielens": ("u.data", "u.item", "u.user", "u.occupation", "u.info"),
     "tiktok": ("trnMat.pkl", "valMat.pkl", "tstMat.pkl", "image_feat.npy", "audio_feat.npy"),
@@ -52,7 +55,7 @@ def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] 
 
     cache = Path(cfg.data.cache_dir).expanduser()
     if source == "simulate":
-        payload = {"source": source, "schema": SCHEMA_VERSION, "seed": cfg.run.seed, "simulate": dict(cfg.simulate)}
+        payload = {"source": source, "schema": SCHEMA_VERSION, "simulate": dict(cfg.simulate)}
     else:
         if not cfg.data.path:
             raise ConfigError(f"data.path must point at the {source} input (see README: 'Public datasets') "
@@ -62,6 +65,8 @@ def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] 
             raise DataError(f"{raw}: data.path does not exist (data.source={source})")
         payload = {"source": source, "schema": SCHEMA_VERSION, "path": str(raw),
                    "files": _file_signature(raw, _INPUT_FILES[source])}
+        if source in CONVERTER_VERSION:
+            payload["converter"] = CONVERTER_VERSION[source]
         if source == "movielens":
             from data_prep.text import minilm_available
 
@@ -80,7 +85,7 @@ def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] 
     if source == "simulate":
         from data_prep.simulate import simulate
 
-        ds = simulate(cfg.simulate, seed=cfg.run.seed, progress=progress, log=log)
+        ds = simulate(cfg.simulate, seed=cfg.simulate.seed, progress=progress, log=log)
     elif source == "movielens":
         from data_prep.movielens import convert
 
@@ -95,3 +100,16 @@ def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] 
     validate_dataset(ds)
     save_dataset(ds, out)
     return out
+
+
+def load_data(cfg: Config, progress: bool = False, log: Callable[[str], None] = print):
+    """The run's dataset: built or reused (:func:`dataset_dir`), validated, and split (its own split, or
+    by time per ``data.val_fraction`` / ``data.test_fraction``)."""
+    from .dataset import load_dataset
+    from .split import ensure_split
+
+    ds = load_dataset(dataset_dir(cfg, progress=progress, log=log))
+    validate_dataset(ds)
+    if ensure_split(ds, cfg.data.val_fraction, cfg.data.test_fraction):
+        log(f"split by time: val_fraction={cfg.data.val_fraction} test_fraction={cfg.data.test_fraction}")
+    return ds

@@ -42,3 +42,13 @@ def time_split(times: np.ndarray, val_fraction: float, test_fraction: float) -> 
     split[val_start:test_start] = SPLITS["val"]
     split[test_start:] = SPLITS["test"]
     return split
+
+
+def ensure_split(ds, val_fraction: float, test_fraction: float) -> bool:
+    """Give ``ds``'s impressions a ``split`` column by time unless the dataset carries its own;
+    returns whether it was made here."""
+    imp = ds.impressions
+    if "split" in imp:
+        return False
+    imp["split"] = time_split(imp["time"], val_fraction, test_fraction)
+    return True

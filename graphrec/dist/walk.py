@@ -17,8 +17,8 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..gie.metapath import METAPATHS, PAD, GiftedLookup, endpoint_type, expand
-from ..ranking.store import REVERSE_ETYPES
+from ..gie.metapath import METAPATHS, PAD, GiftedLookup, expand
+from ..schema import REVERSE_ETYPES
 
 
 class DistWalker:
@@ -108,13 +108,13 @@ def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: 
     for name, k in ks.items():
         if k <= 0:
             continue
-        seed_type, _ = METAPATHS[name]
+        seed_type = METAPATHS[name].seed
         if seed_type not in owned:
             mask = torch.ones(g.num_nodes(seed_type), dtype=torch.bool)
             owned[seed_type] = dgl.distributed.node_split(mask, g.get_partition_book(), ntype=seed_type,
                                                           force_even=True)
         seeds = owned[seed_type]
-        end = endpoint_type(g, name)
+        end = METAPATHS[name].endpoint
         table = dgl.distributed.DistTensor((g.num_nodes(seed_type), k), torch.int64, name=f"walked_{name}",
                                            part_policy=g.get_node_partition_policy(seed_type))
         parts = []

@@ -34,21 +34,9 @@ import numpy as np
 import torch
 
 from ..data.dataset import atomic_write_bytes
+from ..schema import METAPATHS
 
 PAD = -1
-METAPATHS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
-    "u2a2u": ("user", ("u2a", "a2u")),
-    "u2a2u2a": ("user", ("u2a", "a2u", "u2a")),
-    "u2a2a": ("user", ("u2a", "a2a")),
-    "a2a": ("author", ("a2a",)),
-    "a2u2a": ("author", ("a2u", "u2a")),
-}
-
-
-def endpoint_type(g, name: str) -> str:
-    """The node type a metapath ends on, read from the graph's canonical edge types."""
-    last = METAPATHS[name][1][-1]
-    return next(dst for src, et, dst in g.canonical_etypes if et == last)
 
 
 class DGLWalker:
@@ -75,13 +63,32 @@ class CSRWalker:
 
     name = "torch"
 
-    def __init__(self, g, device: str = "cpu") -> None:
+    def __init__(self, g=None, device: str = "cpu",
+                 csr: Optional[Mapping[str, Tuple[torch.Tensor, torch.Tensor]]] = None) -> None:
+        """From a DGL heterograph ``g``, or from ``csr = {etype: (indptr, indices)}`` (no DGL needed)."""
         self.device = torch.device(device)
         self.csr: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-        for _, et, _ in g.canonical_etypes:
-            indptr, indices, _ = g.adj_tensors("csr", etype=et)
+        if csr is None:
+            csr = {}
+            for _, et, _ in g.canonical_etypes:
+                indptr, indices, _ = g.adj_tensors("csr", etype=et)
+                csr[et] = (indptr, indices)
+        for et, (indptr, indices) in csr.items():
             small = indices.numel() < 2**31
             self.csr[et] = (indptr.to(self.device), indices.to(torch.int32 if small else torch.int64).to(self.device))
+
+    @classmethod
+    def from_edges(cls, edges: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], num_src: Mapping[str, int],
+                   device: str = "cpu") -> "CSRWalker":
+        """From ``{etype: (src, dst)}`` edge lists and each edge type's number of source nodes."""
+        csr = {}
+        for et, (src, dst) in edges.items():
+            src, dst = torch.as_tensor(src).long(), torch.as_tensor(dst).long()
+            order = torch.argsort(src * (int(dst.max()) + 1 if dst.numel() else 1) + dst)
+            indptr = torch.zeros(num_src[et] + 1, dtype=torch.long)
+            indptr[1:] = torch.cumsum(torch.bincount(src, minlength=num_src[et]), 0)
+            csr[et] = (indptr, dst[order])
+        return cls(device=device, csr=csr)
 
     def walk(self, seeds: torch.Tensor, etypes: Sequence[str], k: int,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -147,9 +154,9 @@ class GiftedLookup:
 def expand(walker, g, name: str, seeds: torch.Tensor, k: int, retries: int = 3,
            generator: Optional[torch.Generator] = None, gifted: Optional[GiftedLookup] = None) -> torch.Tensor:
     """``[len(seeds), k]`` endpoint ids of metapath ``name`` (``PAD`` where none was found)."""
-    seed_type, etypes = METAPATHS[name]
+    seed_type, etypes = METAPATHS[name].seed, METAPATHS[name].etypes
     out = walker.walk(seeds, etypes, k, generator)
-    same_type = endpoint_type(g, name) == seed_type
+    same_type = METAPATHS[name].endpoint == seed_type
     if name == "u2a2u2a" and gifted is None:
         gifted = GiftedLookup(g, str(out.device))
 
@@ -175,31 +182,41 @@ def expand(walker, g, name: str, seeds: torch.Tensor, k: int, retries: int = 3,
     return out.masked_fill(invalid, PAD)
 
 
+class ExpansionSampler:
+    """Draws every metapath with ``ks[name] > 0`` for every node of its seed type, with one walker on
+    its device: the offline cache, and the per-epoch redraws of ``ranker.redraw_expansions``."""
+
+    def __init__(self, g, ks: Mapping[str, int], backend: str = "torch", device: str = "cpu", retries: int = 3,
+                 batch_size: int = 65536) -> None:
+        self.walker = make_walker(g, backend, device)
+        self.device = self.walker.device if backend == "torch" else torch.device("cpu")
+        self.gifted = GiftedLookup(g, str(self.device))
+        self.g, self.ks, self.retries, self.batch_size = g, dict(ks), retries, batch_size
+        self.num_nodes = {nt: g.num_nodes(nt) for nt in g.ntypes}
+
+    def draw(self, seed: int, progress: bool = False) -> Dict[str, torch.Tensor]:
+        """``{name: [N, K]}`` int32 tensors on the sampler's device."""
+        from tqdm import tqdm
+
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        out = {}
+        for name, k in self.ks.items():
+            if k <= 0:
+                continue
+            n = self.num_nodes[METAPATHS[name].seed]
+            parts = []
+            for s in tqdm(range(0, n, self.batch_size), desc=f"expand {name}", disable=not progress, leave=False):
+                seeds = torch.arange(s, min(s + self.batch_size, n), device=self.device)
+                parts.append(expand(self.walker, self.g, name, seeds, k, self.retries, gen, self.gifted).int())
+            out[name] = torch.cat(parts) if parts else torch.zeros(0, k, dtype=torch.int32, device=self.device)
+        return out
+
+
 def offline_expansions(g, ks: Mapping[str, int], backend: str = "torch", device: str = "cpu", seed: int = 0,
                        retries: int = 3, batch_size: int = 65536, progress: bool = False) -> Dict[str, np.ndarray]:
     """Every metapath with ``ks[name] > 0`` for every node of its seed type: ``{name: [N, K] int32}``."""
-    from tqdm import tqdm
-
-    walker = make_walker(g, backend, device)
-    gen = torch.Generator(device=walker.device if backend == "torch" else "cpu").manual_seed(seed)
-    gifted = GiftedLookup(g, str(walker.device) if backend == "torch" else "cpu")
-    out = {}
-    for name, k in ks.items():
-        if k <= 0:
-            continue
-        n = g.num_nodes(METAPATHS[name][0])
-        parts = []
-        for s in tqdm(range(0, n, batch_size), desc=f"expand {name}", disable=not progress, leave=False):
-            seeds = torch.arange(s, min(s + batch_size, n), device=walker.device if backend == "torch" else "cpu")
-            parts.append(expand(walker, g, name, seeds, k, retries, gen, gifted).cpu())
-        out[name] = (torch.cat(parts) if parts else torch.zeros(0, k, dtype=torch.long)).numpy().astype(np.int32)
-    return out
-
-
-def mask_target(ids: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Pad out positions equal to the impression's target (per row), so that a training impression's
-    own gift edge never shows up as evidence in its expansions."""
-    return ids.masked_fill(ids == target.to(ids.device)[:, None], PAD)
+    drawn = ExpansionSampler(g, ks, backend, device, retries, batch_size).draw(seed, progress)
+    return {name: t.cpu().numpy() for name, t in drawn.items()}
 
 
 def save_expansions(path: Path, expansions: Mapping[str, np.ndarray], fingerprint: str, params: Mapping) -> None:

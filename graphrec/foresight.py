@@ -12,7 +12,7 @@ targets end before the first validation impression; their quality is measured on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -41,37 +41,31 @@ def split_rooms(rooms: np.ndarray, holdout_fraction: float, seed: int) -> Tuple[
     return np.sort(order[n_hold:]), np.sort(order[:n_hold])
 
 
-def _batches(n: int, batch_size: int, gen: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
-    idx = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
-    for s in range(0, n, batch_size):
-        yield idx[s:s + batch_size]
+class WindowTask:
+    """A forecaster's training as a :class:`graphrec.fit.Task`: shuffled minibatches of example indices,
+    ``step_loss(model, indices)`` per batch."""
+
+    def __init__(self, n: int, batch_size: int, step_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> None:
+        self.n, self.batch_size, self.step_loss = n, batch_size, step_loss
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> List[torch.Tensor]:
+        idx = torch.from_numpy(rng.permutation(self.n))
+        return [idx[s:s + self.batch_size] for s in range(0, self.n, self.batch_size)]
+
+    def loss(self, model: nn.Module, idx: torch.Tensor):
+        return self.step_loss(model, idx), len(idx)
 
 
-def fit(model: nn.Module, n: int, step_loss: Callable[[torch.Tensor], torch.Tensor], epochs: int,
-        batch_size: int, lr: float, seed: int, on_epoch: Callable[[int, float], None] = lambda e, l: None,
-        progress: bool = False, desc: str = "train") -> List[float]:
-    """Minibatch Adam over ``n`` examples; ``step_loss(batch_indices)`` returns the batch loss."""
-    from tqdm import tqdm
+def train_forecaster(model: nn.Module, n: int, step_loss, sec: Mapping[str, Any], seed: int, tag: str,
+                     device: str = "cpu", progress: bool = False, writer: Any = None,
+                     log: Callable[[str], None] = lambda s: None, amp: bool = False) -> List[float]:
+    """Adam with gradient clipping over ``n`` examples for ``sec.epochs`` epochs (:func:`graphrec.fit.fit`)."""
+    from .fit import FitSpec, fit
 
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        total, count = 0.0, 0
-        batches = list(_batches(n, batch_size, gen))
-        for idx in tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            loss = step_loss(idx)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            total += float(loss) * len(idx)
-            count += len(idx)
-        history.append(total / max(count, 1))
-        on_epoch(epoch, history[-1])
-    model.eval()
-    return history
+    spec = FitSpec(epochs=sec["epochs"], lr=sec["lr"], seed=seed, grad_clip=5.0, amp=amp, tag=tag)
+    result = fit(model, WindowTask(n, sec["batch_size"], step_loss), spec, device, writer=writer, log=log,
+                 progress=progress)
+    return [h["train_loss"] for h in result.history]
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -109,7 +103,8 @@ class StatResult:
 
 
 def train_stat_forecaster(ds: Dataset, sec: Mapping[str, Any], seed: int, progress: bool = False,
-                          on_epoch: Callable[[int, float], None] = lambda e, l: None) -> StatResult:
+                          device: str = "cpu", writer: Any = None, log: Callable[[str], None] = lambda s: None,
+                          amp: bool = False) -> StatResult:
     st = ds.tables["stats"]
     values = st["values"].astype(np.float32)
     if sec["log1p"]:
@@ -127,12 +122,14 @@ def train_stat_forecaster(ds: Dataset, sec: Mapping[str, Any], seed: int, progre
                          f"training windows {len(x_tr)}, held-out {len(x_ho)})")
     torch.manual_seed(seed)
     model = StatForecaster.from_config(sec, values.shape[2])
-    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
+    xt, yt = torch.from_numpy(x_tr).to(device), torch.from_numpy(y_tr).to(device)
     mse = nn.MSELoss()
-    hist = fit(model, len(xt), lambda idx: mse(model(xt[idx])[0], yt[idx]), sec["epochs"], sec["batch_size"],
-               sec["lr"], seed, on_epoch, progress, "stat_forecast")
+    hist = train_forecaster(model, len(xt), lambda m, idx: mse(m(xt[idx])[0], yt[idx]), sec, seed, "stat_forecast",
+                            device, progress, writer, log, amp)
     with torch.no_grad():
-        pred = torch.cat([model(torch.from_numpy(x_ho[s:s + 4096]))[0] for s in range(0, len(x_ho), 4096)]).numpy()
+        pred = torch.cat([model(torch.from_numpy(x_ho[s:s + 4096]).to(device))[0].float().cpu()
+                          for s in range(0, len(x_ho), 4096)]).numpy()
+    model.cpu()
     mean_b = np.repeat(x_ho.mean(axis=1, keepdims=True), H, axis=1)
     latest_b = np.repeat(x_ho[:, -1:], H, axis=1)
     err = lambda p: float(np.mean((p - y_ho) ** 2))
@@ -180,7 +177,7 @@ def product_sequences(ds: Dataset, rooms: np.ndarray, max_len: int, before: floa
 def _next_targets(seqs: torch.Tensor, lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Target next-cat3 per position and a mask of positions that have a next item."""
     target = torch.roll(seqs[..., 3], shifts=-1, dims=1)
-    valid = torch.arange(seqs.shape[1])[None, :] < (lens[:, None] - 1)
+    valid = torch.arange(seqs.shape[1], device=seqs.device)[None, :] < (lens[:, None] - 1)
     return target, valid
 
 
@@ -212,7 +209,8 @@ class ProductResult:
 
 
 def train_product_forecaster(ds: Dataset, sec: Mapping[str, Any], seed: int, progress: bool = False,
-                             on_epoch: Callable[[int, float], None] = lambda e, l: None) -> ProductResult:
+                             device: str = "cpu", writer: Any = None, log: Callable[[str], None] = lambda s: None,
+                             amp: bool = False) -> ProductResult:
     meta = ds.meta["products"]
     rooms = np.unique(ds.tables["products"]["author"])
     train_rooms, held_rooms = split_rooms(rooms, sec["holdout_fraction"], seed)
@@ -223,16 +221,18 @@ def train_product_forecaster(ds: Dataset, sec: Mapping[str, Any], seed: int, pro
         raise ValueError(f"no product sequences with 2+ items (training {len(x_tr)}, held-out {len(x_ho)})")
     torch.manual_seed(seed)
     model = ProductForecaster.from_config(sec, meta)
-    xt, nt = torch.from_numpy(x_tr), torch.from_numpy(n_tr)
+    xt, nt = torch.from_numpy(x_tr).to(device), torch.from_numpy(n_tr).to(device)
     ce = nn.CrossEntropyLoss()
 
-    def step_loss(idx: torch.Tensor) -> torch.Tensor:
-        logits, _ = model(xt[idx], nt[idx])
+    def step_loss(m: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        idx = idx.to(device)
+        logits, _ = m(xt[idx], nt[idx])
         target, valid = _next_targets(xt[idx], nt[idx])
-        return ce(logits[valid], target[valid])
+        return ce(logits[valid].float(), target[valid])
 
-    hist = fit(model, len(xt), step_loss, sec["epochs"], sec["batch_size"], sec["lr"], seed, on_epoch,
-               progress, "product_forecast")
+    hist = train_forecaster(model, len(xt), step_loss, sec, seed, "product_forecast", device, progress, writer,
+                            log, amp)
+    model.cpu()
     xh, nh = torch.from_numpy(x_ho), torch.from_numpy(n_ho)
     with torch.no_grad():
         logits, _ = model(xh, nh)

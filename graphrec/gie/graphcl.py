@@ -17,7 +17,7 @@ the trained Θ and for the untrained initial Θ side by side.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -39,8 +39,9 @@ class GraphCL(nn.Module):
         self.temperature = temperature
         self.nce_weight = nce_weight
 
-    def loss(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """``anchor [B]``, ``positive [B]``, ``negatives [B, M]``: global node ids (authors offset)."""
+    def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``L_CE + λ·L_NCE`` of ``anchor [B]``, ``positive [B]``, ``negatives [B, M]`` (global node ids,
+        authors offset by ``num_users``)."""
         a = self.theta(anchor)
         p = self.theta(positive)
         n = self.theta(negatives)
@@ -63,53 +64,59 @@ class GraphCLResult:
     model: GraphCL
     initial: torch.Tensor          # Θ before training (the untrained baseline)
     history: List[Dict[str, float]]
+    best_epoch: int = 0            # the epoch kept (0: the last; no validation)
+
+
+class GraphCLTask:
+    """Algorithm 1 as a :class:`graphrec.fit.Task`: every epoch shuffles the nodes that have a positive;
+    each anchor gets one random positive from its expansion and ``negatives`` random nodes of its type."""
+
+    def __init__(self, positives: torch.Tensor, num_users: int, num_authors: int, negatives: int,
+                 batch_size: int) -> None:
+        self.pos, self.num_users, self.num_authors = positives, num_users, num_authors
+        self.nodes = (positives >= 0).any(dim=1).nonzero().squeeze(1)
+        self.negatives, self.batch_size = negatives, batch_size
+
+    def batches(self, epoch: int, rng) -> List[torch.Tensor]:
+        order = self.nodes[torch.randperm(len(self.nodes), device=self.nodes.device)]
+        return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+
+    def loss(self, model, anchor: torch.Tensor):
+        dev = anchor.device
+        cand = self.pos[anchor]
+        valid = cand >= 0
+        # one random valid positive per anchor: argmax of random keys over valid slots
+        pick = torch.where(valid, torch.rand(cand.shape, device=dev), -1.0).argmax(dim=1)
+        positive = cand[torch.arange(len(anchor), device=dev), pick]
+        is_user = anchor < self.num_users
+        M = self.negatives
+        neg = torch.where(is_user[:, None], torch.randint(0, self.num_users, (len(anchor), M), device=dev),
+                          self.num_users + torch.randint(0, self.num_authors, (len(anchor), M), device=dev))
+        out = model(anchor, positive, neg)
+        return out["loss"], len(anchor), {"ce": out["ce"], "nce": out["nce"]}
 
 
 def train_graphcl(num_users: int, num_authors: int, user_pos: np.ndarray, author_pos: np.ndarray,
                   sec: Mapping[str, Any], seed: int = 0, device: str = "cpu", progress: bool = False,
-                  on_epoch: Callable[[int, Dict[str, float]], None] = lambda e, h: None) -> GraphCLResult:
-    """Algorithm 1. ``user_pos [U, K]`` holds ``u2a2u`` user ids, ``author_pos [A, K]`` ``a2u2a``
-    author ids (``PAD`` = none)."""
-    from tqdm import tqdm
+                  writer: Any = None, log: Callable[[str], None] = lambda s: None, amp: bool = False,
+                  validate: Optional[Callable[[GraphCL, int], Dict[str, float]]] = None) -> GraphCLResult:
+    """Algorithm 1 with :func:`graphrec.fit.fit`. ``user_pos [U, K]`` holds ``u2a2u`` user ids,
+    ``author_pos [A, K]`` ``a2u2a`` author ids (``PAD`` = none). With ``validate`` (returning ``link_auc``),
+    the epoch with the best validation link prediction is kept and training stops after
+    ``sec.patience`` epochs without a better one."""
+    from ..fit import FitSpec, fit
 
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = GraphCL(num_users, num_authors, sec["dim"], sec["temperature"], sec["nce_weight"]).to(device)
-    initial = model.theta.weight.detach().clone().cpu()
+    model = GraphCL(num_users, num_authors, sec["dim"], sec["temperature"], sec["nce_weight"])
+    initial = model.theta.weight.detach().clone()
     # positives as global ids; authors are offset by num_users
-    pos = torch.cat([torch.from_numpy(user_pos.astype(np.int64)),
-                     torch.where(torch.from_numpy(author_pos.astype(np.int64)) >= 0,
-                                 torch.from_numpy(author_pos.astype(np.int64)) + num_users, PAD)])
-    has_pos = (pos >= 0).any(dim=1)
-    nodes = has_pos.nonzero().squeeze(1)
-    opt = torch.optim.Adam(model.parameters(), lr=sec["lr"])
-    history: List[Dict[str, float]] = []
-    M, B = sec["negatives"], sec["batch_size"]
-    for epoch in range(sec["epochs"]):
-        order = nodes[torch.randperm(len(nodes), generator=gen)]
-        sums = {"loss": 0.0, "ce": 0.0, "nce": 0.0}
-        for s in tqdm(range(0, len(order), B), desc=f"graphcl {epoch + 1}/{sec['epochs']}", disable=not progress,
-                      leave=False):
-            anchor = order[s:s + B]
-            cand = pos[anchor]
-            valid = cand >= 0
-            # one random valid positive per anchor: argmax of random keys over valid slots
-            pick = torch.where(valid, torch.rand(cand.shape, generator=gen), -1.0).argmax(dim=1)
-            positive = cand[torch.arange(len(anchor)), pick]
-            is_user = anchor < num_users
-            neg = torch.where(is_user[:, None], torch.randint(0, num_users, (len(anchor), M), generator=gen),
-                              num_users + torch.randint(0, num_authors, (len(anchor), M), generator=gen))
-            out = model.loss(anchor.to(device), positive.to(device), neg.to(device))
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-            for k in sums:
-                sums[k] += float(out[k]) * len(anchor)
-        h = {k: v / max(len(order), 1) for k, v in sums.items()}
-        history.append(h)
-        on_epoch(epoch, h)
-    model.eval()
-    return GraphCLResult(model.cpu(), initial, history)
+    a_pos = torch.from_numpy(author_pos.astype(np.int64))
+    pos = torch.cat([torch.from_numpy(user_pos.astype(np.int64)), torch.where(a_pos >= 0, a_pos + num_users, PAD)])
+    task = GraphCLTask(pos.to(device), num_users, num_authors, sec["negatives"], sec["batch_size"])
+    spec = FitSpec(epochs=sec["epochs"], lr=sec["lr"], seed=seed, amp=amp, tag="graphcl",
+                   patience=sec.get("patience", 0) if validate else 0, monitor="link_auc" if validate else None)
+    result = fit(model, task, spec, device, writer=writer, log=log, progress=progress, validate=validate)
+    return GraphCLResult(model.cpu(), initial, result.history, result.best_epoch)
 
 
 def link_prediction(author_emb: torch.Tensor, train_u: np.ndarray, train_a: np.ndarray, test_u: np.ndarray,

@@ -6,7 +6,6 @@ representation is the mean over layers 0..K, and a pair is scored by the dot pro
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -44,31 +43,26 @@ class LightGCN(nn.Module):
         return e[: self.num_users], e[self.num_users:]
 
 
-def train_lightgcn(users: np.ndarray, authors: np.ndarray, num_users: int, num_authors: int, sec: Mapping,
-                   seed: int = 0, on_epoch: Callable[[int, float], None] = lambda e, l: None) -> LightGCN:
-    """BPR over (user, gifted author, random author) triples; L2 on the batch's layer-0 embeddings."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = LightGCN(num_users, num_authors, normalized_adjacency(users, authors, num_users, num_authors),
-                     sec["dim"], sec["layers"])
-    opt = torch.optim.Adam(model.parameters(), lr=sec["lr"])
-    u_all, a_all = torch.from_numpy(users.astype(np.int64)), torch.from_numpy(authors.astype(np.int64))
-    for epoch in range(sec["epochs"]):
-        perm = torch.randperm(len(u_all), generator=gen)
-        total = 0.0
-        for s in range(0, len(perm), sec["batch_size"]):
-            idx = perm[s:s + sec["batch_size"]]
-            u, p = u_all[idx], a_all[idx]
-            n = torch.randint(0, num_authors, (len(idx),), generator=gen)
-            eu, ea = model.split()
-            x = (eu[u] * ea[p]).sum(-1) - (eu[u] * ea[n]).sum(-1)
-            w = model.embedding.weight
-            reg = (w[u].pow(2).sum() + w[p + num_users].pow(2).sum() + w[n + num_users].pow(2).sum()) / len(idx)
-            loss = -torch.nn.functional.logsigmoid(x).mean() + sec["reg"] * reg
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss) * len(idx)
-        on_epoch(epoch, total / max(len(perm), 1))
-    model.eval()
-    return model
+class BPRTask:
+    """BPR over (user, gifted author, random author) triples with L2 on the batch's layer-0 embeddings,
+    as a :class:`graphrec.fit.Task`."""
+
+    def __init__(self, users: np.ndarray, authors: np.ndarray, num_authors: int, batch_size: int, reg: float) -> None:
+        self.u = torch.from_numpy(users.astype(np.int64))
+        self.a = torch.from_numpy(authors.astype(np.int64))
+        self.num_authors, self.batch_size, self.reg = num_authors, batch_size, reg
+
+    def batches(self, epoch: int, rng: np.random.Generator):
+        perm = torch.from_numpy(rng.permutation(len(self.u)))
+        neg = torch.from_numpy(rng.integers(0, self.num_authors, len(self.u)))
+        return [(self.u[perm[s:s + self.batch_size]], self.a[perm[s:s + self.batch_size]],
+                 neg[s:s + self.batch_size]) for s in range(0, len(perm), self.batch_size)]
+
+    def loss(self, model: LightGCN, batch):
+        u, p, n = batch
+        eu, ea = model.split()
+        x = (eu[u] * ea[p]).sum(-1) - (eu[u] * ea[n]).sum(-1)
+        w = model.embedding.weight
+        nu = model.num_users
+        reg = (w[u].pow(2).sum() + w[p + nu].pow(2).sum() + w[n + nu].pow(2).sum()) / len(u)
+        return -torch.nn.functional.logsigmoid(x).mean() + self.reg * reg, len(u)

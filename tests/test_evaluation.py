@@ -3,7 +3,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from graphrec.topk import full_ranking
+from graphrec.evaluation import full_ranking
 
 
 def test_hand_worked_full_ranking():

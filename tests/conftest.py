@@ -16,7 +16,7 @@ FAST_MODELS = ["graphcl.epochs=2", "stat_forecast.epochs=1", "stat_forecast.dim=
                "product_forecast.dim=16", "mfq.dim=16", "mfq.heads=2", "mfq.query_tokens=2", "ranker.epochs=2",
                "ranker.patience=5", "ranker.batch_size=1024", "ranker.mlp=[32]", "expansion.k_u2a2u=5",
                "expansion.k_u2a2u2a=5", "expansion.k_u2a2a=5", "expansion.k_a2a=5", "expansion.k_a2u2a=5",
-               "lightgcn.epochs=3", "lightgcn.dim=16", "ranker.topk_candidates=20"]
+               "lightgcn.epochs=3", "lightgcn.dim=16", "eval.two_stage_candidates=20"]
 
 
 def _require(path: Path) -> Path:

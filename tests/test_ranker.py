@@ -1,11 +1,12 @@
+"""The ranker's pieces on hand-made and tiny simulated data: attention, the history rule, the typed
+batch, work done once per room, full ranking, the sampled-softmax objective. Torch only (no DGL)."""
 import numpy as np
 import pytest
 import torch
 
-from graphrec.gie.metapath import PAD
-from graphrec.models.din import TargetAttention
-from graphrec.models.ranker import Ranker, RankerSpec
-from graphrec.ranking.batches import GiftHistory, side_features
+from graphrec.models.din import DotTargetAttention, TargetAttention
+from graphrec.ranking.batches import side_features
+from graphrec.ranking.features import PAD, AuthorActivity, History
 
 
 def test_target_attention_gives_padding_exactly_zero_weight():
@@ -23,15 +24,61 @@ def test_target_attention_gives_padding_exactly_zero_weight():
     junk[~mask] = 1e4                                          # padded values cannot leak into the output
     assert torch.allclose(att(target, junk, mask), pooled)
     assert torch.equal(pooled[2], torch.zeros(8))
-    # the score MLP sees [t, h, t - h, t * h]
-    assert att.score[0].in_features == 4 * 8
 
 
-def test_gift_history_is_strictly_before_the_impression():
+def test_din_attention_split_equals_the_mlp_over_the_concatenation():
+    """The grid computation is exact: each row's sequence against each of its candidates, the MLP seeing
+    [t, h, t - h, t * h]; dot-product attention likewise."""
+    torch.manual_seed(0)
+    att = TargetAttention(6)
+    target, seq = torch.randn(4, 6), torch.randn(3, 5, 6)
+    cand = torch.tensor([[0, 3], [1, 1], [2, 0]])                           # [B=3, C=2] rows of target
+    t = target[cand].unsqueeze(2).expand(-1, -1, 5, -1)                      # [3, 2, 5, 6]
+    h = seq.unsqueeze(1).expand(-1, 2, -1, -1)
+    direct = att.score(torch.cat([t, h, t - h, t * h], dim=-1)).squeeze(-1)
+    assert torch.allclose(att.scores(target, seq, cand), direct, atol=1e-5)
+    dot = DotTargetAttention(6, 4)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    pair_mask = h[..., 0] > 0                                   # a per-candidate mask drops positions for it only
+    out = dot.grid(target, seq, mask, cand, pair_mask)
+    logits = (dot.query(target[cand]).unsqueeze(2) * dot.key(seq).unsqueeze(1)).sum(-1) / 2.0
+    w = torch.softmax(logits.masked_fill(~pair_mask, -1e9), dim=-1) * pair_mask.any(-1, keepdim=True)
+    assert torch.allclose(out, (w.unsqueeze(-1) * h).sum(2), atol=1e-5)
+
+
+def test_history_with_timestamps_is_strictly_before_the_row():
     # user 0 gifted authors 5 (t=10), 6 (t=20), 7 (t=20), 8 (t=30); user 1 nothing; user 2 gifted 9 at t=5
-    h = GiftHistory(np.array([0, 0, 0, 0, 2]), np.array([5, 6, 7, 8, 9]), np.array([10, 20, 20, 30, 5]), 3)
-    got = h.before(np.array([0, 0, 0, 0, 1, 2, 2]), np.array([5, 10, 21, 100, 50, 5, 6]), 2)
+    h = History(np.array([0, 0, 0, 0, 2]), np.array([5, 6, 7, 8, 9]), np.array([10, 20, 20, 30, 5]), 3)
+    got = h.lookup(np.array([0, 0, 0, 0, 1, 2, 2]), np.array([5, 10, 21, 100, 50, 5, 6]), 2)
     assert got.tolist() == [[PAD, PAD], [PAD, PAD], [6, 7], [7, 8], [PAD, PAD], [PAD, PAD], [9, PAD]]
+
+
+def test_history_without_timestamps_hides_the_rows_own_target_only():
+    """Untimed data (TikTok): a training row sees the user's other training items, never its own
+    target; an evaluation row sees all of them — the same amount of history in both."""
+    train_u, train_a = np.array([0, 0, 0, 1]), np.array([3, 5, 7, 2])
+    h = History(train_u, train_a, np.zeros(4, np.int64), num_users=3, timed=False)
+    rows = h.lookup(np.array([0, 0, 0]), np.zeros(3), 4, exclude=np.array([3, 5, 7]))     # training rows
+    for row, own in zip(rows.tolist(), (3, 5, 7)):
+        assert own not in row and sorted(x for x in row if x != PAD) == sorted({3, 5, 7} - {own})
+    evaluation = h.lookup(np.array([0, 1, 2]), np.array([2, 2, 2]), 4)                      # test rows
+    assert evaluation.tolist() == [[3, 5, 7, PAD], [2, PAD, PAD, PAD], [PAD] * 4]
+    filled = (rows != PAD).sum(1).mean(), (evaluation[:1] != PAD).sum(1).mean()
+    assert filled == (2, 3)                                    # n-1 in training, n at evaluation
+
+
+def test_author_activity_counts_only_the_past_and_leaves_the_row_out():
+    # author 0: impressions at t=0 (pos), 10 (neg), 20 (pos); author 1: t=5 (neg)
+    act = AuthorActivity(np.array([0, 0, 0, 1]), np.array([0, 10, 20, 5]), np.array([1, 0, 1, 0]), 2, timed=True,
+                         windows=[15])
+    f = act.features(np.array([0, 0, 0, 1]), np.array([0, 20, 21, 100]))
+    # columns per window: log1p(impressions), log1p(positives), smoothed rate; then all time
+    assert np.expm1(f[:, 0]).round().tolist() == [0, 1, 2, 0]          # [t-15, t)
+    assert np.expm1(f[:, 3]).round().tolist() == [0, 2, 3, 1]          # all before t
+    assert np.expm1(f[:, 4]).round().tolist() == [0, 1, 2, 0]
+    untimed = AuthorActivity(np.array([0, 0, 1]), np.zeros(3), np.ones(3), 2, timed=False, implicit=True)
+    g = untimed.features(np.array([0, 0, 1]), np.zeros(3), own=np.array([1.0, 0.0, 1.0]))
+    assert np.expm1(g[:, 0]).round().tolist() == [1, 2, 0]             # a training row does not count itself
 
 
 def test_side_features_skip_truth_and_ids():
@@ -42,44 +89,148 @@ def test_side_features_skip_truth_and_ids():
     assert dense.shape == (4, 3)
 
 
-def tiny_spec(**kw):
-    base = dict(num_users=10, num_authors=6, tasks=["click", "gift"], user_cats={"region": 3}, author_dense=2,
-                id_dim=8, theta_dim=4, mlp=[16], dropout=0.0)
-    base.update(kw)
-    return RankerSpec(**base)
+# ----------------------------------------------------------------------------- on a tiny world
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny simulated world with hand-made expansions and Θ (no DGL), and its built ranker."""
+    from data_prep.simulate import simulate
+    from graphrec.config import load_config
+    from graphrec.data.split import ensure_split
+    from graphrec.models.stat_forecaster import StatForecaster
+    from graphrec.ranking.stage import build_ranker, enabled_modules
+    from graphrec.schema import METAPATHS
+
+    from .conftest import TINY_SIM
+
+    cfg = load_config(None, TINY_SIM + ["simulate.num_impressions=3000", "mfq.dim=8", "mfq.heads=2",
+                                        "mfq.query_tokens=2", "ranker.mlp=[16]", "stat_forecast.dim=8",
+                                        "stat_forecast.heads=2", "ranker.dropout=0.0"])
+    ds = simulate(cfg.simulate, seed=0)
+    ensure_split(ds, 0.1, 0.1)
+    rng = np.random.default_rng(0)
+    n = {"user": ds.num_users, "author": ds.num_authors}
+    exp = {m: np.where(rng.random((n[p.seed], 4)) < 0.8, rng.integers(0, n[p.endpoint], (n[p.seed], 4)), PAD)
+           for m, p in METAPATHS.items()}
+    torch.manual_seed(0)
+    art = {"expansions": exp, "theta": torch.randn(ds.num_users + ds.num_authors, cfg.graphcl.dim),
+           "stat_forecaster": StatForecaster.from_config(cfg.stat_forecast, 8)}
+    mods = enabled_modules(cfg, ds, art)
+    model, builder, spec = build_ranker(cfg, ds, mods, art)
+    return cfg, ds, model, builder
 
 
-def tiny_batch(B=5, with_gie=False, theta=False):
-    g = torch.Generator().manual_seed(0)
-    b = {"user": torch.randint(0, 10, (B,), generator=g), "author": torch.randint(0, 6, (B,), generator=g),
-         "user_cat": {"region": torch.randint(0, 3, (B,), generator=g)}, "author_cat": {},
-         "author_dense": torch.randn(B, 2, generator=g), "hist": torch.tensor([[1, 2, PAD]] * B),
-         "labels": torch.randint(0, 2, (B, 2), generator=g).float()}
-    if with_gie:
-        b["exp"] = {"u2a2u": torch.tensor([[3, PAD]] * B), "a2a": torch.tensor([[PAD, PAD]] * B)}
-        if theta:
-            b["theta_user"], b["theta_author"] = torch.randn(B, 4), torch.randn(B, 4)
-            b["exp_theta"] = {m: torch.randn(B, 2, 4) for m in b["exp"]}
-    return b
+def test_typed_batch_moves_as_a_whole(tiny):
+    _, _, _, builder = tiny
+    b = builder.impressions(np.arange(10))
+    moved = b.to("cpu")
+    assert moved.users.hist["gift"].dtype == torch.long and moved.rooms.tokens["frame"][0].shape[0] == len(b.rooms.seg_author)
+    assert moved.labels.shape == (10, len(builder.cfg.tasks)) and moved.cand.shape == (10, 1)
 
 
-def test_plain_din_ranker_and_loss():
-    model = Ranker(tiny_spec())
-    b = tiny_batch()
-    logits = model(b)
-    assert logits.shape == (5, 2)
-    loss = model.loss(logits, b["labels"], torch.tensor([1.0, 2.0]))
-    per = torch.nn.functional.binary_cross_entropy_with_logits(logits, b["labels"], reduction="none").mean(0)
-    assert loss.item() == pytest.approx((per[0] + 2 * per[1]).item(), rel=1e-6)
-    loss.backward()
-    assert model.user_emb.weight.grad is not None
-    assert not hasattr(model, "exp_att") and model.mfq is None
+@pytest.mark.parametrize("grad", [False, True])
+def test_work_once_per_room_equals_work_per_impression(tiny, grad):
+    """MFQ runs once per distinct segment and author pieces once per distinct author; doing the same work
+    per impression gives the same logits and the same gradients."""
+    _, ds, model, builder = tiny
+    idx = np.arange(200)
+    shared = builder.impressions(idx)
+    assert len(shared.rooms.seg_author) < len(idx) and len(shared.rooms.uniq) < len(idx)
+    per = builder.impressions(idx)
+    rp = per.rooms
+    order = rp.inv.clone()                            # one entry per impression: undo the dedup
+    rp.uniq, rp.inv = rp.uniq[order], torch.arange(len(idx))
+    rp.cats = {k: v[order] for k, v in rp.cats.items()}
+    rp.theta = rp.theta[order]
+    rp.exp = {k: v[order] for k, v in rp.exp.items()}
+    rp.exp_theta = {k: v[order] for k, v in rp.exp_theta.items()}
+    seg = rp.seg_inv.clone()
+    rp.seg_author, rp.seg_inv, rp.seg_key = rp.seg_author[seg], torch.arange(len(idx)), rp.seg_key[seg]
+    rp.tokens = {m: (x[seg], mk[seg]) for m, (x, mk) in rp.tokens.items()}
+    model.eval()
+    outs, grads = [], []
+    for batch in (shared, per):
+        model.zero_grad()
+        out = model(batch)
+        if grad:
+            out.sum().backward()
+            grads.append(model.mfq.author_query.weight.grad.clone())
+        outs.append(out.detach())
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    if grad:
+        assert torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
-@pytest.mark.parametrize("pretrained", [True, False])
-def test_gie_ranker_with_pretrained_or_learned_theta(pretrained):
-    model = Ranker(tiny_spec(metapaths=["u2a2u", "a2a"], theta_pretrained=pretrained))
-    b = tiny_batch(with_gie=True, theta=pretrained)
-    out = model(b)
-    assert out.shape == (5, 2) and torch.isfinite(out).all()
-    assert hasattr(model, "theta") == (not pretrained)      # −GraphCL: the ranker learns Θ itself
+def test_full_ranking_equals_pairwise_scoring(tiny):
+    from graphrec.ranking.train import RankerScorer
+
+    _, ds, model, builder = tiny
+    scorer = RankerScorer(model, builder, pair_chunk=97)          # odd chunks: rows split across chunks
+    users, t = np.array([3, 17, 42]), int(ds.impressions["time"][-1])
+    full = scorer.rank(users, t)
+    A = ds.num_authors
+    pairwise = scorer.pair_scores(np.repeat(users, A), np.tile(np.arange(A), len(users)), np.full(len(users) * A, t))
+    assert full.shape == (3, A)
+    assert np.allclose(full.numpy().ravel(), pairwise, atol=1e-4)
+
+
+def test_sampled_negatives_never_equal_the_positive_and_carry_logq(tiny):
+    from graphrec.ranking.batches import PairSet
+    from graphrec.ranking.train import RankerObjective
+
+    cfg, ds, model, builder = tiny
+    builder.cfg.negatives, builder.cfg.uniform_share = 30, 0.5
+    imp = ds.impressions
+    builder.known = PairSet(imp["user"], imp["author"], ds.num_authors)
+    try:
+        idx = np.arange(100)
+        cand, valid, logq = builder.sample_negatives(idx, np.random.default_rng(0))
+        assert (cand[:, 0] == imp["author"][idx]).all() and valid[:, 0].all()
+        assert not (valid[:, 1:] & (cand[:, 1:] == cand[:, :1])).any()          # the positive itself: masked
+        assert not (valid & builder.known.contains(imp["user"][idx][:, None], cand))[:, 1:].any()
+        q = 0.5 / ds.num_authors + 0.5 * builder.positive_share[cand]
+        assert np.allclose(logq, np.log(q), atol=1e-6)
+        batch = builder.training(idx, np.random.default_rng(0))
+        assert batch.cand.shape == (100, 31) and len(batch.rooms) == 100 * 31
+        heads = model.spec.tasks
+        logits = torch.randn(100, 31, len(heads))
+        objective = RankerObjective(heads, ds.labels, {t: 0.0 for t in ds.labels}, True, "gift")
+        corrected = objective(logits, batch)
+        s = logits[:, :, heads.index("gift")] - batch.logq
+        s = s.masked_fill(~batch.valid, float("-inf"))
+        assert corrected.item() == pytest.approx(torch.nn.functional.cross_entropy(s, torch.zeros(100).long()).item())
+        batch.logq = None
+        assert objective(logits, batch).item() != pytest.approx(corrected.item())
+    finally:
+        builder.cfg.negatives, builder.known = 0, None
+
+
+def test_the_candidate_is_never_evidence_for_itself(tiny):
+    """A user-side author expansion that contains the candidate scores as if that position were padding."""
+    _, ds, model, builder = tiny
+    model.eval()
+    u, a, t = np.array([5]), np.array([7]), np.array([int(ds.impressions["time"][-1])])
+    batch = builder.pairs(u, a, t)
+    for m in ("u2a2u2a", "u2a2a"):
+        batch.users.exp[m][0, 0] = 7                          # the candidate shows up in its own user's expansion
+        batch.users.exp_theta[m][0, 0] = builder.store.get("author", "theta", torch.tensor([7]))[0]
+    with torch.no_grad():
+        with_target = model(batch)
+        for m in ("u2a2u2a", "u2a2a"):
+            batch.users.exp[m][0, 0] = PAD
+        padded = model(batch)
+    assert torch.allclose(with_target, padded, atol=1e-6)
+
+
+def test_without_user_ids_there_is_no_user_table(tiny):
+    """``ranker.user_id: false``: no per-user embedding is allocated and scoring does not need one."""
+    import dataclasses
+
+    from graphrec.models.ranker import Ranker
+
+    _, _, model, builder = tiny
+    spec = dataclasses.replace(model.spec, user_id=False)
+    plain = Ranker(spec)
+    assert plain.user_emb is None and model.user_emb is not None
+    saved = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert saved >= spec.num_users * spec.id_dim                  # the table (and its input widths) are gone
+    assert plain(builder.impressions(np.arange(8))).shape == (8, 1, len(spec.tasks))

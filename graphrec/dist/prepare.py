@@ -11,7 +11,6 @@ and renamed into place, so a failed run never leaves a half-written one.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -30,7 +29,8 @@ STAGES_AFTER_PARTITION = ["lightgcn", "ranker", "evaluation", "report"]
 SIGNATURE_SECTIONS = ("data", "simulate", "graph", "expansion", "graphcl", "stat_forecast", "product_forecast")
 SIGNATURE_KEYS = (("run", "seed"), ("ranker", "use_gie"), ("ranker", "use_mfq"), ("ranker", "use_stat_forecast"),
                   ("ranker", "use_product_forecast"), ("ranker", "use_u2a2u"), ("ranker", "use_u2a2u2a"),
-                  ("ranker", "use_u2a2a"), ("ranker", "use_a2a"), ("ranker", "use_a2u2a"))
+                  ("ranker", "use_u2a2a"), ("ranker", "use_a2a"), ("ranker", "use_a2u2a"), ("ranker", "realtime_steps"),
+                  ("ranker", "use_activity"), ("ranker", "exposure_head"))
 CHECKPOINTS = {"stat_forecast": "stat_forecast.pt", "product_forecast": "product_forecast.pt"}
 
 
@@ -99,10 +99,9 @@ def _partition(part, out: Path, name: str, num_parts: int, method: str, log) -> 
 
 def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str], None] = print) -> Path:
     """Run the stages before the ranker and write ``dist.part_dir`` (see the module docstring)."""
-    from ..ranking.stage import enabled_modules, graph_name_for, node_data
-    from ..ranking.store import partition_features
+    from ..ranking.stage import enabled_modules, node_data
     from ..run import run
-    from ..stage import RunContext
+    from .store import graph_name_for, partition_features
 
     if not cfg.ranker.enabled:
         raise ConfigError("ranker.enabled is false: there is nothing to train distributed")
@@ -112,11 +111,9 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
     prep_cfg.run["skip_stages"] = skip
     prep_cfg.run["name"] = f"{cfg.run.name}-partition"
     result = run(prep_cfg, config_file=config_file)
-    ctx = RunContext(cfg=cfg, run_dir=result.run_dir, log=logging.getLogger("graphrec.partition"), writer=None,
-                     device="cpu", progress=False, state=result.state)
-    ds = ctx.dataset
-    mods = enabled_modules(ctx)
-    data = node_data(ctx, mods)
+    ds = result.state["dataset"]
+    mods = enabled_modules(cfg, ds, result.state)
+    data = node_data(ds, mods, result.state)
     seg_author = ds.tables["segments"]["author"] if mods["modalities"] else None
     graph_name = graph_name_for(part_dir)
     part_dir.parent.mkdir(parents=True, exist_ok=True)

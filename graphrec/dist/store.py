@@ -1,11 +1,12 @@
-"""The ranker's features as node data of a DGL ``DistGraph``.
+"""The ranker's features as node data of a DGL ``DistGraph``, for runs on DGL's distributed engine.
 
-Θ, the offline expansions, each author's statistic and product sequences and each segment's
-multimodal tokens are node data of the gifting heterograph (node types ``user``, ``author``,
-``segment``; ``s2a`` links a segment to its author). The graph is partitioned with
-``dgl.distributed.partition_graph`` and opened as a ``DistGraph``: in DGL's *standalone* mode by
-default (one partition, in-process), the same code a distributed run uses against graph servers.
-Lookups take original node ids; the partition's id mapping is applied here.
+Θ, the offline expansions, each author's product tables and each segment's multimodal tokens are
+node data of the gifting heterograph (node types ``user``, ``author``, ``segment``; ``s2a`` links a
+segment to its author). ``python -m graphrec.partition`` partitions it with
+``dgl.distributed.partition_graph``; the trainers open it as a ``DistGraph`` against the graph
+servers. :class:`FeatureStore` has the ``get`` of the standalone
+:class:`~graphrec.ranking.features.TensorStore`: lookups take original node ids; the partition's id
+mapping is applied here.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from ..schema import REVERSE_ETYPES
+
 _INITIALIZED = False
-# a partition holds every *in*-edge of its nodes, not every out-edge: a distributed walk takes an
-# out-step over an edge type as an in-step over its reverse (u2a and a2u reverse each other)
-REVERSE_ETYPES = {"u2a": "a2u", "a2u": "u2a", "a2a": "a2a_rev"}
 
 
 def _initialize(ip_config: Path) -> None:
@@ -124,3 +124,10 @@ def open_store(graph, num_users: int, num_authors: int, segment_author: Optional
     orig = partition_features(graph, num_users, num_authors, segment_author, node_data, workdir, graph_name)
     return FeatureStore(workdir / f"{graph_name}.json", graph_name, orig,
                         {nt: set(feats) for nt, feats in node_data.items()})
+
+
+def graph_name_for(folder: Path) -> str:
+    """DGL names shared memory after the graph: one name per run (or partition) folder."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"graphrec_{Path(folder).name}")

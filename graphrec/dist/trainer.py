@@ -74,22 +74,37 @@ def owned_impressions(store, users: np.ndarray) -> np.ndarray:
     return owner[users]
 
 
+def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config, comm) -> Dict[str, Any]:
+    """The standalone metrics entry of one split (:func:`graphrec.evaluation.evaluate`), computed across
+    trainers: per-impression scores on each trainer's share, gathered; sampled-negative AUC (implicit
+    data) and the full-ranking top-K on rank 0, which reads every partition through the DistGraph."""
+    from ..evaluation import evaluate, gathered_scores, impression_metrics
+
+    entry: Dict[str, Any] = {}
+    if not ds.implicit:
+        entry.update(impression_metrics(gathered_scores(scorer, share, comm), ds, split, cfg.eval.negatives,
+                                        cfg.run.seed + 1))
+    if comm.is_main:
+        rest = evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk)
+        entry.update({k: v for k, v in rest.items() if ds.implicit or k.startswith("topk")})
+    return comm.gather(entry)[0]
+
+
 def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False) -> Dict[str, Any]:
     """The body of one trainer; every rank returns the same metrics (rank 0 also writes them)."""
     import dgl
 
     from ..checkpoint import save_checkpoint
     from ..data.dataset import SPLITS
-    from ..gie.metapath import METAPATHS
+    from ..data.sources import load_data
     from ..models.product_forecaster import ProductForecaster
     from ..models.stat_forecaster import StatForecaster
-    from ..pipeline import DataStage
-    from ..ranking.stage import build_ranker, model_name
-    from ..ranking.store import FeatureStore
-    from ..ranking.train import evaluate_split, train_ranker
-    from ..stage import RunContext
+    from ..ranking.stage import build_ranker, model_name, train_ranker
+    from ..ranking.train import RankerScorer
+    from ..schema import METAPATHS
     from .comm import DDPComm, Watchdog
     from .prepare import load_orig_ids, load_prepared
+    from .store import FeatureStore
     from .walk import walk_owned_expansions
 
     t_start = time.perf_counter()
@@ -108,14 +123,13 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir))
-    ctx = RunContext(cfg=cfg, run_dir=run_dir, log=log, writer=writer, device="cpu", progress=False)
-    DataStage().run(ctx)
-    ds = ctx.dataset
+    ds = load_data(cfg, log=log.info)
     mods = prepared["modules"]
+    artifacts: Dict[str, Any] = {}
     if mods["stat_forecast"]:
-        ctx.state["stat_forecaster"] = StatForecaster.from_checkpoint(part_dir / prepared["checkpoints"]["stat_forecast"])
+        artifacts["stat_forecaster"] = StatForecaster.from_checkpoint(part_dir / prepared["checkpoints"]["stat_forecast"])
     if mods["product_forecast"]:
-        ctx.state["product_forecaster"] = ProductForecaster.from_checkpoint(
+        artifacts["product_forecaster"] = ProductForecaster.from_checkpoint(
             part_dir / prepared["checkpoints"]["product_forecast"])
 
     pids = [int(p) for p in os.environ.get("GRAPHREC_SERVER_PIDS", "").split(",") if p]
@@ -130,14 +144,14 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
                                              log=log.info)
         store.graph.barrier()               # every trainer's walks are written before anyone reads them
         for m, table in tables.items():
-            store.override(METAPATHS[m][0], f"exp_{m}", table)
+            store.override(METAPATHS[m].seed, f"exp_{m}", table)
         walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(tables),
                   "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0
                                    for m, (_, e) in mine.items()}}
         _save_npz(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids
                   {**{f"{m}_seeds": s.numpy() for m, (s, _) in mine.items()},
                    **{m: e.numpy().astype(np.int32) for m, (_, e) in mine.items()}})
-    model, builder, spec = build_ranker(ctx, mods, store=store)
+    model, builder, spec = build_ranker(cfg, ds, mods, artifacts, store=store)
 
     imp = ds.impressions
     mine = owned_impressions(store, imp["user"])
@@ -146,41 +160,31 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     log.info("share: %s impressions (%s)", f"{int(mine.sum()):,}",
              ", ".join(f"{s} {len(v):,}" for s, v in share.items()))
 
-    sec = cfg.ranker
-    tasks = ds.labels
-    main = ds.meta.get("main_label", tasks[0])
-    implicit = ds.meta.get("feedback") == "implicit"
-    weights = torch.tensor([sec[f"weight_{t}"] for t in tasks], dtype=torch.float32)
-
-    def on_epoch_end(epoch: int, h: Dict[str, float]) -> None:
-        for k, v in h.items():
-            if k != "epoch":
-                writer.add_scalar(f"ranker/{k}", v, epoch + 1)
-
     t_train = time.perf_counter()
-    result = train_ranker(model, builder, share["train"], share["val"], sec, weights, main, cfg.run.seed,
-                          run_dir / "checkpoints" / "ranker_last.pt", resume=resume, log=log.info,
-                          on_epoch_end=on_epoch_end, comm=comm,
-                          on_step=lambda step, loss: (writer.add_scalar("ranker/train_loss_step", loss, step),
-                                                      log.debug("step %d loss %.4f", step, loss)))
+    result = train_ranker(cfg, ds, model, builder, share["train"], share["val"], "cpu",
+                          run_dir / "checkpoints" / "ranker_last.pt", resume=resume, writer=writer, log=log.info,
+                          comm=comm)
     train_seconds = time.perf_counter() - t_train
-    neg = sec.eval_negatives if implicit else 0
+    name = model_name(mods)
     evals: Dict[str, Any] = {}
+    scorer = RankerScorer(model, builder)
     for split_name in ("val", "test"):
-        rep = evaluate_split(result.model, builder, share[split_name], tasks, neg, cfg.run.seed + 1, comm)
-        evals[split_name] = rep
-        for task, r in rep.items():
-            log.info("%s %-9s auc=%.4f uauc=%.4f gauc=%.4f", split_name, task, r["auc"], r["uauc"], r["gauc"])
+        entry = evaluate_distributed(scorer, ds, split_name, share[split_name], cfg, comm)
+        evals[split_name] = {name: entry}
+        for key, r in entry.items():
+            log.info("%s %s: %s", split_name, key, r)
     counts = comm.gather({s: int(len(v)) for s, v in share.items()})
     watchdog.stop()
     metrics = {"run": {"dir": str(run_dir), "seed": cfg.run.seed, "distributed": True},
+               "data": {"path": str(ds.path), "name": ds.name, "main_label": ds.main_label},
                "dist": {"world_size": comm.world, "num_parts": prepared["num_parts"],
                         "part_method": prepared["part_method"], "part_dir": str(part_dir),
                         "expansion": cfg.dist.expansion, "walked": walked, "shares": counts,
                         "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t_start},
-               "ranker": {"model": model_name(mods), "modules": mods,
-                          "history": result.history, "best_epoch": result.best_epoch,
-                          "best_val_gauc": result.best_val, "resumed_from_epoch": result.resumed_from},
+               "ranker": {"model": name, "modules": mods, "history": result.history,
+                          "best_epoch": result.best_epoch, "best_val": result.best,
+                          "stopped_early": result.stopped_early, "epochs_run": len(result.history),
+                          "resumed_from_epoch": result.resumed_from},
                "eval": evals}
     if comm.is_main:
         import dataclasses
@@ -189,7 +193,7 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         from ..stage import jsonable
 
         save_checkpoint(run_dir / "checkpoints" / "ranker.pt",
-                        {"state_dict": result.model.state_dict(), "spec": dataclasses.asdict(spec)})
+                        {"state_dict": model.state_dict(), "spec": dataclasses.asdict(spec)})
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=jsonable))
         writer.close()
     comm.barrier()

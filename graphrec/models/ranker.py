@@ -1,34 +1,41 @@
-"""The MMBee ranker: the LiveForesighter base model plus MMBee's GIE and MFQ features.
+"""The MMBee ranker: LiveForesighter's base model plus MMBee's GIE and MFQ features.
 
-Per impression it concatenates
-* the user and author id embeddings and their side features (categorical embeddings, dense
-  projections);
-* the user's own gift history (authors gifted before the impression), pooled by DIN target
-  attention against the target author;
-* with GIE, each enabled metapath's expansion as Θ vectors, pooled by target attention (user-side
-  user sequences against the user's Θ, author sequences against the target author's Θ);
-* with MFQ, ``h_m`` of the room's segment at impression time;
-* with the forecasters, their stop-gradient features (statistics: ``flatten(Ŝ), flatten(E)``;
-  products: ``softmax(ĉ)·C̃`` with a trainable category table ``C̃``, and the sequence encoding),
-then an MLP tower and one logit per task, trained with summed (weighted) BCE.
+A score for (user, author, time) is built from three parts, each computed once for what it
+depends on (so that one user can be scored against every author, and a batch's rooms share work):
+
+* **user side** (per row): the user's id and side features, the mean of each behaviour history, with
+  GIE its pretrained Θ and the ``u2a2u`` expansion (similar users) pooled against it;
+* **author side** (per candidate; pieces per distinct author or segment): the author's id and side
+  features, with GIE its Θ and the ``a2a`` / ``a2u2a`` expansions pooled against it, with MFQ ``h_m``
+  of the segment on air (once per segment), the frozen forecasters' stop-gradient features (statistics:
+  ``flatten(Ŝ), flatten(E)``; products: ``softmax(ĉ)·C̃`` with a trainable category table ``C̃`` and the
+  sequence encoding), the room's latest real-time statistics, and the author's recent activity;
+* **pair** (per user × candidate): each behaviour history pooled by DIN target attention against the
+  candidate, and the user-seeded author expansions (``u2a2u2a``, ``u2a2a``) pooled by target attention
+  against the candidate's Θ, with the candidate itself masked out of them.
+
+The three parts meet in an MLP tower whose first layer is split by part (the user and author parts
+of it are computed once per user / candidate), plus a factorisation-machine term: the element-wise
+product of a user-side and an author-side projection, shared by the heads and weighted per head, so
+the dense labels (click) teach the interactions the sparse ones (gift) use (LiveForesighter's base
+model lists FM among its components; an MLP alone learns dot-product interactions poorly). One logit
+per head.
 
 With every module switched off it is the plain DIN baseline (ids + own history).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .din import TargetAttention
+from ..ranking.batch import Batch, RoomPart, UserPart
+from ..schema import METAPATHS
+from .din import DotTargetAttention, TargetAttention, at
 from .mfq import MFQ
-
-USER_SIDE = ("u2a2u", "u2a2u2a", "u2a2a")
-AUTHOR_SIDE = ("a2a", "a2u2a")
-ENDPOINT = {"u2a2u": "user", "u2a2u2a": "author", "u2a2a": "author", "a2a": "author", "a2u2a": "author"}
 
 
 @dataclass
@@ -37,7 +44,8 @@ class RankerSpec:
 
     num_users: int
     num_authors: int
-    tasks: List[str]
+    tasks: List[str]                                              # one head (logit) per entry
+    histories: List[str] = field(default_factory=lambda: ["main"])   # behaviour sequences (DIN each)
     user_cats: Dict[str, int] = field(default_factory=dict)       # name -> cardinality
     author_cats: Dict[str, int] = field(default_factory=dict)
     user_dense: int = 0
@@ -49,96 +57,198 @@ class RankerSpec:
     modality_dims: Dict[str, int] = field(default_factory=dict)   # MFQ modalities (empty = no MFQ)
     mfq: Dict[str, float] = field(default_factory=dict)
     stat_dim: int = 0                                             # stat forecaster feature size (0 = off)
+    realtime_dim: int = 0                                         # latest room statistics (0 = off)
+    popularity_dim: int = 0                                       # author activity features (0 = off)
     product_cats: int = 0                                         # num_cat3 (0 = off)
     product_enc_dim: int = 0
     mlp: List[int] = field(default_factory=lambda: [256, 128])
     dropout: float = 0.1
+    fm_dim: int = 32                                              # width of the shared FM product (0 = off)
+    attention_hidden: int = 32                                    # hidden units of DIN's attention MLP
+    user_id: bool = True                                          # learn an embedding per user id
+
+
+class UserRep(NamedTuple):
+    fields: torch.Tensor                 # [B, Fu]
+    hist_emb: Dict[str, torch.Tensor]    # per behaviour sequence [B, L, d]
+    hist_ids: Dict[str, torch.Tensor]    # [B, L]
+    seqs: Dict[str, torch.Tensor]        # user-seeded author expansions as Θ, [B, K, td]
+    seq_ids: Dict[str, torch.Tensor]     # their ids [B, K]
+
+
+class AuthorRep(NamedTuple):
+    fields: torch.Tensor                 # [N, Fa]
+    emb: torch.Tensor                    # [N, d] id embedding (DIN target)
+    theta: Optional[torch.Tensor]        # [N, td] Θ (GIE target)
+    author: torch.Tensor                 # [N] ids
+
+
+def pair_user_seqs(metapaths: List[str]) -> List[str]:
+    """User-seeded metapaths that end on authors: pooled per (user, candidate) pair."""
+    return [m for m in metapaths if METAPATHS[m].seed == "user" and METAPATHS[m].endpoint == "author"]
 
 
 class Ranker(nn.Module):
     def __init__(self, spec: RankerSpec) -> None:
         super().__init__()
         self.spec = spec
-        d = spec.id_dim
-        self.user_emb = nn.Embedding(spec.num_users, d)
+        d, td = spec.id_dim, spec.theta_dim
+        self.user_emb = nn.Embedding(spec.num_users, d) if spec.user_id else None
         self.author_emb = nn.Embedding(spec.num_authors, d)
+        for emb in (self.user_emb, self.author_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.01)
         self.user_cat = nn.ModuleDict({k: nn.Embedding(n, d) for k, n in spec.user_cats.items()})
         self.author_cat = nn.ModuleDict({k: nn.Embedding(n, d) for k, n in spec.author_cats.items()})
         self.user_dense = nn.Linear(spec.user_dense, d) if spec.user_dense else None
         self.author_dense = nn.Linear(spec.author_dense, d) if spec.author_dense else None
-        self.hist_att = TargetAttention(d)
-        width = d * (3 + len(spec.user_cats) + len(spec.author_cats) + bool(spec.user_dense) + bool(spec.author_dense))
-        td = spec.theta_dim
+        self.hist_att = nn.ModuleDict({h: TargetAttention(d, (spec.attention_hidden,)) for h in spec.histories})
+        H = len(spec.histories)
+        user_w = d * (spec.user_id + H + len(spec.user_cats) + bool(spec.user_dense))   # id, history means, side
+        author_w = d * (1 + len(spec.author_cats) + bool(spec.author_dense))    # id, side
+        pair_w = d * H                                                          # DIN history pools
+        self.pair_seqs = pair_user_seqs(spec.metapaths)
         if spec.metapaths:
             if not spec.theta_pretrained:   # −GraphCL: Θ is learned by the ranker itself
                 self.theta = nn.Embedding(spec.num_users + spec.num_authors, td)
                 nn.init.normal_(self.theta.weight, std=0.1)
-            self.exp_att = nn.ModuleDict({m: TargetAttention(td) for m in spec.metapaths})
-            width += td * len(spec.metapaths)
+            self.exp_att = nn.ModuleDict({m: DotTargetAttention(td) for m in spec.metapaths})
+            user_w += td * (1 + sum(METAPATHS[m].seed == "user" and m not in self.pair_seqs for m in spec.metapaths))
+            author_w += td * (1 + sum(METAPATHS[m].seed == "author" for m in spec.metapaths))
+            pair_w += td * len(self.pair_seqs)
         self.mfq = None
         if spec.modality_dims:
             self.mfq = MFQ(spec.modality_dims, spec.num_authors, int(spec.mfq.get("dim", 32)),
                            int(spec.mfq.get("heads", 4)), int(spec.mfq.get("query_tokens", 4)),
                            float(spec.mfq.get("dropout", 0.0)))
-            width += self.mfq.dim
-        if spec.stat_dim:
-            self.stat_proj = nn.Sequential(nn.LayerNorm(spec.stat_dim), nn.Linear(spec.stat_dim, d))
-            width += d
+            author_w += self.mfq.dim
+        self.room_dense = nn.ModuleDict()
+        for name, width in (("stat", spec.stat_dim), ("realtime", spec.realtime_dim),
+                            ("popularity", spec.popularity_dim)):
+            if width:
+                self.room_dense[name] = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, d))
+                author_w += d
         if spec.product_cats:
             self.cat_table = nn.Linear(spec.product_cats, d, bias=False)   # softmax(ĉ) · C̃
             self.prod_proj = nn.Linear(spec.product_enc_dim, d)
-            width += 2 * d
+            author_w += 2 * d
+        self.widths = (user_w, author_w, pair_w)
+        hidden = spec.mlp or [64]
+        self.first = nn.Linear(user_w + author_w + pair_w, hidden[0])
         layers: List[nn.Module] = []
-        for h in spec.mlp:
+        width = hidden[0]
+        for h in hidden[1:]:
             layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(spec.dropout)]
             width = h
         self.tower = nn.Sequential(*layers)
+        self.drop = nn.Dropout(spec.dropout)
         self.heads = nn.Linear(width, len(spec.tasks))
+        self.segment_cache = None      # serving: h_m per segment, kept across requests (graphrec.serve)
+        self.fm_user = self.fm_author = None
+        if spec.fm_dim:                # one user and one author projection, shared by the heads
+            self.fm_user = nn.Linear(user_w, spec.fm_dim)
+            self.fm_author = nn.Linear(author_w, spec.fm_dim)
+            self.fm_weight = nn.Parameter(torch.ones(len(spec.tasks), spec.fm_dim))
 
-    def _theta(self, batch: Mapping, kind: str, ids: torch.Tensor) -> torch.Tensor:
-        """Θ vectors of ``ids`` (``kind`` user/author) when Θ is the ranker's own table."""
+    # ------------------------------------------------------------------ Θ
+    def _theta(self, kind: str, ids: torch.Tensor) -> torch.Tensor:
+        """Θ vectors of ``ids`` (``kind`` user/author) from the ranker's own table (−GraphCL)."""
         offset = 0 if kind == "user" else self.spec.num_users
         return self.theta(ids.clamp(min=0) + offset)
 
-    def forward(self, batch: Mapping) -> torch.Tensor:
-        """Logits ``[B, len(tasks)]``."""
-        u, a = batch["user"], batch["author"]
-        e_u, e_a = self.user_emb(u), self.author_emb(a)
-        parts = [e_u, e_a]
-        parts += [self.user_cat[k](batch["user_cat"][k]) for k in self.user_cat]
-        parts += [self.author_cat[k](batch["author_cat"][k]) for k in self.author_cat]
-        if self.user_dense is not None:
-            parts.append(self.user_dense(batch["user_dense"]))
-        if self.author_dense is not None:
-            parts.append(self.author_dense(batch["author_dense"]))
-        hist = batch["hist"]
-        parts.append(self.hist_att(e_a, self.author_emb(hist.clamp(min=0)), hist >= 0))
-        if self.spec.metapaths:
-            if self.spec.theta_pretrained:
-                t_u, t_a = batch["theta_user"], batch["theta_author"]
-            else:
-                t_u, t_a = self._theta(batch, "user", u), self._theta(batch, "author", a)
-            for m in self.spec.metapaths:
-                ids = batch["exp"][m]
-                seq = batch["exp_theta"][m] if self.spec.theta_pretrained else self._theta(batch, ENDPOINT[m], ids)
-                target = t_u if ENDPOINT[m] == "user" else t_a
-                parts.append(self.exp_att[m](target, seq, ids >= 0))
-        if self.mfq is not None:    # serving may pass h_m precomputed (it depends on the room only)
-            parts.append(batch["mfq_out"] if "mfq_out" in batch else self.mfq(batch["tokens"], a))
-        if self.spec.stat_dim:
-            parts.append(self.stat_proj(batch["stat_feat"]))
-        if self.spec.product_cats:
-            parts.append(self.cat_table(batch["prod_probs"]))
-            parts.append(self.prod_proj(batch["prod_enc"]))
-        return self.heads(self.tower(torch.cat(parts, dim=1)))
+    def _seq_theta(self, part, m: str) -> torch.Tensor:
+        if self.spec.theta_pretrained:
+            return part.exp_theta[m]
+        return self._theta(METAPATHS[m].endpoint, part.exp[m])
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-             label_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Summed per-task BCE, each task weighted; ``label_mask`` drops tasks a row has no label for."""
-        per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        if label_mask is not None:
-            per = per * label_mask
-            denom = label_mask.sum(0).clamp(min=1)
+    # ------------------------------------------------------------------ the three parts
+    def user_side(self, up: UserPart) -> UserRep:
+        parts = [self.user_emb(up.user)] if self.spec.user_id else []
+        hist_emb = {}
+        for h in self.spec.histories:
+            mask = up.hist[h] >= 0
+            hist_emb[h] = self.author_emb(up.hist[h].clamp(min=0))
+            parts.append((hist_emb[h] * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
+        parts += [self.user_cat[k](up.cats[k]) for k in self.user_cat]
+        if self.user_dense is not None:
+            parts.append(self.user_dense(up.dense))
+        seqs: Dict[str, torch.Tensor] = {}
+        seq_ids: Dict[str, torch.Tensor] = {}
+        if self.spec.metapaths:
+            t_u = up.theta if self.spec.theta_pretrained else self._theta("user", up.user)
+            parts.append(t_u)
+            for m in self.spec.metapaths:
+                if METAPATHS[m].seed != "user":
+                    continue
+                ids, seq = up.exp[m], self._seq_theta(up, m)
+                if m in self.pair_seqs:
+                    seqs[m], seq_ids[m] = seq, ids
+                else:                                               # similar users, against the user's Θ
+                    parts.append(self.exp_att[m](t_u, seq, ids >= 0))
+        return UserRep(torch.cat(parts, dim=1), hist_emb, up.hist, seqs, seq_ids)
+
+    def author_side(self, rp: RoomPart) -> AuthorRep:
+        uniq, inv = rp.uniq, rp.inv
+        e_a = self.author_emb(uniq)
+        parts = [e_a]
+        parts += [self.author_cat[k](rp.cats[k]) for k in self.author_cat]
+        if self.author_dense is not None:
+            parts.append(self.author_dense(rp.dense))
+        t_a = None
+        if self.spec.metapaths:
+            t_a = rp.theta if self.spec.theta_pretrained else self._theta("author", uniq)
+            parts.append(t_a)
+            for m in self.spec.metapaths:
+                if METAPATHS[m].seed == "author":
+                    ids = rp.exp[m]
+                    parts.append(self.exp_att[m](t_a, self._seq_theta(rp, m), ids >= 0))
+        fields = torch.cat(parts, dim=1)[inv]                       # distinct authors -> candidates
+        room = [fields]
+        if self.mfq is not None:                                    # once per distinct segment on air
+            from torch.profiler import record_function
+
+            with record_function("ranker.mfq"):
+                if self.segment_cache is not None:
+                    h_m = self.segment_cache.vectors(self.mfq, rp.tokens, rp.seg_author, rp.seg_key)
+                else:
+                    h_m = self.mfq(rp.tokens, rp.seg_author)
+            room.append(h_m[rp.seg_inv])
+        for name, proj in self.room_dense.items():
+            room.append(proj(getattr(rp, name)))
+        if self.spec.product_cats:
+            room += [self.cat_table(rp.prod_probs), self.prod_proj(rp.prod_enc)]
+        return AuthorRep(torch.cat(room, dim=1), e_a[inv], None if t_a is None else t_a[inv], rp.author)
+
+    def logits(self, ur: UserRep, ar: AuthorRep, cand: Optional[torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, C, heads]`` of user row ``b`` against its candidates ``cand[b]`` (rows of ``ar``);
+        ``cand=None``: every row of ``ar`` for every user (a full ranking)."""
+        wu, wa, _ = self.widths
+        w = self.first.weight
+        h = ur.fields @ w[:, :wu].T + self.first.bias               # once per user
+        a = ar.fields @ w[:, wu:wu + wa].T                          # once per candidate
+        pair = [self.hist_att[n].grid(ar.emb, ur.hist_emb[n], ur.hist_ids[n] >= 0, cand)
+                for n in self.spec.histories]
+        if self.pair_seqs:
+            target = at(ar.author, cand).unsqueeze(-1)              # [B|1, C, 1]
+            for m in self.pair_seqs:                                # the candidate itself is masked out
+                ids = ur.seq_ids[m]
+                pair.append(self.exp_att[m].grid(ar.theta, ur.seqs[m], ids >= 0, cand, ids.unsqueeze(1) != target))
+        if pair:
+            x = (torch.cat(pair, dim=-1) @ w[:, wu + wa:].T).add_(h.unsqueeze(1)).add_(at(a, cand))   # in place
         else:
-            denom = torch.full((logits.shape[1],), float(len(logits)), device=logits.device)
-        return ((per.sum(0) / denom) * weights).sum()
+            x = h.unsqueeze(1) + at(a, cand)
+        out = self.heads(self.tower(self.drop(F.relu(x))))
+        if self.fm_user is not None:
+            out = out + (self.fm_user(ur.fields).unsqueeze(1) * at(self.fm_author(ar.fields), cand)) @ self.fm_weight.T
+        return out
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits ``[B, C, heads]`` of every row's candidates."""
+        from torch.profiler import record_function       # names the parts in profiles (bench train --profile)
+
+        with record_function("ranker.user_side"):
+            ur = self.user_side(batch.users)
+        with record_function("ranker.author_side"):
+            ar = self.author_side(batch.rooms)
+        with record_function("ranker.pair"):
+            return self.logits(ur, ar, batch.cand)

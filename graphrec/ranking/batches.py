@@ -1,24 +1,29 @@
-"""Turning impression indices into ranker batches (the ``collate_fn`` of ``DistDataLoader``).
+"""Turning impressions and candidate lists into ranker batches (:mod:`graphrec.ranking.batch`).
 
-For each impression: ids and side features; the user's gift history *strictly before the
-impression's time* (no future, no label of the impression itself); from the feature store the
-expansions (the target author padded out of user-side author sequences, so a training impression's
-own edge is never evidence for itself), Θ, the segment's tokens; the statistic window that ends
-before the impression's step and the products on sale up to its time, both run through the frozen
-forecasters under ``no_grad``. For implicit-feedback data (positives only) each training positive
-gets ``negatives`` random authors as label-0 rows.
+For a row (user, time) and each of its candidate authors the builder assembles what the model may
+know then (see :mod:`graphrec.ranking.features` for the rules): the user's ids, side features and
+history; the expansions and Θ from the feature store, the target author padded out of user-side
+author sequences by the model; the segment on air, the room's latest statistics and the frozen
+forecasters' features; the author's recent activity.
+
+Training batches for the sampled-softmax objective (implicit feedback, and the exposure head of
+impression logs) give every row its logged author plus ``negatives`` sampled authors: a share
+``uniform_share`` uniformly, the rest from the batch's own positives ("in-batch", i.e. by
+popularity), with the log sampling probability kept for the logQ correction and negatives that are
+known positives of the row's user masked out.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 
-from ..data.dataset import Dataset
-from ..gie.metapath import PAD
-from ..models.ranker import ENDPOINT
+from ..data.dataset import SPLITS, Dataset
+from ..schema import METAPATHS
+from .batch import Batch, RoomPart, UserPart
+from .features import PAD, AuthorActivity, History, RoomStatistics, SegmentIndex
 
 
 def side_features(table: Mapping[str, np.ndarray], skip: List[str], max_card: int = 100_000):
@@ -38,174 +43,219 @@ def side_features(table: Mapping[str, np.ndarray], skip: List[str], max_card: in
     return cats, (np.concatenate(dense, axis=1) if dense else None)
 
 
-class GiftHistory:
-    """Each user's gifts (main-label positives) sorted by time, for 'last L before t' look-ups."""
+def trim(ids: np.ndarray) -> np.ndarray:
+    """Drop the trailing columns that are padding in every row (sequences are left-aligned): attention
+    over a batch costs its longest sequence, not ``hist_len``."""
+    valid = (ids != PAD).any(axis=0)
+    n = int(np.flatnonzero(valid)[-1]) + 1 if valid.any() else 1
+    return ids[:, :n]
 
-    def __init__(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray, num_users: int) -> None:
-        order = np.lexsort((times, users))
-        self.users, self.authors, self.times = users[order].astype(np.int64), authors[order].astype(np.int64), times[order]
-        self.start = np.searchsorted(self.users, np.arange(num_users + 1))
 
-    def before(self, users: np.ndarray, times: np.ndarray, length: int) -> np.ndarray:
-        """``[B, length]`` authors of each user's latest gifts strictly before ``times`` (PAD-left-aligned)."""
-        out = np.full((len(users), length), PAD, dtype=np.int64)
-        if length == 0 or len(self.users) == 0:
-            return out
-        lo = self.start[users]
-        hi = self.start[users + 1]
-        # per row: first index in [lo, hi) with time >= t  (vectorised binary search over the block)
-        left, right = lo.copy(), hi.copy()
-        while True:
-            active = left < right
-            if not active.any():
-                break
-            mid = (left + right) // 2
-            go_right = active & (self.times[np.minimum(mid, len(self.times) - 1)] < times)
-            left = np.where(go_right, mid + 1, left)
-            right = np.where(active & ~go_right, mid, right)
-        end = left
-        begin = np.maximum(lo, end - length)
-        n = end - begin
-        cols = np.arange(length)
-        valid = cols[None, :] < n[:, None]
-        idx = np.where(valid, begin[:, None] + cols[None, :], 0)
-        out[valid] = self.authors[idx[valid]]
-        return out
+class PairSet:
+    """Membership of (user, author) pairs, for masking sampled negatives that are known positives."""
+
+    def __init__(self, users: np.ndarray, authors: np.ndarray, num_authors: int) -> None:
+        self.num_authors = num_authors
+        self.keys = np.unique(np.asarray(users, dtype=np.int64) * num_authors + np.asarray(authors, dtype=np.int64))
+
+    def contains(self, users: np.ndarray, authors: np.ndarray) -> np.ndarray:
+        q = np.asarray(users, dtype=np.int64) * self.num_authors + np.asarray(authors, dtype=np.int64)
+        if len(self.keys) == 0:
+            return np.zeros(q.shape, dtype=bool)
+        pos = np.minimum(np.searchsorted(self.keys, q), len(self.keys) - 1)
+        return self.keys[pos] == q
 
 
 @dataclass
 class BatchConfig:
-    tasks: List[str]
+    tasks: List[str]                                  # the dataset's labels, in order
+    heads: List[str]                                  # the model's heads: tasks (+ "exposure")
     hist_len: int = 20
     metapaths: List[str] = field(default_factory=list)
     theta_pretrained: bool = False
     modalities: List[str] = field(default_factory=list)
-    stat_input_steps: int = 0
-    stat_log1p: bool = True
-    stat_step_seconds: float = 30.0
-    product_max_len: int = 0
-    implicit_negatives: int = 0
+    stat_forecast: bool = False
+    realtime: bool = False
+    activity: bool = False
+    product_cats: int = 0                             # num_cat3 of the product forecaster (0: off)
+    negatives: int = 0                                # sampled negatives per training row (0: none)
+    uniform_share: float = 0.5
+    logq: bool = True
+    implicit: bool = False
 
 
 class BatchBuilder:
-    def __init__(self, ds: Dataset, store, cfg: BatchConfig, history: GiftHistory,
-                 user_side, author_side, stat_model=None, product_model=None, seed: int = 0) -> None:
-        self.ds, self.store, self.cfg, self.history = ds, store, cfg, history
+    def __init__(self, ds: Dataset, store, cfg: BatchConfig, histories: Dict[str, History],
+                 user_side, author_side, activity: Optional[AuthorActivity] = None,
+                 room_stats: Optional[RoomStatistics] = None, known: Optional[PairSet] = None) -> None:
+        self.ds, self.store, self.cfg, self.histories = ds, store, cfg, histories
         self.user_cats, self.user_dense = user_side
         self.author_cats, self.author_dense = author_side
-        self.stat_model, self.product_model = stat_model, product_model
+        self.activity, self.room_stats, self.known = activity, room_stats, known
         imp = ds.impressions
         self.users, self.authors, self.times = imp["user"].astype(np.int64), imp["author"].astype(np.int64), imp["time"]
+        self.is_train = imp["split"] == SPLITS["train"]
         self.labels = np.stack([imp[t] for t in cfg.tasks], axis=1).astype(np.float32)
-        self.segment = None
+        self.main = cfg.tasks.index(ds.main_label)
+        self.timed = ds.timed
+        self.segments = None
         if cfg.modalities:
-            seg = ds.tables["segments"]              # sorted by (author, start): one key, built once
-            self._seg_author = seg["author"]
-            self._seg_key = seg["author"].astype(np.int64) * (2**40) + seg["start"].astype(np.int64)
-            self.segment = (imp["segment"].astype(np.int64) if "segment" in imp
-                            else self._segment_of(self.authors, self.times))
-        self.gen = np.random.default_rng(seed)
+            seg = ds.tables["segments"]
+            self.segments = SegmentIndex(seg["author"], seg["start"])
+            self.seg_author = seg["author"].astype(np.int64)
+            self.imp_segment = imp["segment"].astype(np.int64) if "segment" in imp else None
+        # in-batch negatives follow the authors of the training rows (the softmax positives)
+        counts = np.bincount(self.authors[self.is_train], minlength=ds.num_authors).astype(np.float64)
+        self.positive_share = counts / max(counts.sum(), 1.0)
 
-    def __call__(self, indices, train: bool = False) -> Dict:
-        idx = np.asarray(indices, dtype=np.int64)
-        u, a, t, y = self.users[idx], self.authors[idx], self.times[idx], self.labels[idx]
-        if train and self.cfg.implicit_negatives:
-            m = self.cfg.implicit_negatives
-            u = np.concatenate([u, np.repeat(u, m)])
-            t = np.concatenate([t, np.repeat(t, m)])
-            a = np.concatenate([a, self.gen.integers(0, self.ds.num_authors, len(idx) * m)])
-            y = np.concatenate([y, np.zeros((len(idx) * m, y.shape[1]), np.float32)])
-        return self.build(u, a, t, y, idx if not (train and self.cfg.implicit_negatives) else None)
-
-    def build(self, u: np.ndarray, a: np.ndarray, t: np.ndarray, y: Optional[np.ndarray] = None,
-              imp_idx: Optional[np.ndarray] = None, author_side: bool = True) -> Dict:
-        """A batch for arbitrary (user, author, time) triples (serving uses this too). With
-        ``author_side=False`` the room-only parts (:meth:`room_features`) are left out for the caller
-        to fill in (see ``graphrec.serve.AuthorSideCache``)."""
-        cfg, store = self.cfg, self.store
-        ut, at = torch.from_numpy(u), torch.from_numpy(a)
-        b: Dict = {"user": ut, "author": at,
-                   "user_cat": {k: torch.from_numpy(v[0][u]) for k, v in self.user_cats.items()},
-                   "author_cat": {k: torch.from_numpy(v[0][a]) for k, v in self.author_cats.items()},
-                   "hist": torch.from_numpy(self.history.before(u, t, cfg.hist_len))}
-        if self.user_dense is not None:
-            b["user_dense"] = torch.from_numpy(self.user_dense[u])
-        if self.author_dense is not None:
-            b["author_dense"] = torch.from_numpy(self.author_dense[a])
-        if y is not None:
-            b["labels"] = torch.from_numpy(y)
+    # ------------------------------------------------------------------ pieces
+    def user_part(self, users: np.ndarray, times: np.ndarray, exclude: Optional[np.ndarray] = None) -> UserPart:
+        """The user side of rows ``(users, times)``; ``exclude``: each row's own target (untimed training
+        rows), kept out of its history."""
+        cfg = self.cfg
+        ut = torch.from_numpy(users)
+        hist = {name: torch.from_numpy(trim(h.lookup(users, times, cfg.hist_len, exclude)))
+                for name, h in self.histories.items()}
+        up = UserPart(user=ut, hist=hist,
+                      cats={k: torch.from_numpy(v[0][users]) for k, v in self.user_cats.items()},
+                      dense=None if self.user_dense is None else torch.from_numpy(self.user_dense[users]))
         if cfg.metapaths:
-            b["exp"], b["exp_theta"] = {}, {}
             if cfg.theta_pretrained:
-                b["theta_user"] = store.get("user", "theta", ut)
-                b["theta_author"] = store.get("author", "theta", at)
-            for m in cfg.metapaths:
-                seed_type = "user" if m.startswith("u") else "author"
-                ids = store.get(seed_type, f"exp_{m}", ut if seed_type == "user" else at).long()
-                if ENDPOINT[m] == "author":
-                    ids = ids.masked_fill(ids == at[:, None], PAD)       # never the target itself
-                b["exp"][m] = ids
-                if cfg.theta_pretrained:
-                    b["exp_theta"][m] = store.get(ENDPOINT[m], "theta", ids.clamp(min=0).view(-1)).view(*ids.shape, -1)
-        if author_side:
-            b.update(self.room_features(a, t, imp_idx))
-        if cfg.product_max_len and self.product_model is not None:
-            b["prod_probs"], b["prod_enc"] = self._product_features(at, t)
-        return b
+                up.theta = self.store.get("user", "theta", ut)
+            self._expansions(up, "user", ut)
+        return up
 
-    def room_features(self, a: np.ndarray, t: np.ndarray, imp_idx: Optional[np.ndarray] = None) -> Dict:
-        """The parts of a batch that depend on the room alone: the segment's ``tokens`` and the
-        statistic forecaster's ``stat_feat`` (each present when its module is on)."""
-        cfg, store = self.cfg, self.store
-        out: Dict = {}
+    def _expansions(self, part, seed: str, ids: torch.Tensor) -> None:
+        for m in self.cfg.metapaths:
+            if METAPATHS[m].seed != seed:
+                continue
+            e = self.store.get(seed, f"exp_{m}", ids).long()
+            part.exp[m] = e
+            if self.cfg.theta_pretrained:
+                part.exp_theta[m] = self.store.get(METAPATHS[m].endpoint, "theta",
+                                                   e.clamp(min=0).reshape(-1)).view(*e.shape, -1)
+
+    def room_part(self, authors: np.ndarray, times: np.ndarray, own: Optional[np.ndarray] = None,
+                  segments: Optional[np.ndarray] = None) -> RoomPart:
+        """The author side of candidates ``(authors, times)``: author-only pieces once per distinct author,
+        tokens once per distinct segment on air. ``own``: 1 where the candidate is the row's own training
+        interaction (kept out of the untimed activity counts); ``segments``: known segment rows."""
+        cfg = self.cfg
+        uniq, inv = np.unique(authors, return_inverse=True)
+        ut = torch.from_numpy(uniq)
+        rp = RoomPart(author=torch.from_numpy(authors), uniq=ut, inv=torch.from_numpy(inv.astype(np.int64)),
+                      cats={k: torch.from_numpy(v[0][uniq]) for k, v in self.author_cats.items()},
+                      dense=None if self.author_dense is None else torch.from_numpy(self.author_dense[uniq]))
+        if cfg.metapaths:
+            if cfg.theta_pretrained:
+                rp.theta = self.store.get("author", "theta", ut)
+            self._expansions(rp, "author", ut)
         if cfg.modalities:
-            seg = torch.from_numpy(self.segment[imp_idx] if imp_idx is not None else self._segment_of(a, t))
-            ok = seg >= 0
-            s = seg.clamp(min=0)
-            out["tokens"] = {}
+            seg = self.segments.rows(authors, times) if segments is None else segments
+            # a room with no segment on air keeps a key of its own (its author's query, no tokens)
+            key = np.where(seg >= 0, seg, -1 - authors)
+            ukey, sinv = np.unique(key, return_inverse=True)
+            rows = np.clip(ukey, 0, None)
+            rp.seg_author = torch.from_numpy(np.where(ukey >= 0, self.seg_author[rows], -1 - ukey))
+            rp.seg_inv = torch.from_numpy(sinv.astype(np.int64))
+            rp.seg_key = torch.from_numpy(ukey)
+            on_air = torch.from_numpy(ukey >= 0)
+            st = torch.from_numpy(rows)
             for m in cfg.modalities:
-                x = store.get("segment", m, s)
-                n = store.get("segment", f"{m}_len", s).long().masked_fill(~ok, 0)
-                out["tokens"][m] = (x.float(), torch.arange(x.shape[1])[None, :] < n[:, None])
-        if cfg.stat_input_steps and self.stat_model is not None:
-            out["stat_feat"] = self._stat_features(torch.from_numpy(a), t)
-        return out
+                x = self.store.get("segment", m, st)
+                n = self.store.get("segment", f"{m}_len", st).long().masked_fill(~on_air.to(x.device), 0)
+                rp.tokens[m] = (x.float(), torch.arange(x.shape[1], device=x.device)[None, :] < n[:, None])
+        if self.room_stats is not None and (cfg.stat_forecast or cfg.realtime):
+            steps = self.room_stats.steps(authors, times)
+            if cfg.stat_forecast:
+                rp.stat = self.room_stats.forecast(authors, steps)
+            if cfg.realtime:
+                rp.realtime = self.room_stats.realtime(authors, steps)
+        if cfg.activity and self.activity is not None:
+            rp.popularity = torch.from_numpy(self.activity.features(authors, times, own))
+        if cfg.product_cats:
+            rp.prod_probs, rp.prod_enc = self._product_features(authors, times)
+        return rp
 
-    def _segment_of(self, a: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Row of each author's latest segment started by time ``t`` (-1: none)."""
-        pos = np.searchsorted(self._seg_key, a * (2**40) + t.astype(np.int64), side="right") - 1
-        ok = (pos >= 0) & (self._seg_author[np.maximum(pos, 0)] == a)
-        return np.where(ok, pos, -1)
-
-    def segment_rows(self, a: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """The segment row each (author, time) shows (-1: none); what MFQ's ``h_m`` depends on."""
-        return self._segment_of(a, t) if self.cfg.modalities else np.full(len(a), -1, np.int64)
-
-    def stat_steps(self, at: torch.Tensor, t: np.ndarray) -> np.ndarray:
-        """The statistic step of each (author, time); what the statistic features depend on."""
-        start = self.store.get("author", "stats_start", at).numpy()
-        return np.floor((t - start) / self.cfg.stat_step_seconds).astype(np.int64)
-
-    @torch.no_grad()
-    def _stat_features(self, at: torch.Tensor, t: np.ndarray) -> torch.Tensor:
-        values = self.store.get("author", "stats", at).float()               # [B, T, F]
-        step = self.stat_steps(at, t)                                         # the impression's step
-        I = self.cfg.stat_input_steps
-        cols = torch.from_numpy(step[:, None] - I + np.arange(I))             # steps strictly before it
-        valid = (cols >= 0) & (cols < values.shape[1])
-        win = torch.gather(values, 1, cols.clamp(0, values.shape[1] - 1)[..., None].expand(-1, -1, values.shape[2]))
-        win = win * valid[..., None]
-        if self.cfg.stat_log1p:
-            win = torch.log1p(win.clamp(min=0))
-        return self.stat_model.ranker_features(win)
-
-    @torch.no_grad()
-    def _product_features(self, at: torch.Tensor, t: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The product forecaster's output after the products on sale up to ``t`` (an offline table
-        row per author and prefix length; see ``ProductForecaster.prefix_table``)."""
-        ptime = self.store.get("author", "prod_time", at)                     # [B, P], padded with int64 max
-        count = (ptime <= torch.from_numpy(t.astype(np.int64))[:, None]).sum(1)
-        table = self.store.get("author", "prod_feat", at)                     # [B, P + 1, K3 + D]
-        row = table[torch.arange(len(at)), count]
-        k = self.product_model.num_cat3
+    def _product_features(self, authors: np.ndarray, times: np.ndarray):
+        """The product forecaster's output after the products on sale up to the time (an offline table
+        row per author and prefix length; see ``ProductForecaster.prefix_table``), read per distinct author."""
+        uniq, inv = np.unique(authors, return_inverse=True)
+        ut = torch.from_numpy(uniq)
+        ptime = self.store.get("author", "prod_time", ut)                     # [Au, P], padded with int64 max
+        inv_t = torch.from_numpy(inv.astype(np.int64)).to(ptime.device)
+        t = torch.from_numpy(np.asarray(times, dtype=np.int64)).to(ptime.device)
+        count = (ptime[inv_t] <= t[:, None]).sum(1)
+        row = self.store.get("author", "prod_feat", ut)[inv_t, count]        # [N, K3 + D]
+        k = self.cfg.product_cats
         return row[:, :k], row[:, k:]
+
+    # ------------------------------------------------------------------ batches
+    def _exclude(self, idx: np.ndarray) -> Optional[np.ndarray]:
+        """Untimed data: a training row's own author is kept out of its history."""
+        if self.timed:
+            return None
+        return np.where(self.is_train[idx], self.authors[idx], PAD)
+
+    def impressions(self, idx: np.ndarray) -> Batch:
+        """One candidate per row: the logged impressions ``idx`` (labels included)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        u, a, t = self.users[idx], self.authors[idx], self.times[idx]
+        own = (self.is_train[idx] & ~self.timed).astype(np.float64) if self.cfg.activity else None
+        seg = self.imp_segment[idx] if self.segments is not None and self.imp_segment is not None else None
+        return Batch(users=self.user_part(u, t, self._exclude(idx)), rooms=self.room_part(a, t, own, seg),
+                     cand=torch.arange(len(idx))[:, None], labels=torch.from_numpy(self.labels[idx]))
+
+    def pairs(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> Batch:
+        """One candidate per row for arbitrary (user, author, time) triples (serving, sampled evaluation)."""
+        users, authors = np.asarray(users, dtype=np.int64), np.asarray(authors, dtype=np.int64)
+        return Batch(users=self.user_part(users, times), rooms=self.room_part(authors, times),
+                     cand=torch.arange(len(users))[:, None])
+
+    def sample_negatives(self, idx: np.ndarray, rng: np.random.Generator):
+        """``(candidates [B, 1 + M], valid [B, 1 + M], logq [B, 1 + M])`` for training rows ``idx``."""
+        cfg, A = self.cfg, self.ds.num_authors
+        B, M = len(idx), cfg.negatives
+        u, pos = self.users[idx], self.authors[idx]
+        uniform = rng.random((B, M)) < cfg.uniform_share
+        neg = np.where(uniform, rng.integers(0, A, (B, M)), pos[rng.integers(0, B, (B, M))])
+        cand = np.concatenate([pos[:, None], neg], axis=1)
+        valid = np.ones(cand.shape, dtype=bool)
+        valid[:, 1:] = neg != pos[:, None]
+        if self.known is not None:
+            valid[:, 1:] &= ~self.known.contains(np.repeat(u, M).reshape(B, M), neg)
+        q = cfg.uniform_share / A + (1.0 - cfg.uniform_share) * self.positive_share[cand]
+        return cand, valid, np.log(np.maximum(q, 1e-12)).astype(np.float32)
+
+    def training(self, idx: np.ndarray, rng: np.random.Generator) -> Batch:
+        """A training batch: the impressions ``idx``, each with ``negatives`` sampled authors when the
+        sampled-softmax objective is on."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if not self.cfg.negatives:
+            return self.impressions(idx)
+        cand, valid, logq = self.sample_negatives(idx, rng)
+        B, C = cand.shape
+        t = self.times[idx]
+        flat_a, flat_t = cand.reshape(-1), np.repeat(t, C)
+        own = None
+        if self.cfg.activity and not self.timed:
+            own = np.zeros((B, C))
+            own[:, 0] = self.is_train[idx]
+            own = own.reshape(-1)
+        batch = Batch(users=self.user_part(self.users[idx], t, self._exclude(idx)),
+                      rooms=self.room_part(flat_a, flat_t, own),
+                      cand=torch.arange(B * C).view(B, C), labels=torch.from_numpy(self.labels[idx]),
+                      valid=torch.from_numpy(valid))
+        if self.cfg.logq:
+            batch.logq = torch.from_numpy(logq)
+        return batch
+
+    def rank_users(self, users: np.ndarray, time: int) -> UserPart:
+        """The user side of users ranked at one ``time`` (full ranking)."""
+        users = np.asarray(users, dtype=np.int64)
+        return self.user_part(users, np.full(len(users), time, dtype=np.int64))
+
+    def all_rooms(self, time: int) -> RoomPart:
+        """Every author's room side at one ``time`` (full ranking)."""
+        authors = np.arange(self.ds.num_authors, dtype=np.int64)
+        return self.room_part(authors, np.full(len(authors), time, dtype=np.int64))

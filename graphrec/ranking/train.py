@@ -1,165 +1,191 @@
-"""Ranker training: ``DistDataLoader`` over impression indices, Adam, early stopping on validation
-GAUC of the main task, an atomic checkpoint after every epoch, and exact resumption.
+"""The ranker's objective, its training task for :func:`graphrec.fit.fit`, and its evaluation scorer.
 
-Determinism: every source of randomness of an epoch (the loader's shuffle, dropout, sampled
-negatives) is re-seeded from ``(seed, epoch)`` at the epoch's start, so a run resumed from the
-checkpoint of epoch ``e`` continues exactly as the uninterrupted run would have (on CPU).
+Objectives, by what the data is:
+
+* **impression logs** (the simulator, MovieLens: every shown item has a label): per-impression binary
+  cross-entropy of every label head, summed with ``ranker.weight_<label>``. With
+  ``ranker.exposure_head`` an extra head learns *which* authors a user is shown (ESMM-style, Ma et al.
+  SIGIR 2018): a sampled softmax of the logged author against ``ranker.negatives`` sampled ones; a
+  full ranking then orders authors by ``P(shown) · P(label | shown)``, the entire-space probability.
+* **implicit feedback** (TikTok: positives only): a sampled softmax of each interaction against
+  ``ranker.negatives`` sampled authors — uniform plus in-batch, with the logQ correction
+  (Yi et al., RecSys 2019) and known positives masked — which trains for ranking all authors rather
+  than for separating a positive from four random ones.
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..dist.comm import LocalComm
-from ..metrics import ranking_report
+from ..evaluation import gathered_scores, impression_metrics, main_metric, topk_metrics
 from ..models.ranker import Ranker
 
 
-@dataclass
-class TrainResult:
-    model: Ranker
-    history: List[Dict[str, float]]
-    best_epoch: int
-    best_val: float
-    resumed_from: Optional[int] = None
+class RankerObjective:
+    """The loss of a batch of ``[B, C, heads]`` logits (see the module docstring)."""
+
+    def __init__(self, heads: List[str], tasks: List[str], weights: Dict[str, float], implicit: bool,
+                 softmax_head: Optional[str], softmax_weight: float = 1.0) -> None:
+        self.implicit = implicit
+        self.bce = [] if implicit else [(heads.index(t), i, weights[t]) for i, t in enumerate(tasks) if weights[t] > 0]
+        self.softmax = heads.index(softmax_head) if softmax_head is not None else None
+        self.softmax_weight = softmax_weight
+
+    def __call__(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        loss = logits.new_zeros(())
+        for head, col, w in self.bce:
+            loss = loss + w * F.binary_cross_entropy_with_logits(logits[:, 0, head], batch.labels[:, col])
+        if self.softmax is not None and logits.shape[1] > 1:
+            s = logits[:, :, self.softmax].float()
+            if batch.logq is not None:
+                s = s - batch.logq
+            if batch.valid is not None:
+                s = s.masked_fill(~batch.valid, float("-inf"))
+            target = torch.zeros(len(s), dtype=torch.long, device=s.device)
+            loss = loss + self.softmax_weight * F.cross_entropy(s, target)
+        return loss
 
 
-def _loader(indices: np.ndarray, batch_size: int, collate, shuffle: bool):
-    import dgl
+class _Batches:
+    """The epoch's minibatches, built lazily in order (so one generator drives them all). ``setup()``
+    runs before the first batch and returns what undoes it after the last (the expansion redraws)."""
 
-    return dgl.distributed.DistDataLoader(indices, batch_size=batch_size, collate_fn=collate, shuffle=shuffle,
-                                          drop_last=False)
+    def __init__(self, chunks: List[np.ndarray], build: Callable[[np.ndarray], Any],
+                 setup: Optional[Callable[[], Callable[[], None]]] = None) -> None:
+        self.chunks, self.build, self.setup = chunks, build, setup
 
+    def __len__(self) -> int:
+        return len(self.chunks)
 
-@torch.no_grad()
-def predict(model: Ranker, builder, indices: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Sigmoid scores ``[len(indices), tasks]`` in the order of ``indices``."""
-    model.eval()
-    out = []
-    for batch in _loader(indices, batch_size, lambda b: builder(b), shuffle=False):
-        out.append(torch.sigmoid(model(batch)).numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(builder.cfg.tasks)), np.float32)
-
-
-def evaluate_split(model: Ranker, builder, indices: np.ndarray, tasks: List[str], implicit_negatives: int = 0,
-                   seed: int = 0, comm: Optional[LocalComm] = None) -> Dict[str, Dict[str, float]]:
-    """AUC/UAUC/GAUC per task on the given impressions. For implicit feedback (positives only) each
-    positive is scored against ``implicit_negatives`` random authors (a fixed, seeded sample).
-
-    Distributed, ``indices`` is this trainer's share: every trainer scores its own and all of them
-    compute the same report over the gathered scores (so early stopping agrees everywhere)."""
-    comm = comm or LocalComm()
-    if implicit_negatives:
-        rng = np.random.default_rng(seed + 7919 * comm.rank)
-        u = builder.users[indices]
-        t = builder.times[indices]
-        a_neg = rng.integers(0, builder.ds.num_authors, len(indices) * implicit_negatives)
-        uu = np.concatenate([u, np.repeat(u, implicit_negatives)])
-        aa = np.concatenate([builder.authors[indices], a_neg])
-        tt = np.concatenate([t, np.repeat(t, implicit_negatives)])
-        y = np.concatenate([np.ones(len(indices)), np.zeros(len(a_neg))])
-        model.eval()
-        scores = []
-        with torch.no_grad():
-            for s in range(0, len(uu), 4096):
-                scores.append(torch.sigmoid(model(builder.build(uu[s:s + 4096], aa[s:s + 4096], tt[s:s + 4096]))).numpy())
-        scores = np.concatenate(scores) if scores else np.zeros((0, len(tasks)), np.float32)
-        parts = comm.gather((uu, y, scores[:, 0]))
-        uu, y, s0 = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        return {tasks[0]: ranking_report(uu, y, s0)}
-    scores = predict(model, builder, indices)
-    if comm.world > 1:
-        parts = comm.gather((np.asarray(indices), scores))
-        indices = np.concatenate([p[0] for p in parts])
-        scores = np.concatenate([p[1] for p in parts])
-    out = {}
-    for i, task in enumerate(tasks):
-        y = builder.labels[indices, i]
-        if 0 < y.sum() < len(y):
-            out[task] = ranking_report(builder.users[indices], y, scores[:, i])
-    return out
+    def __iter__(self):
+        undo = self.setup() if self.setup is not None else None
+        try:
+            for c in self.chunks:
+                yield self.build(c)
+        finally:
+            if undo is not None:
+                undo()
 
 
-def train_ranker(model: Ranker, builder, train_idx: np.ndarray, val_idx: np.ndarray, sec: Mapping[str, Any],
-                 task_weights: torch.Tensor, main_task: str, seed: int, checkpoint_path: Path,
-                 resume: bool = False, log: Callable[[str], None] = print,
-                 on_epoch_end: Callable[[int, Dict[str, float]], None] = lambda e, h: None,
-                 progress: bool = False, on_step: Callable[[int, float], None] = lambda step, loss: None,
-                 log_every: int = 20, comm: Optional[LocalComm] = None) -> TrainResult:
-    """Train ``model`` on ``train_idx``; with a distributed ``comm`` (DDP), ``train_idx`` and ``val_idx``
-    are this trainer's shares, gradients are averaged by DDP and rank 0 writes the checkpoints."""
-    from tqdm import tqdm
+class RankerTask:
+    """What :func:`graphrec.fit.fit` trains the ranker on: shuffled minibatches of this trainer's training
+    impressions (a fresh seeded sample of ``max_train`` per epoch when set), and the objective."""
 
-    comm = comm or LocalComm()
-    net = comm.wrap(model)
-    opt = torch.optim.Adam(model.parameters(), lr=sec["lr"], weight_decay=sec["weight_decay"])
-    history: List[Dict[str, float]] = []
-    best_val, best_epoch, bad = -1.0, -1, 0
-    best_state = copy.deepcopy(model.state_dict())
-    start_epoch, resumed_from = 0, None
-    if resume and Path(checkpoint_path).exists():
-        ck = load_checkpoint(checkpoint_path)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optim"])
-        best_state, best_val, best_epoch, bad = ck["best_state"], ck["best_val"], ck["best_epoch"], ck["bad_epochs"]
-        history = list(ck["history"])
-        start_epoch = resumed_from = ck["epoch"] + 1
-        log(f"resumed ranker training after epoch {ck['epoch'] + 1} from {checkpoint_path}")
-    implicit = builder.cfg.implicit_negatives
-    for epoch in range(start_epoch, sec["epochs"]):
-        if bad >= sec["patience"]:
-            break
-        torch.manual_seed(seed * 1_000_003 + epoch)        # loader shuffle + dropout
-        builder.gen = np.random.default_rng(seed * 1_000_003 + epoch + 7919 * comm.rank)   # sampled negatives
-        model.train()
-        total, n = 0.0, 0
-        epoch_idx = train_idx
-        cap = sec.get("max_train_impressions", 0) // comm.world
-        if cap and len(train_idx) > cap:                      # a fresh sample per epoch, seeded by epoch
-            pick = np.random.default_rng(seed * 1_000_003 + epoch + 7919 * comm.rank).choice(len(train_idx), cap,
-                                                                                             replace=False)
-            epoch_idx = train_idx[np.sort(pick)]
-        step = epoch * ((len(epoch_idx) + sec["batch_size"] - 1) // sec["batch_size"])   # global, resume-proof
-        loader = _loader(epoch_idx, sec["batch_size"], lambda b: builder(b, train=True), shuffle=True)
-        with comm.join(net):
-            for batch in tqdm(loader, desc=f"ranker {epoch + 1}/{sec['epochs']}", disable=not progress, leave=False):
-                logits = net(batch)
-                loss = model.loss(logits, batch["labels"], task_weights)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss) * len(batch["user"])
-                n += len(batch["user"])
-                if step % log_every == 0:
-                    on_step(step, float(loss))
-                step += 1
-        if comm.world > 1:
-            total, n = (sum(x) for x in zip(*comm.gather((total, n))))
-        val = evaluate_split(model, builder, val_idx, builder.cfg.tasks, implicit, seed, comm)
-        val_gauc = val.get(main_task, {}).get("gauc", float("nan"))
-        if np.isnan(val_gauc):
-            val_gauc = val.get(main_task, {}).get("auc", float("nan"))
-        h = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_gauc": float(val_gauc),
-             "val_auc": float(val.get(main_task, {}).get("auc", float("nan"))), "lr": float(opt.param_groups[0]["lr"])}
-        history.append(h)
-        if val_gauc > best_val:
-            best_val, best_epoch, bad = float(val_gauc), epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad += 1
-        if comm.is_main:
-            save_checkpoint(checkpoint_path, {"epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
-                                              "best_state": best_state, "best_val": best_val, "best_epoch": best_epoch,
-                                              "bad_epochs": bad, "history": history})
-        log(f"ranker epoch {epoch + 1}: train loss {h['train_loss']:.4f}, val {main_task} GAUC {val_gauc:.4f}"
-            f"{' (best)' if bad == 0 else ''}")
-        on_epoch_end(epoch, h)
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, history, best_epoch + 1, best_val, resumed_from)
+    def __init__(self, builder, train_idx: np.ndarray, batch_size: int, objective: RankerObjective,
+                 max_train: int = 0, world: int = 1, redraw=None) -> None:
+        self.builder, self.train_idx, self.batch_size = builder, np.asarray(train_idx), batch_size
+        self.objective = objective
+        self.cap = max_train // world if max_train else 0
+        self.redraw = redraw             # epoch -> fresh expansions for training (ranker.redraw_expansions)
+
+    def epoch_indices(self, rng: np.random.Generator) -> np.ndarray:
+        idx = self.train_idx
+        if self.cap and len(idx) > self.cap:                  # a fresh sample per epoch, seeded by epoch
+            idx = idx[np.sort(rng.choice(len(idx), self.cap, replace=False))]
+        return idx[rng.permutation(len(idx))]
+
+    def batches(self, epoch: int, rng: np.random.Generator) -> _Batches:
+        idx = self.epoch_indices(rng)
+        chunks = [idx[s:s + self.batch_size] for s in range(0, len(idx), self.batch_size)]
+        setup = None
+        if self.redraw is not None:
+            def setup():
+                return self.builder.store.swap({f"exp_{m}": t for m, t in self.redraw(epoch).items()})
+        return _Batches(chunks, lambda c: self.builder.training(c, rng), setup)
+
+    def loss(self, net, batch):
+        return self.objective(net(batch), batch), len(batch)
+
+
+class RankerScorer:
+    """A ranker as a scorer of :mod:`graphrec.evaluation` (and of serving).
+
+    ``ranking_score`` turns a candidate's head logits into the score a full ranking orders by: the main
+    head's logit; with an exposure head, ``log P(shown) + log P(label | shown)``. The author side of a
+    full ranking is computed once per ranking time and kept, so make a new scorer after the weights
+    change."""
+
+    def __init__(self, model: Ranker, builder, device: str = "cpu", batch_size: int = 4096,
+                 pair_chunk: int = 32768) -> None:
+        self.model, self.builder = model.eval(), builder
+        self.device = torch.device(device)
+        self.batch_size, self.pair_chunk = batch_size, pair_chunk
+        heads = model.spec.tasks
+        self.main = heads.index(builder.ds.main_label)
+        self.exposure = heads.index("exposure") if "exposure" in heads else None
+        self.label_heads = [heads.index(t) for t in builder.cfg.tasks]
+        self._rooms: Dict[int, Any] = {}
+
+    def ranking_score(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.exposure is None:
+            return logits[..., self.main].float()
+        return logits[..., self.exposure].float() + F.logsigmoid(logits[..., self.main].float())
+
+    @torch.no_grad()
+    def _logits(self, batch) -> torch.Tensor:
+        return self.model(batch.to(self.device))[:, 0].float().cpu()
+
+    @torch.no_grad()
+    def impression_scores(self, idx: np.ndarray) -> np.ndarray:
+        """Label-head logits ``[n, labels]`` of logged impressions."""
+        out = [self._logits(self.builder.impressions(idx[s:s + self.batch_size]))[:, self.label_heads]
+               for s in range(0, len(idx), self.batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.label_heads)), np.float32)
+
+    @torch.no_grad()
+    def pair_scores(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> np.ndarray:
+        out = [self.ranking_score(self._logits(self.builder.pairs(users[s:s + self.batch_size],
+                                                                  authors[s:s + self.batch_size],
+                                                                  times[s:s + self.batch_size])))
+               for s in range(0, len(users), self.batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+    @torch.no_grad()
+    def rank(self, users: np.ndarray, time: int) -> torch.Tensor:
+        """Ranking scores ``[len(users), authors]``: user side once per user, author side once per time."""
+        if time not in self._rooms:
+            self._rooms = {time: self.model.author_side(self.builder.all_rooms(time).to(self.device))}
+        ar = self._rooms[time]
+        users = np.asarray(users, dtype=np.int64)
+        B, A = len(users), len(ar.author)
+        # users with similar history lengths share a chunk, so each chunk's sequences are trimmed to its longest
+        lengths = np.zeros(B, np.int64)
+        for h in self.builder.histories.values():
+            lengths += (h.lookup(users, np.full(B, time), self.builder.cfg.hist_len) >= 0).sum(1)
+        order = np.argsort(lengths, kind="stable")
+        out = torch.empty(B, A)
+        per = max(1, self.pair_chunk // A)
+        for s in range(0, B, per):
+            rows = order[s:s + per]
+            ur = self.model.user_side(self.builder.rank_users(users[rows], time).to(self.device))
+            out[torch.from_numpy(rows)] = self.ranking_score(self.model.logits(ur, ar, None)).cpu()
+        return out
+
+
+def validation(scorer_of: Callable[[], RankerScorer], ds, val_idx: np.ndarray, k: int, negatives: int,
+               seed: int, comm=None) -> Callable[[Any, int], Dict[str, float]]:
+    """The per-epoch validation of :func:`graphrec.fit.fit`: Recall@k etc. of the model's own full ranking
+    (implicit data) or AUC/GAUC of the main label (impression logs). Distributed, per-impression scores
+    are computed on each trainer's share and gathered; the full ranking on rank 0, then shared."""
+    main = ds.main_label
+
+    def validate(model, epoch: int) -> Dict[str, float]:
+        scorer = scorer_of()
+        if ds.implicit:
+            rep = None
+            if comm is None or comm.is_main:
+                rep = topk_metrics(scorer, ds, "val", k) or {}
+            if comm is not None and comm.world > 1:
+                rep = comm.gather(rep)[0]
+            return {key: float(v) for key, v in rep.items() if key not in ("label", "users", "k")}
+        if comm is not None and comm.world > 1:
+            scorer = gathered_scores(scorer, val_idx, comm)
+        rep = impression_metrics(scorer, ds, "val", negatives, seed)
+        auc = float(rep.get(main, {}).get("auc", float("nan")))
+        gauc = main_metric(rep, main, False)
+        return {"gauc": auc if np.isnan(gauc) else gauc, "auc": auc}
+
+    return validate

@@ -1,0 +1,110 @@
+"""CUDA paths: the same results as on the CPU (``pytest -m gpu``; skipped without a GPU). No DGL needed.
+
+Run on a GPU machine: ``PYTHONPATH=. python3 -m pytest -m gpu``.
+"""
+import numpy as np
+import pytest
+import torch
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)")
+pytestmark = [pytest.mark.gpu, gpu]
+
+# the toy gifting graph of test_gie, as edge lists: 5 users, 4 authors
+U2A = (torch.tensor([0, 0, 1, 1, 2, 3, 4]), torch.tensor([0, 1, 1, 2, 0, 2, 1]))
+A2A = (torch.tensor([0, 1, 1, 2]), torch.tensor([1, 0, 2, 1]))
+
+
+def toy_walker(device):
+    from graphrec.gie.metapath import CSRWalker
+
+    edges = {"u2a": U2A, "a2u": (U2A[1], U2A[0]), "a2a": A2A}
+    return CSRWalker.from_edges(edges, {"u2a": 5, "a2u": 4, "a2a": 4}, device)
+
+
+@pytest.mark.parametrize("name", ["u2a2u", "u2a2u2a", "u2a2a", "a2a", "a2u2a"])
+def test_cuda_walker_samples_the_cpu_walkers_distribution(name):
+    from scipy.stats import chi2_contingency
+
+    from graphrec.schema import METAPATHS
+
+    path = METAPATHS[name]
+    seeds = torch.arange(5 if path.seed == "user" else 4)
+    n = 20000
+    ends = {}
+    for dev in ("cpu", "cuda"):
+        gen = torch.Generator(device=dev).manual_seed(0)
+        ends[dev] = toy_walker(dev).walk(seeds.to(dev), path.etypes, n, gen).cpu()
+    for s in range(len(seeds)):
+        size = 6
+        table = np.stack([np.bincount(ends[d][s].numpy() + 1, minlength=size) for d in ("cpu", "cuda")])
+        table = table[:, table.sum(0) > 0]
+        if table.shape[1] > 1:
+            assert chi2_contingency(table)[1] > 1e-4, (name, s, table)
+        else:
+            assert (table[0] > 0).tolist() == (table[1] > 0).tolist()
+
+
+def _tiny_ranker():
+    from data_prep.simulate import simulate
+    from graphrec.config import load_config
+    from graphrec.data.split import ensure_split
+    from graphrec.ranking.stage import build_ranker, enabled_modules
+
+    from .conftest import TINY_SIM
+
+    cfg = load_config(None, TINY_SIM + ["simulate.num_impressions=2000", "ranker.mlp=[16]", "mfq.dim=8",
+                                        "mfq.heads=2", "ranker.dropout=0.0"])
+    ds = simulate(cfg.simulate, seed=0)
+    ensure_split(ds, 0.1, 0.1)
+    model, builder, spec = build_ranker(cfg, ds, enabled_modules(cfg, ds, {}), {})
+    return model, builder, spec, ds
+
+
+def test_typed_batch_moves_to_cuda_and_back():
+    _, builder, _, _ = _tiny_ranker()
+    b = builder.impressions(np.arange(64)).pin_memory()
+    c = b.to("cuda")
+    assert c.users.hist["gift"].is_cuda and c.rooms.tokens["frame"][0].is_cuda and c.labels.is_cuda
+    back = c.to("cpu")
+    assert torch.equal(back.users.hist["gift"], b.users.hist["gift"]) and torch.equal(back.cand, b.cand)
+
+
+def test_one_ranker_step_on_cuda_matches_cpu():
+    import copy
+
+    from graphrec.ranking.train import RankerObjective
+
+    model, builder, spec, ds = _tiny_ranker()
+    objective = RankerObjective(spec.tasks, ds.labels, {t: 1.0 for t in ds.labels}, False, None)
+    batch = builder.impressions(np.arange(256))
+    out = {}
+    for dev in ("cpu", "cuda"):
+        m = copy.deepcopy(model).to(dev)
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        loss = objective(m(batch.to(dev)), batch.to(dev))
+        loss.backward()
+        opt.step()
+        out[dev] = (loss.item(), {k: v.detach().cpu() for k, v in m.state_dict().items()})
+    assert out["cpu"][0] == pytest.approx(out["cuda"][0], rel=1e-4)
+    for k, v in out["cpu"][1].items():
+        assert torch.allclose(v, out["cuda"][1][k], atol=1e-4), k
+
+
+def test_graphcl_and_forecaster_steps_on_cuda_match_cpu():
+    from graphrec.gie.graphcl import GraphCL
+    from graphrec.models.stat_forecaster import StatForecaster
+
+    torch.manual_seed(0)
+    g = GraphCL(10, 6, dim=8)
+    f = StatForecaster(num_variates=3, input_steps=6, dim=8, heads=2, dropout=0.0)
+    anchor, pos, neg = torch.tensor([0, 1, 10]), torch.tensor([2, 3, 11]), torch.tensor([[4, 5], [6, 7], [12, 13]])
+    x = torch.rand(4, 6, 3)
+    res = {}
+    for dev in ("cpu", "cuda"):
+        gl = GraphCL(10, 6, dim=8).to(dev)
+        gl.load_state_dict(g.state_dict())
+        fl = StatForecaster(num_variates=3, input_steps=6, dim=8, heads=2, dropout=0.0).to(dev)
+        fl.load_state_dict(f.state_dict())
+        res[dev] = (gl(anchor.to(dev), pos.to(dev), neg.to(dev))["loss"].item(), fl(x.to(dev))[0].detach().cpu())
+    assert res["cpu"][0] == pytest.approx(res["cuda"][0], rel=1e-4)
+    assert torch.allclose(res["cpu"][1], res["cuda"][1], atol=1e-4)

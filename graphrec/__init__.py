@@ -12,3 +12,10 @@ if "ogb" not in _sys.modules and "outdated" not in _sys.modules:
     _sys.modules["outdated"] = None  # type: ignore[assignment]
 
 __version__ = "0.1.0"
+
+
+def load_run(run_dir, device: str = "cpu"):
+    """Reload a finished run folder in one call (see :mod:`graphrec.reload`)."""
+    from .reload import load_run as _load_run
+
+    return _load_run(run_dir, device)

@@ -28,116 +28,54 @@ import torch
 from .errors import DataError, UserError
 
 
-class AuthorSideCache:
-    """What a score needs from the room alone, computed once and kept across requests and viewers:
-    MFQ's ``h_m`` of the segment on air and the statistic forecaster's features of the current step.
+class SegmentCache:
+    """MFQ's ``h_m`` per segment on air, computed once and kept across requests and viewers.
 
-    Valid because a served model does not change. Entries are keyed by (author, segment) and
-    (author, step), so a room that moves to its next segment or step is recomputed; the oldest
-    entries go first beyond ``max_entries`` per kind."""
+    Valid because a served model does not change and ``h_m`` depends on the segment (and its
+    author) alone; a room that moves to its next segment is a new key. The oldest entries go first
+    beyond ``max_entries``. Installed as the model's ``segment_cache``."""
 
-    def __init__(self, model, builder, max_entries: int = 200_000) -> None:
+    def __init__(self, max_entries: int = 200_000) -> None:
         from collections import OrderedDict
 
-        self.model, self.builder, self.max_entries = model, builder, max_entries
-        self.mfq: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-        self.stat: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+        self.max_entries = max_entries
+        self.table: "OrderedDict[int, torch.Tensor]" = OrderedDict()
         self.hits = self.misses = 0
 
-    def _remember(self, table, key, value) -> None:
-        table[key] = value
-        while len(table) > self.max_entries:
-            table.popitem(last=False)
-
-    @torch.no_grad()
-    def build(self, u: np.ndarray, a: np.ndarray, t: np.ndarray) -> Dict[str, Any]:
-        """The batch ``builder.build(u, a, t)`` would give, with ``mfq_out`` in place of the tokens."""
-        b = self.builder
-        batch = b.build(u, a, t, author_side=False)
-        at = torch.from_numpy(a)
-        use_mfq = self.model.mfq is not None
-        use_stat = bool(b.cfg.stat_input_steps) and b.stat_model is not None
-        keys_m = list(zip(a.tolist(), b.segment_rows(a, t).tolist())) if use_mfq else []
-        keys_s = list(zip(a.tolist(), b.stat_steps(at, t).tolist())) if use_stat else []
-        got_m = {k: self.mfq[k] for k in keys_m if k in self.mfq}
-        got_s = {k: self.stat[k] for k in keys_s if k in self.stat}
-        miss = [i for i in range(len(a)) if (use_mfq and keys_m[i] not in got_m) or (use_stat and keys_s[i] not in got_s)]
-        self.hits += len(a) - len(miss)
+    def vectors(self, mfq, tokens, seg_author: torch.Tensor, seg_key: torch.Tensor) -> torch.Tensor:
+        keys = seg_key.tolist()
+        got = {k: self.table[k] for k in keys if k in self.table}
+        miss = [i for i, k in enumerate(keys) if k not in got]
+        self.hits += len(keys) - len(miss)
         self.misses += len(miss)
         if miss:
-            idx = np.array(miss)
-            full = b.room_features(a[idx], t[idx])             # the room parts only, for the misses
-            h = self.model.mfq(full["tokens"], at[idx]) if use_mfq else None
+            idx = torch.tensor(miss, dtype=torch.long)
+            h = mfq({m: (x[idx], mask[idx]) for m, (x, mask) in tokens.items()}, seg_author[idx])
             for j, i in enumerate(miss):
-                if use_mfq:
-                    got_m[keys_m[i]] = h[j]
-                    self._remember(self.mfq, keys_m[i], h[j])
-                if use_stat:
-                    got_s[keys_s[i]] = full["stat_feat"][j]
-                    self._remember(self.stat, keys_s[i], full["stat_feat"][j])
-        if use_mfq:
-            batch["mfq_out"] = torch.stack([got_m[k] for k in keys_m])
-        if use_stat:
-            batch["stat_feat"] = torch.stack([got_s[k] for k in keys_s])
-        return batch
+                got[keys[i]] = self.table[keys[i]] = h[j]
+                while len(self.table) > self.max_entries:
+                    self.table.popitem(last=False)
+        return torch.stack([got[k] for k in keys])
 
 
 class Scorer:
     """A trained run, ready to score (user, candidate authors) requests."""
 
     def __init__(self, run_dir: Path) -> None:
-        import logging
+        from .evaluation import Popularity, split_mask
+        from .reload import load_run
 
-        from .checkpoint import load_checkpoint
-        from .config import load_config
-        from .data.dataset import SPLITS, load_dataset
-        from .data.split import time_split
-        from .gie.metapath import METAPATHS
-        from .models.product_forecaster import ProductForecaster
-        from .models.ranker import Ranker, RankerSpec
-        from .models.stat_forecaster import StatForecaster
-        from .ranking.stage import build_ranker
-        from .stage import RunContext
-
-        run_dir = Path(run_dir)
-        for need in ("config.yaml", "metrics.json", "checkpoints/ranker.pt"):
-            if not (run_dir / need).exists():
-                raise DataError(f"{run_dir}: not a trained run folder ({need} missing)")
-        cfg = load_config(run_dir / "config.yaml")
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        ds = load_dataset(Path(metrics["data"]["path"]))
-        if "split" not in ds.impressions:
-            ds.impressions["split"] = time_split(ds.impressions["time"], cfg.data.val_fraction, cfg.data.test_fraction)
-        mods = metrics["ranker"]["modules"]
-        state: Dict[str, Any] = {}
-        if mods["metapaths"]:
-            with np.load(run_dir / "expansions.npz", allow_pickle=False) as npz:
-                state["expansions"] = {m: npz[m] for m in METAPATHS if m in npz.files}
-        if mods["theta_pretrained"]:
-            state["theta"] = load_checkpoint(run_dir / "checkpoints" / "graphcl.pt")["theta"]
-        if mods["stat_forecast"]:
-            state["stat_forecaster"] = StatForecaster.from_checkpoint(run_dir / "checkpoints" / "stat_forecast.pt")
-        if mods["product_forecast"]:
-            state["product_forecaster"] = ProductForecaster.from_checkpoint(run_dir / "checkpoints" / "product_forecast.pt")
-        self._tmp = tempfile.TemporaryDirectory(prefix="graphrec-serve-")
-        ctx = RunContext(cfg=cfg, run_dir=Path(self._tmp.name), log=logging.getLogger("graphrec.serve"),
-                         writer=None, device="cpu", progress=False, state={**state, "dataset": ds})
-        _, self.builder, spec = build_ranker(ctx, mods)
-        ck = load_checkpoint(run_dir / "checkpoints" / "ranker.pt")
-        if RankerSpec(**ck["spec"]) != spec:
-            raise DataError(f"{run_dir}: checkpoints/ranker.pt does not match the run's data and config")
-        self.model = Ranker(spec)
-        self.model.load_state_dict(ck["state_dict"])
-        self.model.eval()
-        self.author_cache = AuthorSideCache(self.model, self.builder)
-        self.tasks = spec.tasks
-        self.main = ds.meta.get("main_label", self.tasks[0])
+        self.run = load_run(run_dir)
+        self.model, self.builder = self.run.ranker, self.run.builder
+        self.segment_cache = SegmentCache()
+        self.model.segment_cache = self.segment_cache
+        self.rank = self.run.scorer()
+        ds = self.run.dataset
+        self.tasks = ds.labels
+        self.main = ds.main_label
         self.num_users, self.num_authors = ds.num_users, ds.num_authors
         self.default_time = int(ds.impressions["time"].max())
-        train = ds.impressions["split"] == SPLITS["train"]
-        self.popularity = np.bincount(ds.impressions["author"][train],
-                                      weights=ds.impressions[self.main][train].astype(np.float64),
-                                      minlength=ds.num_authors) / max(train.sum(), 1)
+        self.popularity = Popularity(ds, self.main, split_mask(ds, "train"))
         self.lock = threading.Lock()          # torch modules are not meant to run concurrently
 
     def score(self, request: Dict[str, Any]) -> Dict[str, Any]:
@@ -148,14 +86,15 @@ class Scorer:
         if not known:
             scores: List[Dict[str, Any]] = []
         elif cold:
-            scores = [{"author": a, self.main: float(self.popularity[a])} for a in known]
+            rate = self.popularity.rates[known]
+            scores = [{"author": a, **{t: float(rate[i, j]) for j, t in enumerate(self.tasks)}}
+                      for i, a in enumerate(known)]
         else:
             a = np.array(known, dtype=np.int64)
+            t = np.full(len(a), self.default_time if time is None else time, dtype=np.int64)
             with self.lock, torch.no_grad():
-                batch = self.author_cache.build(np.full(len(a), user, dtype=np.int64), a,
-                                                np.full(len(a), self.default_time if time is None else time,
-                                                        dtype=np.int64))
-                p = torch.sigmoid(self.model(batch)).numpy()
+                logits = self.model(self.builder.pairs(np.full(len(a), user, dtype=np.int64), a, t))[:, 0]
+                p = torch.sigmoid(logits[:, self.rank.label_heads]).numpy()
             scores = [{"author": int(x), **{t: float(p[i, j]) for j, t in enumerate(self.tasks)}} for i, x in enumerate(a)]
         scores.sort(key=lambda r: -r[self.main])
         return {"user": user, "cold_start": cold, "main_task": self.main, "scores": scores, "unknown_authors": unknown}
@@ -177,8 +116,10 @@ def parse_request(request: Any):
     if len(authors) > 10_000:
         raise UserError("'authors' holds more than 10,000 candidates")
     time = request.get("time")
-    if time is not None and (isinstance(time, bool) or not isinstance(time, int)):
-        raise UserError("'time' must be an integer (seconds, as in the dataset)")
+    if time is not None and (isinstance(time, bool) or not isinstance(time, int) or not 0 <= time < 2**62):
+        raise UserError("'time' must be an integer number of seconds in [0, 2**62), as in the dataset")
+    if not -2**62 < user < 2**62 or any(not -2**62 < a < 2**62 for a in authors):
+        raise UserError("ids must be integers in (-2**62, 2**62)")
     return user, authors, time
 
 

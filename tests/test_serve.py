@@ -12,7 +12,6 @@ import torch
 
 from graphrec.config import load_config
 from graphrec.errors import UserError
-from graphrec.metrics import auc
 from graphrec.run import run
 from graphrec.serve import Scorer, main, parse_request
 
@@ -27,40 +26,46 @@ def trained_run(tmp_path_factory):
         "run.progress=false"]))
 
 
-def test_loaded_run_reproduces_its_test_auc(trained_run):
-    scorer = Scorer(trained_run.run_dir)
-    ds = scorer.builder.ds
-    test = np.flatnonzero(ds.impressions["split"] == 2)
-    imp = ds.impressions
-    with torch.no_grad():
-        p = torch.sigmoid(scorer.model(scorer.builder.build(
-            imp["user"][test].astype(np.int64), imp["author"][test].astype(np.int64), imp["time"][test]))).numpy()
-    gift = scorer.tasks.index("gift")
-    expected = trained_run.metrics["eval"]["test"]["mmbee"]["gift"]["auc"]
-    assert auc(imp["gift"][test], p[:, gift]) == pytest.approx(expected, abs=1e-6)
+def test_load_run_reproduces_every_test_metric(trained_run):
+    """``graphrec.load_run`` rebuilds the run: the same test metrics, per impression and full ranking."""
+    from graphrec import load_run
+    from graphrec.evaluation import evaluate
+
+    loaded = load_run(trained_run.run_dir)
+    cfg = loaded.cfg
+    entry = evaluate(loaded.scorer(), loaded.dataset, "test", cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1)
+    expected = trained_run.metrics["eval"]["test"]["mmbee"]
+    for key in ("gift", "click", "topk"):
+        assert entry[key] == pytest.approx(expected[key], abs=1e-6)
+    assert loaded.model_name == "mmbee" and not loaded.ranker.training
 
 
-def test_room_cache_gives_the_uncached_scores_and_is_reused(trained_run):
+def test_segment_cache_gives_the_uncached_scores_and_is_reused(trained_run):
     scorer = Scorer(trained_run.run_dir)
     ds = scorer.builder.ds
     imp = ds.impressions
     rows = np.flatnonzero(ds.impressions["split"] == 2)[:300]
     u, a, t = imp["user"][rows].astype(np.int64), imp["author"][rows].astype(np.int64), imp["time"][rows]
-    cache = scorer.author_cache
+    cache = scorer.segment_cache
+    model = scorer.model
     with torch.no_grad():
-        plain = scorer.model(scorer.builder.build(u, a, t))
-        first = scorer.model(cache.build(u, a, t))
+        model.segment_cache = None
+        plain = model(scorer.builder.pairs(u, a, t))
+        model.segment_cache = cache
+        first = model(scorer.builder.pairs(u, a, t))
         hits_before = cache.hits
-        again = scorer.model(cache.build(u[::-1].copy(), a[::-1].copy(), t[::-1].copy()))
+        again = model(scorer.builder.pairs(u[::-1].copy(), a[::-1].copy(), t[::-1].copy()))
     torch.testing.assert_close(first, plain, rtol=0, atol=1e-5)
     torch.testing.assert_close(again, plain.flip(0), rtol=0, atol=1e-5)
-    assert cache.misses > 0 and cache.hits - hits_before == len(rows)       # the second pass is all hits
-    keys = {(int(x), int(s)) for x, s in zip(a, scorer.builder.segment_rows(a, t))}
-    assert set(cache.mfq) == keys                                          # one h_m per (room, segment)
-    small = type(cache)(scorer.model, scorer.builder, max_entries=5)
+    segments = scorer.builder.segments.rows(a, t)
+    assert cache.misses == len(set(segments.tolist())) and cache.hits - hits_before == cache.misses   # all hits
+    assert set(cache.table) == set(segments.tolist())                      # one h_m per segment on air
+    small = type(cache)(max_entries=5)
+    model.segment_cache = small
     with torch.no_grad():
-        torch.testing.assert_close(scorer.model(small.build(u, a, t)), plain, rtol=0, atol=1e-5)
-    assert len(small.mfq) == 5 and len(small.stat) == 5                    # bounded
+        torch.testing.assert_close(model(scorer.builder.pairs(u, a, t)), plain, rtol=0, atol=1e-5)
+    model.segment_cache = cache
+    assert len(small.table) == 5                                           # bounded
 
 
 def test_score_sorting_cold_start_and_unknown_authors(trained_run):
@@ -84,6 +89,8 @@ def test_score_sorting_cold_start_and_unknown_authors(trained_run):
     ({"user": 1, "authors": [1, "x"]}, "integer author ids"),
     ({"user": 1, "authors": [1], "time": "now"}, "'time' must be an integer"),
     ({"user": 1, "authors": [1], "extra": 2}, "unknown field(s) ['extra']"),
+    ({"user": 1, "authors": [1], "time": -99999999999999999999}, "'time' must be an integer number of seconds"),
+    ({"user": 10**30, "authors": [1]}, "ids must be integers in"),
 ])
 def test_request_validation(body, fragment):
     with pytest.raises(UserError) as e:

@@ -1,0 +1,99 @@
+"""``graphrec.load_run(run_dir)``: a finished run, reloaded in one call (RecBole's ``load_data_and_model``).
+
+Serving, the benchmarks and the A/B tool read runs through it; nothing else re-assembles a run
+from its files. Checkpoints are read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data.dataset import Dataset
+from .errors import DataError
+
+
+@dataclass
+class LoadedRun:
+    """A trained run: its configuration, dataset, the earlier stages' artifacts and the ranker."""
+
+    run_dir: Path
+    cfg: Config
+    metrics: Dict[str, Any]
+    dataset: Dataset
+    modules: Dict[str, Any]
+    artifacts: Dict[str, Any] = field(default_factory=dict)   # theta, expansions, stat/product forecaster
+    ranker: Any = None                                        # graphrec.models.Ranker, in eval mode
+    builder: Any = None                                       # its BatchBuilder
+    device: str = "cpu"
+
+    @property
+    def model_name(self) -> str:
+        return self.metrics.get("ranker", {}).get("model", "mmbee")
+
+    def scorer(self):
+        """The ranker as a :mod:`graphrec.evaluation` scorer."""
+        from .ranking.train import RankerScorer
+
+        return RankerScorer(self.ranker, self.builder, self.device)
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{path.parent if path.parent.name != 'checkpoints' else path.parent.parent}: "
+                        f"not a trained run folder ({what} missing: {path.name})")
+    return path
+
+
+def load_run(run_dir, device: str = "cpu") -> LoadedRun:
+    """Reload the run in ``run_dir`` (a folder written by ``python -m graphrec.run``)."""
+    from .checkpoint import load_checkpoint
+    from .config import load_config
+    from .data.dataset import load_dataset
+    from .data.split import ensure_split
+    from .gie.metapath import METAPATHS
+    from .models.product_forecaster import ProductForecaster
+    from .models.ranker import Ranker, RankerSpec
+    from .models.stat_forecaster import StatForecaster
+    from .ranking.stage import build_ranker
+
+    run_dir = Path(run_dir)
+    for need in ("config.yaml", "metrics.json", "checkpoints/ranker.pt"):
+        _need(run_dir / need, need)
+    cfg = load_config(run_dir / "config.yaml")
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{run_dir / 'metrics.json'}: not valid JSON ({exc})") from None
+    if "ranker" not in metrics or "data" not in metrics:
+        raise DataError(f"{run_dir}: the run did not finish its ranker stage (metrics.json has no 'ranker')")
+    data_path = Path(metrics["data"]["path"])
+    if not data_path.exists():
+        raise DataError(f"{run_dir}: its dataset {data_path} is gone; rebuild it with "
+                        f"`python -m graphrec.run --cfg {run_dir / 'config.yaml'}` (same data settings)")
+    ds = load_dataset(data_path)
+    ensure_split(ds, cfg.data.val_fraction, cfg.data.test_fraction)
+    mods = metrics["ranker"]["modules"]
+    art: Dict[str, Optional[Any]] = {}
+    if mods["metapaths"]:
+        with np.load(_need(run_dir / "expansions.npz", "the offline expansions"), allow_pickle=False) as npz:
+            art["expansions"] = {m: npz[m] for m in METAPATHS if m in npz.files}
+    if mods["theta_pretrained"]:
+        art["theta"] = load_checkpoint(_need(run_dir / "checkpoints" / "graphcl.pt", "GraphCL's Θ"))["theta"]
+    if mods["stat_forecast"]:
+        art["stat_forecaster"] = StatForecaster.from_checkpoint(run_dir / "checkpoints" / "stat_forecast.pt")
+    if mods["product_forecast"]:
+        art["product_forecaster"] = ProductForecaster.from_checkpoint(run_dir / "checkpoints" / "product_forecast.pt")
+    _, builder, spec = build_ranker(cfg, ds, mods, art, device=device)
+    ck = load_checkpoint(run_dir / "checkpoints" / "ranker.pt")
+    if RankerSpec(**ck["spec"]) != spec:
+        raise DataError(f"{run_dir}: checkpoints/ranker.pt does not match the run's data and config")
+    model = Ranker(spec)
+    model.load_state_dict(ck["state_dict"])
+    model.to(device).eval()
+    return LoadedRun(run_dir, cfg, metrics, ds, mods, art, model, builder, device)

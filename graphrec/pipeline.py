@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 
-from .data.dataset import SPLITS, Dataset, atomic_write_text, load_dataset
-from .data.split import time_split
-from .data.validate import validate_dataset
+from .data.dataset import SPLITS, Dataset, atomic_write_text
 from .ranking.stage import RankerStage
 from .stage import RunContext, Stage, jsonable
 
@@ -29,34 +28,28 @@ class DataStage(Stage):
     summary = "build or reuse the canonical dataset, validate it, split train/val/test"
 
     def run(self, ctx: RunContext) -> None:
-        from .data.sources import dataset_dir
+        from .data.sources import load_data
 
-        path = dataset_dir(ctx.cfg, progress=ctx.progress, log=ctx.log.info)
-        ds = load_dataset(path)
-        validate_dataset(ds)
+        ds = load_data(ctx.cfg, progress=ctx.progress, log=ctx.log.info)
+        path = ds.path
         imp = ds.impressions
-        if "split" not in imp:
-            imp["split"] = time_split(imp["time"], ctx.cfg.data.val_fraction, ctx.cfg.data.test_fraction)
-            ctx.log.info("split by time: val_fraction=%s test_fraction=%s", ctx.cfg.data.val_fraction,
-                         ctx.cfg.data.test_fraction)
         split_counts = {s: int((imp["split"] == code).sum()) for s, code in SPLITS.items()}
         counts = ds.counts()
         ctx.state["dataset"] = ds
-        ctx.metrics["data"] = {"path": str(path), "name": ds.name, "main_label": ds.meta.get("main_label", ds.labels[0]),
+        ctx.metrics["data"] = {"path": str(path), "name": ds.name, "main_label": ds.main_label,
+                               "feedback": "implicit" if ds.implicit else "explicit", "timed": ds.timed,
                                **counts, "split": split_counts}
         if "oracle" in ds.meta:
             ctx.metrics["data"]["oracle"] = ds.meta["oracle"]
         ctx.log.info("dataset %s: %s", ds.name, ", ".join(f"{k}={v:,}" for k, v in counts.items()))
         ctx.log.info("split: %s", ", ".join(f"{k}={v:,}" for k, v in split_counts.items()))
-        for k, v in counts.items():
-            ctx.writer.add_scalar(f"data/{k}", v, 0)
         ctx.writer.add_text("data/manifest", "```\n" + json.dumps(ds.manifest(), indent=2, default=jsonable)[:20000]
                             + "\n```", 0)
 
 
 # ----------------------------------------------------------------------------- GIE
 def graph_label(ctx: RunContext) -> str:
-    return ctx.cfg.graph.label or ctx.dataset.meta.get("main_label", ctx.dataset.labels[0])
+    return ctx.cfg.graph.label or ctx.dataset.main_label
 
 
 class GraphStage(Stage):
@@ -155,28 +148,33 @@ class GraphCLStage(Stage):
         from .gie.graphcl import link_prediction, train_graphcl
 
         ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
-
-        def on_epoch(epoch: int, h: Dict[str, float]) -> None:
-            for k, v in h.items():
-                ctx.writer.add_scalar(f"graphcl/{k}", v, epoch)
-            ctx.log.debug("graphcl epoch %d: %s", epoch + 1, h)
-
-        result = train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"], sec, ctx.cfg.run.seed,
-                               ctx.device, ctx.progress, on_epoch)
         label = graph_label(ctx)
-        train = ds.impressions["split"] == SPLITS["train"]
-        tu, ta, _, _ = gift_edges(ds, label, train)
-        hu, ha, _, _ = gift_edges(ds, label, ~train)
+        split = ds.impressions["split"]
+        tu, ta, _, _ = gift_edges(ds, label, split == SPLITS["train"])
+        vu, va, _, _ = gift_edges(ds, label, split == SPLITS["val"])
+        hu, ha, _, _ = gift_edges(ds, label, split == SPLITS["test"])
+        validate = None
+        if len(vu):                        # early stopping on link prediction of the validation gifts
+            def validate(model, epoch: int) -> Dict[str, float]:
+                rep = link_prediction(model.author_embeddings().cpu(), tu, ta, vu, va, sec.eval_negatives,
+                                      ctx.cfg.run.seed)
+                return {"link_auc": rep["auc"], "link_mrr": rep.get("mrr", float("nan"))}
+        result = train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"], sec, ctx.cfg.run.seed,
+                               ctx.device, ctx.progress, ctx.writer, ctx.log.debug, ctx.cfg.run.amp, validate)
+        if not len(hu):                    # no test split: report on what is held out
+            hu, ha = vu, va
         quality = {"trained": link_prediction(result.model.author_embeddings(), tu, ta, hu, ha, sec.eval_negatives,
                                               ctx.cfg.run.seed),
                    "untrained": link_prediction(result.initial[ds.num_users:], tu, ta, hu, ha, sec.eval_negatives,
                                                 ctx.cfg.run.seed)}
-        ctx.metrics["graphcl"] = {"final_loss": result.history[-1], "link_prediction": quality}
+        ctx.metrics["graphcl"] = {"final_loss": result.history[-1]["train_loss"], "history": result.history,
+                                  "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                                  "link_prediction": quality}
         for which, q in quality.items():
             for k, v in q.items():
                 ctx.writer.add_scalar(f"graphcl/link_{which}/{k}", v, 0)
-        ctx.log.info("GraphCL link prediction on %d held-out gifts: trained AUC %.4f MRR %.4f, untrained AUC %.4f "
-                     "MRR %.4f", quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
+        ctx.log.info("GraphCL (%d epochs, best %d) link prediction on %d test gifts: trained AUC %.4f MRR %.4f, "
+                     "untrained AUC %.4f MRR %.4f", len(result.history), result.best_epoch, quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
                      quality["untrained"]["auc"], quality["untrained"].get("mrr", float("nan")))
         theta = result.model.theta.weight.detach()
         ctx.state["theta"] = theta
@@ -205,8 +203,8 @@ class StatForecastStage(Stage):
         from .foresight import train_stat_forecaster
 
         sec = ctx.cfg.stat_forecast
-        log_epoch = _epoch_logger(ctx, "stat_forecast/train_mse")
-        result = train_stat_forecaster(ctx.dataset, sec, ctx.cfg.run.seed, ctx.progress, log_epoch)
+        result = train_stat_forecaster(ctx.dataset, sec, ctx.cfg.run.seed, ctx.progress, ctx.device, ctx.writer,
+                                       ctx.log.debug, ctx.cfg.run.amp)
         m = result.metrics
         ctx.metrics["stat_forecast"] = m
         for k, v in m["mse"].items():
@@ -234,8 +232,8 @@ class ProductForecastStage(Stage):
         from .foresight import train_product_forecaster
 
         sec = ctx.cfg.product_forecast
-        log_epoch = _epoch_logger(ctx, "product_forecast/train_ce")
-        result = train_product_forecaster(ctx.dataset, sec, ctx.cfg.run.seed, ctx.progress, log_epoch)
+        result = train_product_forecaster(ctx.dataset, sec, ctx.cfg.run.seed, ctx.progress, ctx.device, ctx.writer,
+                                          ctx.log.debug, ctx.cfg.run.amp)
         m = result.metrics
         ctx.metrics["product_forecast"] = m
         for k, v in m["hit_rate"].items():
@@ -248,133 +246,77 @@ class ProductForecastStage(Stage):
         ctx.state["product_forecaster"] = result.model
 
 
-def _epoch_logger(ctx: RunContext, tag: str):
-    def log_epoch(epoch: int, loss: float) -> None:
-        ctx.writer.add_scalar(tag, loss, epoch)
-        ctx.log.debug("%s epoch %d: %.5f", tag, epoch + 1, loss)
-    return log_epoch
-
-
 # ----------------------------------------------------------------------------- baselines
 class LightGCNStage(Stage):
     name = "lightgcn"
     section = "lightgcn"
-    summary = "LightGCN baseline (BPR on training positives): full-ranking top-K and per-impression AUC"
-
+    summary = "LightGCN baseline (BPR on training positives, early stopping on validation Recall@K)"
 
     def run(self, ctx: RunContext) -> None:
-        import torch
-
+        from .evaluation import EmbeddingScorer, evaluate, record, topk_metrics
+        from .fit import FitSpec, fit
         from .gie.graph import gift_edges
-        from .metrics import ranking_report
-        from .models.lightgcn import train_lightgcn
-        from .topk import full_ranking
+        from .models.lightgcn import BPRTask, LightGCN, normalized_adjacency
 
-        ds, sec = ctx.dataset, ctx.cfg.lightgcn
-        imp = ds.impressions
-        main = ds.meta.get("main_label", ds.labels[0])
-        train = imp["split"] == SPLITS["train"]
-        u, a, _, _ = gift_edges(ds, main, train)
+        ds, sec, cfg = ctx.dataset, ctx.cfg.lightgcn, ctx.cfg
+        train = ds.impressions["split"] == SPLITS["train"]
+        u, a, _, _ = gift_edges(ds, ds.main_label, train)
         if len(u) == 0:
-            ctx.log.info("lightgcn: no training positives of %s; nothing to learn", main)
+            ctx.log.info("lightgcn: no training positives of %s; nothing to learn", ds.main_label)
             return
-        model = train_lightgcn(u, a, ds.num_users, ds.num_authors, sec, ctx.cfg.run.seed,
-                               lambda e, l: ctx.writer.add_scalar("lightgcn/bpr_loss", l, e))
-        with torch.no_grad():
-            eu, ea = model.split()
-        ctx.state["lightgcn_scores"] = lambda users: eu[torch.as_tensor(users).long()] @ ea.T
-        results = ctx.metrics.setdefault("eval", {})
-        train_pos = positives_matrix(ds, main, train)
+        torch.manual_seed(cfg.run.seed)
+        model = LightGCN(ds.num_users, ds.num_authors, normalized_adjacency(u, a, ds.num_users, ds.num_authors),
+                         sec.dim, sec.layers)
+
+        def scorer() -> EmbeddingScorer:
+            with torch.no_grad():
+                eu, ea = model.split()
+            return EmbeddingScorer(eu, ea, ds)
+
+        def validate(_model, epoch: int) -> Dict[str, float]:
+            rep = topk_metrics(scorer(), ds, "val", cfg.eval.k) or {}
+            return {k: float(v) for k, v in rep.items() if k not in ("label", "users", "k")}
+
+        has_val = (ds.impressions["split"] == SPLITS["val"]).any()
+        spec = FitSpec(epochs=sec.epochs, lr=sec.lr, seed=cfg.run.seed, patience=sec.patience if has_val else 0,
+                       monitor=f"recall@{cfg.eval.k}" if has_val else None, amp=cfg.run.amp, tag="lightgcn")
+        result = fit(model, BPRTask(u, a, ds.num_authors, sec.batch_size, sec.reg), spec, ctx.device,
+                     writer=ctx.writer, log=ctx.log.debug, progress=ctx.progress,
+                     validate=validate if has_val else None)
+        model.cpu()
+        ctx.log.info("lightgcn: %d epochs (best %d, val %s %.4f)", len(result.history), result.best_epoch,
+                     spec.monitor, result.best)
+        ctx.metrics["lightgcn"] = {"epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                                   "best_val": result.best, "stopped_early": result.stopped_early}
+        ctx.state["lightgcn"] = scorer()
         for split in ("val", "test"):
-            mask = imp["split"] == SPLITS[split]
-            if not mask.any():
-                continue
-            test_pos = positives_matrix(ds, main, mask)
-            rep = full_ranking(ctx.state["lightgcn_scores"], train_pos, test_pos, k=min(20, ds.num_authors - 1))
-            out = results.setdefault(split, {}).setdefault("lightgcn", {})
-            out[f"{main}_topk"] = rep
-            y = imp[main][mask]
-            if y.min() != y.max():
-                scores = (eu[torch.from_numpy(imp["user"][mask]).long()] * ea[torch.from_numpy(imp["author"][mask]).long()]).sum(-1)
-                out[main] = ranking_report(imp["user"][mask], y, scores.numpy())
-            for name, r in out.items():
-                for k, v in r.items():
-                    ctx.writer.add_scalar(f"{split}/lightgcn/{name}/{k}", v, 0)
-            ctx.log.info("%s lightgcn %s full ranking: %s", split, main,
-                         ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rep.items()))
+            if (ds.impressions["split"] == SPLITS[split]).any():
+                record(ctx.metrics, split, "lightgcn", evaluate(ctx.state["lightgcn"], ds, split, cfg.eval.k,
+                                                                cfg.eval.negatives, cfg.run.seed + 1,
+                                                                topk=cfg.eval.topk),
+                       ctx.writer, ctx.log.info)
 
 
 # ----------------------------------------------------------------------------- evaluation
-def popularity_scores(ds: Dataset, label: str, train: np.ndarray, prior_weight: float = 10.0) -> np.ndarray:
-    """Per-author smoothed positive rate of ``label`` on training impressions (the popularity model)."""
-    imp = ds.impressions
-    a = imp["author"][train]
-    y = imp[label][train].astype(np.float64)
-    n = np.bincount(a, minlength=ds.num_authors)
-    pos = np.bincount(a, weights=y, minlength=ds.num_authors)
-    prior = y.mean() if len(y) else 0.0
-    return (pos + prior_weight * prior) / (n + prior_weight)
-
-
-def positives_matrix(ds: Dataset, label: str, mask: np.ndarray):
-    import scipy.sparse as sp
-
-    imp = ds.impressions
-    keep = mask & (imp[label] == 1)
-    m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (imp["user"][keep], imp["author"][keep])),
-                      shape=(ds.num_users, ds.num_authors))
-    m.data[:] = 1.0  # duplicates summed by the constructor count once
-    return m
-
-
 class EvaluationStage(Stage):
     name = "evaluation"
-    summary = "AUC/UAUC/GAUC per label and full-ranking Recall/NDCG/Precision@20 on val and test"
+    summary = "the reference models on val and test: popularity and, on simulated data, the oracle"
 
     def run(self, ctx: RunContext) -> None:
-        import torch
+        from .evaluation import Oracle, Popularity, evaluate, record, split_mask
 
-        from .metrics import ranking_report
-        from .topk import full_ranking
-
-        ds = ctx.dataset
-        imp = ds.impressions
-        train = imp["split"] == SPLITS["train"]
-        results: Dict[str, Any] = ctx.metrics.setdefault("eval", {})
-        main = ds.meta.get("main_label", ds.labels[0])
+        ds, cfg = ctx.dataset, ctx.cfg
+        pop = Popularity(ds, ds.main_label, split_mask(ds, "train"))
         for split in ("val", "test"):
-            mask = imp["split"] == SPLITS[split]
-            if not mask.any():
+            if not split_mask(ds, split).any():
                 ctx.log.info("no %s impressions; %s metrics skipped", split, split)
                 continue
-            for label in ds.labels:
-                y = imp[label][mask]
-                if y.min() == y.max():
-                    ctx.log.info("%s/%s: one class only (%s feedback): AUC undefined, top-K below",
-                                 split, label, ds.meta.get("feedback", "explicit"))
-                    continue
-                models = {"popularity": popularity_scores(ds, label, train)[imp["author"][mask]]}
-                if f"p_{label}" in imp:
-                    models["oracle"] = imp[f"p_{label}"][mask]
-                for model, scores in models.items():
-                    rep = ranking_report(imp["user"][mask], y, scores)
-                    results.setdefault(split, {}).setdefault(model, {})[label] = rep
-                    for m, v in rep.items():
-                        ctx.writer.add_scalar(f"{split}/{model}/{label}/{m}", v, 0)
-                    ctx.log.info("%s %-10s %-9s auc=%.4f uauc=%.4f gauc=%.4f", split, model, label,
-                                 rep["auc"], rep["uauc"], rep["gauc"])
-            # full ranking of the main label: popularity by training positives, training items masked
-            train_pos = positives_matrix(ds, main, train)
-            test_pos = positives_matrix(ds, main, mask)
-            if test_pos.nnz:
-                pop = torch.from_numpy(np.asarray(train_pos.sum(axis=0)).ravel().astype(np.float32))
-                k = min(20, ds.num_authors - 1)
-                rep = full_ranking(lambda users: pop.expand(len(users), -1).clone(), train_pos, test_pos, k=k)
-                results.setdefault(split, {}).setdefault("popularity", {})[f"{main}_topk"] = rep
-                for m, v in rep.items():
-                    ctx.writer.add_scalar(f"{split}/popularity/{main}_topk/{m}", v, 0)
-                ctx.log.info("%s popularity %s full ranking: %s", split, main,
-                             ", ".join(f"{m}={v:.4f}" if isinstance(v, float) else f"{m}={v}" for m, v in rep.items()))
+            record(ctx.metrics, split, "popularity",
+                   evaluate(pop, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk),
+                   ctx.writer, ctx.log.info)
+            if any(f"p_{l}" in ds.impressions for l in ds.labels):
+                record(ctx.metrics, split, "oracle", evaluate(Oracle(ds), ds, split, topk=False), ctx.writer,
+                       ctx.log.info)
 
 
 # ----------------------------------------------------------------------------- report
@@ -388,7 +330,44 @@ class ReportStage(Stage):
 
 
 def _fmt(v: Any) -> str:
+    from .seeds import fmt
+
+    if isinstance(v, dict):
+        return fmt(v)
     return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _count(v: Any) -> str:
+    from .seeds import mean_sd
+
+    mean, _ = mean_sd(v)
+    return "–" if mean is None else f"{mean:,.0f}"
+
+
+def metrics_tables(evals: Dict[str, Any]) -> List[str]:
+    """Markdown tables of ``metrics["eval"]`` (the schema of :mod:`graphrec.evaluation`)."""
+    out: List[str] = []
+    for split, models in evals.items():
+        out += [f"## Metrics on {split}", "", "| model | label | AUC | UAUC | GAUC |", "|---|---|---|---|---|"]
+        topk = []
+        for model, entry in models.items():
+            for key, rep in entry.items():
+                if key.startswith("topk"):
+                    topk.append((model, key, rep))
+                else:
+                    out.append(f"| {model} | {key} | {_fmt(rep.get('auc'))} | {_fmt(rep.get('uauc'))} | "
+                               f"{_fmt(rep.get('gauc'))} |")
+        out.append("")
+        if topk:
+            skip = {"users", "label", "k", "candidates", "retriever"}
+            keys = list(dict.fromkeys(k for _, _, rep in topk for k in rep if k not in skip))   # union, in order
+            out += ["| model | ranking | label | " + " | ".join(keys) + " | users |", "|---" * (len(keys) + 4) + "|"]
+            for model, key, rep in topk:
+                how = "full" if key == "topk" else f"two-stage ({rep.get('retriever')} top {rep.get('candidates')})"
+                out.append(f"| {model} | {how} | {rep.get('label')} | " + " | ".join(_fmt(rep.get(k)) for k in keys)
+                           + f" | {_count(rep.get('users'))} |")
+            out.append("")
+    return out
 
 
 def render_report(ctx: RunContext) -> str:
@@ -407,22 +386,13 @@ def render_report(ctx: RunContext) -> str:
                 out.append(f"| {label} | {_fmt(o['planted_rate'])} | {_fmt(o['rate'])} | "
                            f"{_fmt(o['expected_auc'])} | {_fmt(o['realized_auc'])} |")
             out.append("")
-    for split, models in m.get("eval", {}).items():
-        out += [f"## Metrics on {split}", "", "| model | label | AUC | UAUC | GAUC |", "|---|---|---|---|---|"]
-        topk = []
-        for model, labels in models.items():
-            for label, rep in labels.items():
-                if label.endswith("_topk"):
-                    topk.append((model, label[:-5], rep))
-                else:
-                    out.append(f"| {model} | {label} | {_fmt(rep['auc'])} | {_fmt(rep['uauc'])} | {_fmt(rep['gauc'])} |")
-        out.append("")
-        if topk:
-            keys = list(dict.fromkeys(k for _, _, rep in topk for k in rep if k != "users"))   # union, in order
-            out += ["| model | label | " + " | ".join(keys) + " | users |", "|---" * (len(keys) + 3) + "|"]
-            for model, label, rep in topk:
-                out.append(f"| {model} | {label} | " + " | ".join(_fmt(rep.get(k)) for k in keys) + f" | {rep['users']} |")
-            out.append("")
+    out += metrics_tables(m.get("eval", {}))
+    if "ranker" in m:
+        r = m["ranker"]
+        out += ["## Ranker training", "",
+                f"`{r['model']}`: {r.get('epochs_run', len(r.get('history', [])))} epochs"
+                f"{' (stopped early)' if r.get('stopped_early') else ''}; best validation {r.get('monitor', '')} "
+                f"{_fmt(r.get('best_val'))} at epoch {r.get('best_epoch')}, whose weights are reported.", ""]
     if "graph" in m:
         gm = m["graph"]
         out += ["## Gifting graph", "", f"Built from training `{gm['label']}` positives: "

@@ -51,18 +51,24 @@ def _main_label(m: Dict) -> str:
         return m["data"]["main_label"]
     from .data.dataset import load_dataset          # runs written before metrics carried it
 
-    ds = load_dataset(Path(m["data"]["path"]))
-    return ds.meta.get("main_label", ds.labels[0])
+    return load_dataset(Path(m["data"]["path"])).main_label
 
 
 def ablation_rows(ablation_dir: Path) -> List[Dict]:
-    """``[{variant, auc, gauc}]`` in the order of :data:`graphrec.run.ABLATIONS`, then the baselines."""
+    """``[{variant, auc, gauc, auc_sd, gauc_sd}]`` in the order of :data:`graphrec.run.ABLATIONS`, then the
+    baselines; a variant run with several seeds gives its mean and sd."""
     from .run import ABLATIONS
+    from .seeds import mean_sd
+
+    def row(variant: str, rep: Dict, **extra) -> Dict:
+        (auc, auc_sd), (gauc, gauc_sd) = mean_sd(rep.get("auc")), mean_sd(rep.get("gauc"))
+        return {"variant": variant, "auc": auc, "gauc": gauc, "auc_sd": auc_sd, "gauc_sd": gauc_sd, **extra}
 
     runs = {}
     for sub in sorted(Path(ablation_dir).iterdir()):
         if (sub / "metrics.json").exists():
-            runs[_metrics(sub)["run"]["name"]] = _metrics(sub)
+            m = _metrics(sub)
+            runs[m["run"]["name"] if "run" in m else sub.name] = m
     if not runs:
         raise DataError(f"{ablation_dir}: no run folders with metrics.json (expected a `graphrec.run --ablate` folder)")
     rows, baselines = [], {}
@@ -72,15 +78,13 @@ def ablation_rows(ablation_dir: Path) -> List[Dict]:
             continue
         main = _main_label(m)
         test = m["eval"]["test"]
-        r = test.get(m["ranker"]["model"], {}).get(main, {})
-        rows.append({"variant": variant, "auc": r.get("auc"), "gauc": r.get("gauc")})
+        rows.append(row(variant, test.get(m["ranker"]["model"], {}).get(main, {})))
         for base in ("popularity", "lightgcn", "oracle"):
             if base in test and main in test[base]:
                 baselines.setdefault(base, test[base][main])
     for base in ("popularity", "lightgcn", "oracle"):
         if base in baselines:
-            rows.append({"variant": base, "auc": baselines[base].get("auc"), "gauc": baselines[base].get("gauc"),
-                         "baseline": True})
+            rows.append(row(base, baselines[base], baseline=True))
     return rows
 
 
@@ -94,8 +98,9 @@ def plot_ablation(ablation_dir: Path, out: Path) -> Path:
     auc = [r["auc"] or 0 for r in bars]
     gauc = [r["gauc"] or 0 for r in bars]
     colors = ["#bbbbbb" if r.get("baseline") else "#3b6fb6" for r in bars]
-    ax.bar(x - 0.2, auc, 0.4, color=colors, label="test AUC")
-    ax.bar(x + 0.2, gauc, 0.4, color=colors, alpha=0.55, label="test GAUC")
+    ax.bar(x - 0.2, auc, 0.4, color=colors, label="test AUC", yerr=[r["auc_sd"] or 0 for r in bars], capsize=2)
+    ax.bar(x + 0.2, gauc, 0.4, color=colors, alpha=0.55, label="test GAUC", yerr=[r["gauc_sd"] or 0 for r in bars],
+           capsize=2)
     for i, v in enumerate(auc):
         ax.text(i - 0.2, v + 0.004, f"{v:.3f}", ha="center", fontsize=7, rotation=90)
     if oracle is not None:
@@ -173,7 +178,9 @@ def plot_forecast(run_dir: Path, out: Path, room: Optional[int] = None) -> Path:
 
 
 def plot_training(run_dir: Path, out: Path) -> Path:
-    hist = _metrics(run_dir).get("ranker", {}).get("history", [])
+    ranker = _metrics(run_dir).get("ranker", {})
+    hist = ranker.get("history", [])
+    monitor = ranker.get("monitor") or "gauc"
     if not hist:
         raise DataError(f"{run_dir}/metrics.json: no ranker history (the ranker stage did not run)")
     plt = _pyplot()
@@ -181,11 +188,12 @@ def plot_training(run_dir: Path, out: Path) -> Path:
     epochs = [h["epoch"] for h in hist]
     ax.plot(epochs, [h["train_loss"] for h in hist], "o-", color="#555555", label="train loss")
     ax.set_xlabel("epoch")
-    ax.set_xticks(epochs)
     ax.set_ylabel("train loss")
     ax2 = ax.twinx()
-    ax2.plot(epochs, [h["val_gauc"] for h in hist], "s-", color="#3b6fb6", label="val GAUC")
-    ax2.set_ylabel("validation GAUC (main task)")
+    ax2.plot(epochs, [h.get(f"val_{monitor}") for h in hist], "s-", color="#3b6fb6", label=f"val {monitor}")
+    ax2.set_ylabel(f"validation {monitor} (main task)")
+    if ranker.get("best_epoch"):
+        ax2.axvline(ranker["best_epoch"], color="#cccccc", lw=1, ls="--")
     fig.legend(loc="upper center", fontsize=8, ncol=2)
     return _save(fig, out / "ranker_training.png")
 

@@ -113,11 +113,11 @@ def _write_hparams(writer, cfg: Config, metrics: Dict[str, Any]) -> None:
     hparams = {f"{sec}.{k}": v for sec, keys in cfg.items() for k, v in keys.items()
                if isinstance(v, (int, float, str, bool))}
     final = {}
-    for model, labels in metrics.get("eval", {}).get("test", {}).items():
-        for label, rep in labels.items():
+    for model, entry in metrics.get("eval", {}).get("test", {}).items():
+        for key, rep in entry.items():
             for k, v in rep.items():
                 if isinstance(v, float) and v == v:       # skip NaN
-                    final[f"hparam/test/{model}/{label}/{k}"] = v
+                    final[f"hparam/test/{model}/{key}/{k}"] = v
     if final:
         writer.add_hparams(hparams, final, run_name="hparams")
 
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "then any --set); the ranker restarts from its last epoch checkpoint")
     ap.add_argument("--ablate", action="store_true", help="run every ablation (full, -GIE, -MFQ, -statistic forecast, "
                     "-product forecast, -GraphCL, DIN) and write one report with a row each")
+    ap.add_argument("--seeds", type=int, metavar="N", help="run N seeds (run.seed, run.seed+1, ...) and report mean ± sd "
+                    "(sets run.seeds; with --ablate, every variant)")
     return ap
 
 
@@ -151,50 +153,115 @@ ABLATIONS = {
 }
 
 
-def run_ablation(cfg_file: Optional[str], overrides: Sequence[str]) -> Path:
-    """One run per ablation under ``<out_dir>/<name>-ablate-<time>/`` and a combined ``report.md``."""
-    from .data.dataset import atomic_write_text
+def run_seeds(cfg: Config, config_file: Optional[str] = None, parent: Optional[Path] = None) -> Path:
+    """``cfg.run.seeds`` runs under one parent folder (``seed<s>/`` each) and their mean ± sd there
+    (:mod:`graphrec.seeds`)."""
+    import json
 
-    base = load_config(cfg_file, overrides)
-    parent = make_run_dir(Path(base.run.out_dir), f"{base.run.name}-ablate")
-    rows = []
-    for variant, extra in ABLATIONS.items():
-        cfg = load_config(cfg_file, list(overrides) + extra + [f"run.out_dir={parent}",
-                                                               f"run.name={variant.strip('-').replace('_', '-')}"])
-        result = run(cfg, config_file=cfg_file)
-        rows.append((variant, result.metrics, result.run_dir))
-    atomic_write_text(parent / "report.md", ablation_report(rows))
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .config import Section
+    from .data.dataset import atomic_write_text
+    from .seeds import aggregate, render_report, write_tensorboard
+    from .stage import jsonable
+
+    if parent is None:
+        parent = make_run_dir(Path(cfg.run.out_dir), f"{cfg.run.name}-seeds")
+    atomic_write_text(parent / "config.yaml", cfg.to_yaml())
+    base = cfg.run.seed
+    seeds = [base + i for i in range(cfg.run.seeds)]
+    runs, dirs = [], []
+    for s in seeds:
+        one = Config({k: Section(dict(v)) for k, v in cfg.items()})
+        one.run["seed"], one.run["seeds"] = s, 1
+        child = parent / f"seed{s}"
+        child.mkdir(parents=True, exist_ok=True)
+        runs.append(run(one, config_file=config_file, run_dir=child).metrics)
+        dirs.append(child.name)
+    agg = aggregate(runs, seeds, dirs)
+    agg["config_file"] = config_file
+    atomic_write_text(parent / "metrics.json", json.dumps(agg, indent=2, default=jsonable))
+    atomic_write_text(parent / "report.md", render_report(parent.name, agg, config_file))
+    with SummaryWriter(log_dir=str(parent)) as writer:
+        write_tensorboard(writer, agg)
     return parent
 
 
-def ablation_report(rows) -> str:
-    """Markdown: one row per ``(variant, metrics, run_dir)``, then popularity, LightGCN and the oracle."""
-    def fmt(x):
-        return f"{x:.4f}" if isinstance(x, float) else "–"
+# a variant that removes a module the dataset cannot have is the full model again: it is not run
+NEEDS_TABLE = {"-stat_forecast": "stats", "-product_forecast": "products"}
+
+
+def run_ablation(cfg_file: Optional[str], overrides: Sequence[str]) -> Path:
+    """One run (or one seeds folder, with ``run.seeds`` > 1) per ablation under
+    ``<out_dir>/<name>-ablate-<time>/`` and a combined ``report.md``."""
+    import json
+
+    from .data.dataset import atomic_write_text, read_manifest
+    from .data.sources import dataset_dir
+
+    base = load_config(cfg_file, overrides)
+    tables = read_manifest(dataset_dir(base))["tables"]
+    parent = make_run_dir(Path(base.run.out_dir), f"{base.run.name}-ablate")
+    rows = []
+    for variant, extra in ABLATIONS.items():
+        if variant in NEEDS_TABLE and NEEDS_TABLE[variant] not in tables:
+            rows.append((variant, {"skipped": f"the dataset has no {NEEDS_TABLE[variant]} table: same as full"}, None))
+            continue
+        name = variant.strip("-").replace("_", "-")
+        cfg = load_config(cfg_file, list(overrides) + extra + [f"run.out_dir={parent}", f"run.name={name}"])
+        if cfg.run.seeds > 1:
+            folder = run_seeds(cfg, cfg_file, parent / name)
+            metrics = json.loads((folder / "metrics.json").read_text())
+        else:
+            result = run(cfg, config_file=cfg_file)
+            folder, metrics = result.run_dir, result.metrics
+        rows.append((variant, metrics, folder))
+    atomic_write_text(parent / "report.md", ablation_report(rows, base.eval.k))
+    return parent
+
+
+def ablation_report(rows, k: int = 20) -> str:
+    """Markdown: one row per ``(variant, metrics, run_dir)``, then popularity, LightGCN and the oracle.
+    With several seeds every number is mean ± sd and a variant within the seed sd of the full model is
+    marked as a tie (≈)."""
+    from .seeds import fmt, is_tie
 
     main_label = next((m["data"]["main_label"] for _, m, _ in rows if "main_label" in m.get("data", {})), None)
-    head = ["| variant | model | test AUC | test UAUC | test GAUC | val GAUC | test Recall@20 | test NDCG@20 | run |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    seeds = next((len(m["seeds"]) for _, m, _ in rows if "seeds" in m), 1)
+    cols = [("test", main_label, "auc", "test AUC"), ("test", main_label, "uauc", "test UAUC"),
+            ("test", main_label, "gauc", "test GAUC"), ("val", main_label, "gauc", "val GAUC"),
+            ("test", "topk", f"recall@{k}", f"test Recall@{k}"), ("test", "topk", f"ndcg@{k}", f"test NDCG@{k}"),
+            ("test", "topk_two_stage", f"recall@{k}", f"two-stage Recall@{k}")]
+    head = ["| variant | model | " + " | ".join(c[3] for c in cols) + " | run |", "|---" * (len(cols) + 3) + "|"]
+    full = None
     baselines = {}
     for variant, m, run_dir in rows:
+        if "skipped" in m:
+            head.append(f"| {variant} | – | {m['skipped']} |" + " |" * (len(cols) - 1) + " |")
+            continue
         name = m.get("ranker", {}).get("model")
-        test = m.get("eval", {}).get("test", {})
-        r = test.get(name, {}).get(main_label, {})
-        k = test.get(name, {}).get(f"{main_label}_topk", {})
-        v = m.get("eval", {}).get("val", {}).get(name, {}).get(main_label, {})
-        head.append(f"| {variant} | {name} | {fmt(r.get('auc'))} | {fmt(r.get('uauc'))} | {fmt(r.get('gauc'))} | "
-                    f"{fmt(v.get('gauc'))} | {fmt(k.get('recall@20'))} | {fmt(k.get('ndcg@20'))} | `{Path(run_dir).name}` |")
+        ev = m.get("eval", {})
+        vals = [ev.get(split, {}).get(name, {}).get(key, {}).get(metric) for split, key, metric, _ in cols]
+        if variant == "full":
+            full = vals
+        cells = []
+        for i, v in enumerate(vals):
+            tie = full is not None and variant != "full" and is_tie(v, full[i])
+            cells.append(fmt(v) + (" ≈" if tie else ""))
+        head.append(f"| {variant} | {name} | " + " | ".join(cells) + f" | `{Path(run_dir).name}` |")
         for base in ("popularity", "lightgcn", "oracle"):
-            if base in test and base not in baselines:
-                baselines[base] = test[base]
+            if base in ev.get("test", {}) and base not in baselines:
+                baselines[base] = ev
     for base, label in (("popularity", "popularity"), ("lightgcn", "LightGCN"), ("oracle", "oracle (Bayes-optimal)")):
-        rep = baselines.get(base, {})
-        r, k = rep.get(main_label, {}), rep.get(f"{main_label}_topk", {})
-        if r or k:
-            head.append(f"| {label} | – | {fmt(r.get('auc'))} | {fmt(r.get('uauc'))} | {fmt(r.get('gauc'))} | – | "
-                        f"{fmt(k.get('recall@20'))} | {fmt(k.get('ndcg@20'))} | |")
-    return "\n".join(["# Ablations", "", f"Main task: `{main_label}`. Every variant runs the same data, split and "
-                      "seed; the ranker's top-K is two-stage (see README).", ""] + head + [""])
+        ev = baselines.get(base)
+        if ev is not None:
+            vals = [ev.get(split, {}).get(base, {}).get(key, {}).get(metric) for split, key, metric, _ in cols]
+            head.append(f"| {label} | – | " + " | ".join(fmt(v) for v in vals) + " | |")
+    note = (f"Every number is the mean ± sd over {seeds} seeds; ≈ marks a variant whose gap to the full model is "
+            "smaller than the larger seed sd (a tie)." if seeds > 1 else "One seed.")
+    return "\n".join(["# Ablations", "", f"Main task: `{main_label}`. Every variant runs the same data and split; "
+                      f"each run keeps its best validation epoch. {note} Top-K: the ranker's own full ranking; "
+                      "two-stage: LightGCN's top candidates reranked (see README).", ""] + head + [""])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -209,6 +276,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for s in STAGES:
                 print(f"{s.name:12s} {s.summary}")
             return 0
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+            args.overrides = list(args.overrides) + [f"run.seeds={args.seeds}"]
         if args.ablate:
             parent = run_ablation(args.cfg, args.overrides)
             print(f"ablation report: {parent / 'report.md'}  (tensorboard --logdir {parent})")
@@ -221,6 +292,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = run(cfg, config_file=str(run_dir / "config.yaml"), run_dir=run_dir, resume=True)
         else:
             cfg = load_config(args.cfg, args.overrides)
+            if cfg.run.seeds > 1:
+                parent = run_seeds(cfg, config_file=args.cfg)
+                print(f"{cfg.run.seeds} seeds: {parent / 'report.md'}  (tensorboard --logdir {parent})")
+                return 0
             result = run(cfg, config_file=args.cfg)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

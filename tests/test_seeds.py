@@ -1,0 +1,53 @@
+"""Several seeds of one configuration: the aggregate, ties, and the `--seeds` command."""
+import json
+
+import numpy as np
+import pytest
+
+from graphrec.run import main
+from graphrec.seeds import aggregate, fmt, is_tie, summary
+
+from .conftest import FAST_MODELS, TINY_SIM
+
+
+def test_summary_is_mean_and_sample_sd():
+    s = summary([0.70, 0.72, 0.74])
+    assert s["mean"] == pytest.approx(0.72) and s["sd"] == pytest.approx(0.02) and s["n"] == 3
+    assert summary([0.5])["sd"] == 0.0
+    assert summary([0.5, float("nan")])["n"] == 1                      # a missing value is not a zero
+    assert fmt(s) == "0.7200 ± 0.0200" and fmt(0.5) == "0.5000" and fmt(None) == "–"
+
+
+def test_aggregate_keeps_the_metrics_schema_and_marks_ties():
+    def run(auc, recall):
+        return {"data": {"main_label": "gift"}, "stages": [{"name": "ranker", "seconds": 2.0}],
+                "ranker": {"model": "mmbee", "modules": {}, "history": [{}, {}], "best_epoch": 1, "best_val": auc},
+                "eval": {"test": {"mmbee": {"gift": {"auc": auc}, "topk": {"label": "gift", "recall@20": recall}}}}}
+    agg = aggregate([run(0.70, 0.10), run(0.74, 0.12)], seeds=[0, 1], dirs=["seed0", "seed1"])
+    test = agg["eval"]["test"]["mmbee"]
+    assert test["gift"]["auc"]["mean"] == pytest.approx(0.72) and test["gift"]["auc"]["values"] == [0.70, 0.74]
+    assert test["topk"]["label"] == "gift" and test["topk"]["recall@20"]["sd"] == pytest.approx(np.std([0.1, 0.12], ddof=1))
+    assert agg["ranker"]["epochs_run"]["mean"] == 2 and agg["stage_seconds"]["ranker"]["mean"] == 2.0
+    sd = test["gift"]["auc"]["sd"]                                      # 0.028
+    assert is_tie(test["gift"]["auc"], summary([0.72 + sd / 2] * 2))    # closer than the seed sd: a tie
+    assert not is_tie(test["gift"]["auc"], summary([0.72 + 2 * sd] * 2))
+    assert not is_tie(0.7, 0.7)                                          # single runs have no sd to compare with
+
+
+@pytest.mark.slow
+def test_seeds_command_writes_one_folder_per_seed_and_the_aggregate(tmp_path, capsys):
+    sets = TINY_SIM + FAST_MODELS + ["simulate.num_impressions=6000", "ranker.epochs=1", "lightgcn.enabled=false",
+                                     f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+                                     "run.seed=3"]
+    assert main(["--seeds", "2"] + [a for s in sets for a in ("--set", s)]) == 0
+    parent = next((tmp_path / "runs").iterdir())
+    assert sorted(p.name for p in parent.iterdir() if p.is_dir()) == ["seed3", "seed4"]
+    agg = json.loads((parent / "metrics.json").read_text())
+    runs = [json.loads((parent / f"seed{s}" / "metrics.json").read_text()) for s in (3, 4)]
+    assert [r["run"]["seed"] for r in runs] == [3, 4]
+    assert runs[0]["data"]["path"] == runs[1]["data"]["path"]           # one simulated world for every seed
+    values = [r["eval"]["test"]["mmbee"]["gift"]["auc"] for r in runs]
+    assert agg["eval"]["test"]["mmbee"]["gift"]["auc"]["values"] == pytest.approx(values)
+    assert agg["seeds"] == [3, 4] and "±" in (parent / "report.md").read_text()
+    assert main(["--seeds", "0"] + [a for s in sets for a in ("--set", s)]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err

@@ -91,13 +91,14 @@ def test_scale_benchmark_reports_time_and_memory_per_stage(tmp_path, capsys):
     assert "peak RSS" in capsys.readouterr().out
 
 
-def test_dist_benchmark_table_reads_both_metrics_layouts():
+def test_dist_benchmark_table_reads_the_one_metrics_schema():
     from graphrec.bench.dist import _row, format_table
 
     standalone = {"eval": {"val": {"mmbee": {"gift": {"auc": 0.71, "gauc": 0.70}}},
                            "test": {"mmbee": {"gift": {"auc": 0.72}}}},
                   "ranker": {"model": "mmbee", "history": [{}, {}]}}
-    dist = {"dist": {}, "eval": {"val": {"gift": {"auc": 0.69, "gauc": 0.68}}, "test": {"gift": {"auc": 0.70}}},
+    dist = {"dist": {}, "eval": {"val": {"mmbee": {"gift": {"auc": 0.69, "gauc": 0.68}}},
+                                 "test": {"mmbee": {"gift": {"auc": 0.70}}}},
             "ranker": {"model": "mmbee", "history": [{}, {}, {}]}}
     rows = [_row("standalone", "1 process", "gift", standalone, 10.0, 12.0),
             _row("1 machine x 2", "1 server + 2 trainers", "gift", dist, 8.0, 9.5),

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-COMMON = ["ranker.topk_candidates=0", "lightgcn.enabled=false", "run.progress=false"]
+COMMON = ["eval.topk=false", "eval.two_stage_candidates=0", "lightgcn.enabled=false", "run.progress=false"]
 
 
 def _free_port() -> int:
@@ -40,9 +40,10 @@ def _run(argv: List[str], env=None, timeout: float = 3600) -> subprocess.Complet
 
 
 def _row(setup: str, processes: str, main: str, metrics: Dict, train_s: float, wall_s: float) -> Dict:
-    ev = metrics["eval"]
-    pick = (lambda split: ev[split].get(main, {})) if "dist" in metrics else \
-        (lambda split: ev[split][metrics["ranker"]["model"]].get(main, {}))
+    ev, model = metrics["eval"], metrics["ranker"]["model"]
+
+    def pick(split: str) -> Dict:
+        return ev[split][model].get(main, {})
     return {"setup": setup, "processes": processes, "train_seconds": train_s, "wall_seconds": wall_s,
             "val_auc": pick("val").get("auc"), "val_gauc": pick("val").get("gauc"), "test_auc": pick("test").get("auc"),
             "epochs": len(metrics["ranker"]["history"])}

@@ -22,11 +22,13 @@ import torch
 
 from . import write_results
 
-DIN_MODULES = {"metapaths": [], "theta_pretrained": False, "modalities": [], "stat_forecast": False,
-               "product_forecast": False}
+def din_modules(mods: Dict) -> Dict:
+    """The plain DIN ranker of the same run: every MMBee / LiveForesighter module off, base features kept."""
+    return {**mods, "metapaths": [], "theta_pretrained": False, "modalities": [], "stat_forecast": False,
+            "product_forecast": False}
 
 
-def prepare(cfg_path: Optional[str], overrides: List[str], workdir: Path):
+def prepare(cfg_path: Optional[str], overrides: List[str], workdir: Path, device: str = "cpu"):
     """Run the pipeline stages that precede the ranker; returns the run context."""
     import logging
 
@@ -37,7 +39,7 @@ def prepare(cfg_path: Optional[str], overrides: List[str], workdir: Path):
 
     cfg = load_config(cfg_path, list(overrides) + ["run.progress=false"])
     log = logging.getLogger("graphrec.bench")
-    ctx = RunContext(cfg=cfg, run_dir=workdir, log=log, writer=SummaryWriter(str(workdir / "tb")), device="cpu",
+    ctx = RunContext(cfg=cfg, run_dir=workdir, log=log, writer=SummaryWriter(str(workdir / "tb")), device=device,
                      progress=False)
     upto = [s for s in STAGES if s.name in ("data", "graph", "expansion", "graphcl", "stat_forecast",
                                             "product_forecast")]
@@ -46,30 +48,68 @@ def prepare(cfg_path: Optional[str], overrides: List[str], workdir: Path):
 
 
 def train_throughput(ctx, impressions: int, repeats: int = 1) -> Dict:
+    """Impressions per second of ranker training (batch building included) through the one training loop,
+    every module on vs the plain DIN ranker; the first epoch warms up, the best of ``repeats`` counts."""
+    from ..fit import FitSpec, fit
     from ..ranking.stage import build_ranker, enabled_modules
-    from ..ranking.train import _loader
+    from ..ranking.train import RankerObjective, RankerTask
 
-    train_idx = np.flatnonzero(ctx.dataset.impressions["split"] == 0)[:impressions]
+    ds, cfg = ctx.dataset, ctx.cfg
+    train_idx = np.flatnonzero(ds.impressions["split"] == 0)[:impressions]
+    mods = enabled_modules(cfg, ds, ctx.state)
     out = {}
-    for name, mods in (("mmbee", enabled_modules(ctx)), ("din", DIN_MODULES)):
-        model, builder, _ = build_ranker(ctx, mods, ctx.run_dir / f"dist-{name}")
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        weights = torch.ones(len(builder.cfg.tasks))
-        best = float("inf")
-        for rep in range(repeats + 1):                     # the first pass warms up
-            torch.manual_seed(rep)
-            t = time.perf_counter()
-            for batch in _loader(train_idx, ctx.cfg.ranker.batch_size, lambda b: builder(b, train=True), shuffle=True):
-                loss = model.loss(model(batch), batch["labels"], weights)
+    for name, m in (("mmbee", mods), ("din", din_modules(mods))):
+        model, builder, spec = build_ranker(cfg, ds, m, ctx.state, device=ctx.device)
+        objective = RankerObjective(spec.tasks, ds.labels, {t: 1.0 for t in ds.labels}, ds.implicit,
+                                    ds.main_label if ds.implicit else ("exposure" if "exposure" in spec.tasks else None))
+        task = RankerTask(builder, train_idx, cfg.ranker.batch_size, objective)
+        res = fit(model, task, FitSpec(epochs=repeats + 1, lr=1e-3, amp=cfg.run.amp, tag=f"bench-{name}"), ctx.device)
+        best = min(h["seconds"] for h in res.history[1:])
+        out[name] = {"impressions_per_s": len(train_idx) / best, "parameters": int(sum(p.numel() for p in model.parameters())),
+                     "modules": m}
+        out[name]["breakdown_ms_per_batch"] = breakdown(model, task, ctx.device)
+    out["cost_ratio"] = out["din"]["impressions_per_s"] / out["mmbee"]["impressions_per_s"]
+    out["impressions"] = int(len(train_idx))
+    out["device"] = ctx.device
+    return out
+
+
+PARTS = ("batch building", "ranker.user_side", "ranker.author_side", "ranker.mfq", "ranker.pair",
+         "backward + optimizer")
+
+
+def breakdown(model, task, device: str, batches: int = 8) -> Dict[str, float]:
+    """Where one training step's time goes (ms per batch): batch building, the forward parts of the ranker
+    (``ranker.mfq`` is inside ``ranker.author_side``), and the rest (loss, backward, Adam)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from ..fit import to_device
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    it = iter(task.batches(0, np.random.default_rng(0)))
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    n, total = 0, 0.0
+    with profile(activities=acts) as prof:
+        for _ in range(batches):
+            t0 = time.perf_counter()
+            with record_function("batch building"):
+                try:
+                    batch = to_device(next(it), torch.device(device))
+                except StopIteration:
+                    break
+            loss = task.loss(model, batch)[0]
+            with record_function("backward + optimizer"):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            if rep:
-                best = min(best, time.perf_counter() - t)
-        out[name] = {"impressions_per_s": len(train_idx) / best, "parameters": int(sum(p.numel() for p in model.parameters())),
-                     "modules": mods}
-    out["cost_ratio"] = out["din"]["impressions_per_s"] / out["mmbee"]["impressions_per_s"]
-    out["impressions"] = int(len(train_idx))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            total += time.perf_counter() - t0
+            n += 1
+    times = {e.key: e.cpu_time_total / 1000.0 for e in prof.key_averages() if e.key in PARTS}
+    out = {k: times.get(k, 0.0) / max(n, 1) for k in PARTS}
+    out["step"] = total * 1000.0 / max(n, 1)
     return out
 
 
@@ -96,38 +136,37 @@ class OnlineExpansions:
 
 
 def serve_latency(ctx, requests: int, candidates: int, seed: int = 0) -> Dict:
-    from ..gie.metapath import METAPATHS
     from ..ranking.stage import build_ranker, enabled_modules
+    from ..schema import METAPATHS
+    from ..serve import SegmentCache
 
     ds = ctx.dataset
-    model, builder, _ = build_ranker(ctx, enabled_modules(ctx), ctx.run_dir / "dist-serve")
+    model, builder, _ = build_ranker(ctx.cfg, ds, enabled_modules(ctx.cfg, ds, ctx.state), ctx.state)
     model.eval()
     rng = np.random.default_rng(seed)
     t_now = int(ds.impressions["time"].max())
     ks = {m: ctx.cfg.expansion[f"k_{m}"] for m in METAPATHS}
-    from ..serve import AuthorSideCache
-
-    cache = AuthorSideCache(model, builder)
-    variants = {"offline cache": (builder.store, builder.build),
-                "offline cache + room cache": (builder.store, cache.build),
-                "online walk": (OnlineExpansions(builder.store, ctx.state["graph"], ks, seed), builder.build)}
+    cache = SegmentCache()
+    offline = builder.store
+    variants = {"offline cache": (offline, None), "offline cache + room cache": (offline, cache),
+                "online walk": (OnlineExpansions(offline, ctx.state["graph"], ks, seed), None)}
     out = {}
-    for name, (store, build) in variants.items():
-        builder.store = store
+    for name, (store, seg_cache) in variants.items():
+        builder.store, model.segment_cache = store, seg_cache
         lat = []
         for r in range(requests + 10):                     # the first 10 warm up
             u = np.full(candidates, rng.integers(0, ds.num_users))
             a = rng.choice(ds.num_authors, candidates, replace=candidates > ds.num_authors)
             t = time.perf_counter()
             with torch.no_grad():
-                scores = torch.sigmoid(model(build(u, a, np.full(candidates, t_now))))
+                scores = torch.sigmoid(model(builder.pairs(u, a, np.full(candidates, t_now)))[:, 0])
                 scores[:, 0].argsort(descending=True)
             if r >= 10:
                 lat.append((time.perf_counter() - t) * 1000)
         lat = np.array(lat)
         out[name] = {"p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
                      "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean())}
-    builder.store = variants["offline cache"][0]
+    builder.store, model.segment_cache = offline, None
     out["room_cache"] = {"hits": cache.hits, "misses": cache.misses}
     out["requests"], out["candidates"], out["torch_threads"] = requests, candidates, torch.get_num_threads()
     return out
@@ -145,16 +184,23 @@ def train_main(argv: Optional[List[str]] = None) -> int:
     ap = _common("python -m graphrec.bench train", "ranker training throughput: every module on vs plain DIN")
     ap.add_argument("--impressions", type=int, default=100_000, help="training impressions per timed pass")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the ranker trains")
     args = ap.parse_args(argv)
+    from ..run import resolve_device
+
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = prepare(args.cfg, args.overrides, Path(tmp))
+        ctx = prepare(args.cfg, args.overrides, Path(tmp), resolve_device(args.device))
         res = train_throughput(ctx, args.impressions, args.repeats)
     print(f"{'model':8s} {'impressions/s':>14s} {'parameters':>11s}")
     for name in ("mmbee", "din"):
         print(f"{name:8s} {res[name]['impressions_per_s']:14.0f} {res[name]['parameters']:11,d}")
-    print(f"cost of every module on: {res['cost_ratio']:.2f}x the plain DIN ranker (target <= 2.5x); "
-          f"{res['impressions']:,} impressions per pass, batch {ctx.cfg.ranker.batch_size}, "
-          f"{torch.get_num_threads()} torch threads")
+    print("\nwhere a training step's time goes (ms per batch; ranker.mfq is part of ranker.author_side):")
+    print(f"{'part':22s} " + " ".join(f"{n:>8s}" for n in ("mmbee", "din")))
+    for part in PARTS + ("step",):
+        print(f"{part:22s} " + " ".join(f"{res[n]['breakdown_ms_per_batch'][part]:8.1f}" for n in ("mmbee", "din")))
+    print(f"cost of every module on: {res['cost_ratio']:.2f}x the plain DIN ranker (target <= 2.5x in "
+          f"DESIGN.md); {res['impressions']:,} impressions per pass, batch {ctx.cfg.ranker.batch_size}, "
+          f"device {res['device']}, {torch.get_num_threads()} torch threads")
     write_results(res, args.out or "runs/bench/train.json")
     return 0
 

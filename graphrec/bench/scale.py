@@ -5,7 +5,7 @@ Presets (``--set`` overrides anything):
 * ``full``: 1,000,000 users, 100,000 streamers, 20,000,000 impressions;
 * ``small``: 100,000 users, 10,000 streamers, 2,000,000 impressions.
 
-Full-ranking evaluations against every author (LightGCN, the ranker's two-stage top-K) are off: at
+Full-ranking evaluations against every author (LightGCN, the top-K of every model) are off: at
 100k authors they would dominate the run without saying anything about the pipeline's scaling.
 One ranker epoch on a seeded sample of ``--ranker-impressions`` training impressions; the table
 extrapolates a full epoch from its rate. The pipeline runs in a child process; its peak RSS is read
@@ -27,7 +27,8 @@ PRESETS = {
     "full": ["simulate.num_users=1000000", "simulate.num_authors=100000", "simulate.num_impressions=20000000"],
     "small": ["simulate.num_users=100000", "simulate.num_authors=10000", "simulate.num_impressions=2000000"],
 }
-FIXED = ["lightgcn.enabled=false", "ranker.topk_candidates=0", "ranker.epochs=1", "run.progress=false"]
+FIXED = ["lightgcn.enabled=false", "eval.topk=false", "eval.two_stage_candidates=0", "ranker.epochs=1",
+         "run.progress=false"]
 
 
 def run(preset: str, overrides: List[str], ranker_impressions: int, workdir: Path, cfg: Optional[str] = None,

@@ -25,8 +25,9 @@ from .conftest import FAST_MODELS, TINY_SIM
 from .test_gie import exact_endpoint_distribution, toy_graph
 
 # a world where the ranker learns something in a few seconds
-DIST_SETS = TINY_SIM + FAST_MODELS + ["ranker.epochs=4", "ranker.batch_size=256", "ranker.topk_candidates=0",
-                                      "lightgcn.enabled=false", "run.progress=false"]
+# 5% gifts: enough validation positives (~150) that standalone and distributed AUCs can be compared.
+DIST_SETS = TINY_SIM + FAST_MODELS + ["simulate.gift_rate=0.05", "ranker.epochs=4", "ranker.batch_size=256",
+                                      "eval.two_stage_candidates=0", "lightgcn.enabled=false", "run.progress=false"]
 
 
 def free_port() -> int:
@@ -57,7 +58,7 @@ def loopback_ip_config(tmp_path) -> Path:
 # ----------------------------------------------------------------------------- the walker (standalone)
 @pytest.fixture
 def toy_store(tmp_path):
-    from graphrec.ranking.store import FeatureStore, partition_features
+    from graphrec.dist.store import FeatureStore, partition_features
 
     g = toy_graph()
     orig = partition_features(g, 5, 4, None, {"user": {"x": torch.zeros(5, 1)}}, tmp_path, "toywalk")
@@ -70,7 +71,7 @@ def test_dist_walker_samples_the_exact_endpoint_distribution(toy_store, name):
 
     g, store = toy_store
     walker = DistWalker(store.graph)
-    seed_type, etypes = METAPATHS[name]
+    seed_type, etypes = METAPATHS[name].seed, METAPATHS[name].etypes
     end_type = g.to_canonical_etype(etypes[-1])[2]
     n = 20000
     gen = torch.Generator().manual_seed(0)
@@ -130,15 +131,14 @@ def test_partition_keeps_features_and_the_id_mapping(tmp_path):
     ds = load_dataset(dataset_dir(cfg))
     assert sorted(orig["user"].tolist()) == list(range(ds.num_users))
     assert sorted(orig["author"].tolist()) == list(range(ds.num_authors))
-    stats = ds.tables["stats"]
-    start = np.zeros(ds.num_authors, np.int64)
-    start[stats["author"]] = stats["start"]
+    with np.load(Path(prepared["prepared_by"]) / "expansions.npz") as z:
+        a2a = z["a2a"]
     seen = 0
     for part in range(2):
         _, node_feats, _, gpb, _, _, _ = dgl.distributed.load_partition(part_dir / prepared["part_config"], part)
         local = gpb.partid2nids(part, "author")                       # new ids owned by this part
-        got = node_feats["author/stats_start"].numpy()
-        np.testing.assert_array_equal(got, start[orig["author"][local].numpy()])
+        got = node_feats["author/exp_a2a"].numpy()
+        np.testing.assert_array_equal(got, a2a[orig["author"][local].numpy()])
         seen += len(local)
     assert seen == ds.num_authors
     other = load_config(None, overrides + ["run.seed=5"])
@@ -207,13 +207,24 @@ def _assert_disjoint_and_complete(shares, num_impressions):
     assert all(len(s["train"]) > 0 for s in shares)
 
 
-def _standalone_val_auc(tmp_path):
+def _standalone_val_auc(tmp_path, world: int):
+    """The standalone run that ``world`` DDP trainers of batch 256 match step for step: each of their
+    optimizer steps averages ``world`` batches, i.e. one standalone batch of ``world * 256``."""
     from graphrec.config import load_config
     from graphrec.run import run
 
-    cfg = load_config(None, [x for x in sets(tmp_path) if x != "--set"])
+    cfg = load_config(None, [x for x in sets(tmp_path, [f"ranker.batch_size={256 * world}"]) if x != "--set"])
     m = run(cfg).metrics
-    return m["eval"]["val"]["mmbee"]["gift"]["auc"], m["data"]
+    return _last_epoch_auc(m), m["data"], m
+
+
+def _last_epoch_auc(m) -> float:
+    """Validation AUC after the last epoch: training progress, without the noise of picking the best epoch
+    by GAUC on ~150 positives. The reported AUC is the best epoch's, the same number as in the history."""
+    history = m["ranker"]["history"]
+    best = history[m["ranker"]["best_epoch"] - 1]["val_auc"]
+    assert abs(m["eval"]["val"]["mmbee"]["gift"]["auc"] - best) < 1e-4, (m["eval"]["val"]["mmbee"]["gift"]["auc"], best)
+    return history[-1]["val_auc"]
 
 
 @pytest.mark.slow
@@ -225,7 +236,11 @@ def test_one_machine_one_server_two_trainers(tmp_path):
     assert r.returncode == 0, r.stderr[-4000:]
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dist"]["world_size"] == 2 and len(m["ranker"]["history"]) == 4
-    auc, data = _standalone_val_auc(tmp_path)
+    auc, data, standalone = _standalone_val_auc(tmp_path, world=2)
+    for split in ("val", "test"):                 # one metrics schema, standalone or distributed
+        assert set(m["eval"][split]["mmbee"]) == set(standalone["eval"][split]["mmbee"]) == \
+            {"click", "long_view", "gift", "purchase", "topk"}
+    assert set(m["ranker"]) >= {"model", "modules", "history", "best_epoch", "best_val", "epochs_run"}
     shares = _shares(run_dir, 2)
     _assert_disjoint_and_complete(shares, data["impressions"])
     from graphrec.data.dataset import load_dataset
@@ -233,7 +248,7 @@ def test_one_machine_one_server_two_trainers(tmp_path):
     users = load_dataset(Path(data["path"])).impressions["user"]
     owned = [set(users[np.concatenate(list(s.values()))].tolist()) for s in shares]
     assert not owned[0] & owned[1]        # node_split gives each user (and all their impressions) to one trainer
-    assert abs(m["eval"]["val"]["gift"]["auc"] - auc) < 0.05, (m["eval"]["val"]["gift"]["auc"], auc)
+    assert abs(_last_epoch_auc(m) - auc) < 0.05, (_last_epoch_auc(m), auc)
 
 
 @pytest.mark.slow
@@ -289,7 +304,7 @@ def test_crashed_trainer_is_restarted_from_the_last_checkpoint(tmp_path):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["ranker"]["resumed_from_epoch"] >= 1
     assert [h["epoch"] for h in m["ranker"]["history"]] == [1, 2, 3]
-    assert "resumed ranker training" in r.stderr
+    assert "ranker: resumed after epoch" in r.stderr
 
 
 # ----------------------------------------------------------------------------- two simulated machines
@@ -345,7 +360,8 @@ def _assert_walks_follow_the_graph(tmp_path, run_dir):
         with np.load(path) as z:
             for name in METAPATHS:
                 walked.setdefault(name, []).append((z[f"{name}_seeds"], z[name]))
-    for name, (seed_type, etypes) in METAPATHS.items():
+    for name, mp in METAPATHS.items():
+        seed_type, etypes = mp.seed, mp.etypes
         seeds = np.concatenate([s for s, _ in walked[name]])
         assert sorted(seeds.tolist()) == list(range(g.num_nodes(seed_type))), name
         for s_ids, ends in walked[name]:
@@ -367,10 +383,10 @@ def test_two_machines_one_server_one_trainer_each(tmp_path, two_machines):
     assert codes == [0, 0], "\n".join(e[-3000:] for e in errs)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dist"]["world_size"] == 2 and m["dist"]["num_parts"] == 2
-    auc, data = _standalone_val_auc(tmp_path)
+    auc, data, _ = _standalone_val_auc(tmp_path, world=2)
     _assert_disjoint_and_complete(_shares(run_dir, 2), data["impressions"])
-    assert abs(m["eval"]["val"]["gift"]["auc"] - auc) < 0.05, (m["eval"]["val"]["gift"]["auc"], auc)
-    print(f"2x1 wall {time.monotonic() - t0:.1f}s, val AUC {m['eval']['val']['gift']['auc']:.4f} "
+    assert abs(_last_epoch_auc(m) - auc) < 0.05, (_last_epoch_auc(m), auc)
+    print(f"2x1 wall {time.monotonic() - t0:.1f}s, val AUC {m['eval']['val']['mmbee']['gift']['auc']:.4f} "
           f"(standalone {auc:.4f})")
 
     # the walked expansions across both partitions (remote sampling through the other server)

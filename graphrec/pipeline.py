@@ -363,7 +363,7 @@ def metrics_tables(evals: Dict[str, Any]) -> List[str]:
             keys = list(dict.fromkeys(k for _, _, rep in topk for k in rep if k not in skip))   # union, in order
             out += ["| model | ranking | label | " + " | ".join(keys) + " | users |", "|---" * (len(keys) + 4) + "|"]
             for model, key, rep in topk:
-                how = "full" if key == "topk" else f"two-stage ({rep.get('retriever')} top {rep.get('candidates')})"
+                how = "full" if key == "topk" else f"two-stage ({rep.get('retriever')} top {_count(rep.get('candidates'))})"
                 out.append(f"| {model} | {how} | {rep.get('label')} | " + " | ".join(_fmt(rep.get(k)) for k in keys)
                            + f" | {_count(rep.get('users'))} |")
             out.append("")

@@ -48,6 +48,8 @@ def test_seeds_command_writes_one_folder_per_seed_and_the_aggregate(tmp_path, ca
     assert runs[0]["data"]["path"] == runs[1]["data"]["path"]           # one simulated world for every seed
     values = [r["eval"]["test"]["mmbee"]["gift"]["auc"] for r in runs]
     assert agg["eval"]["test"]["mmbee"]["gift"]["auc"]["values"] == pytest.approx(values)
-    assert agg["seeds"] == [3, 4] and "±" in (parent / "report.md").read_text()
+    report = (parent / "report.md").read_text()
+    assert agg["seeds"] == [3, 4] and "±" in report
+    assert "two-stage (popularity top 20)" in report and "{'mean'" not in report     # counts print as counts
     assert main(["--seeds", "0"] + [a for s in sets for a in ("--set", s)]) == 2
     assert "--seeds must be at least 1" in capsys.readouterr().err

@@ -10,7 +10,8 @@ early stopping on the validation metric with the best epoch's weights restored, 
 Determinism: every source of randomness of an epoch is derived from ``(seed, epoch, rank)`` at the
 epoch's start (``torch.manual_seed`` for dropout and torch sampling, a fresh ``numpy`` generator handed
 to :meth:`Task.batches`), so a run resumed from the checkpoint of epoch ``e`` continues exactly as the
-uninterrupted run would have (on CPU). Plain PyTorch: importing this module does not import DGL.
+uninterrupted run would have (on CPU with one intra-op thread; with several, float reductions
+may add in another order and differ in the last bits). Plain PyTorch: importing this module does not import DGL.
 """
 from __future__ import annotations
 

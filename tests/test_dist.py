@@ -321,7 +321,9 @@ def two_machines():
 
 
 def _launch_on(machines, args, run_dir, only=None, timeout=300):
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0"}
+    # one intra-op thread each: two machines' servers and trainers share this host's cores, and
+    # oversubscribed OpenMP threads once made a run exceed the timeout
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0", "OMP_NUM_THREADS": "1"}
     procs = []
     for i, m in enumerate(machines):
         if only is not None and i not in only:

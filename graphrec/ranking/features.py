@@ -54,9 +54,6 @@ class TensorStore:
                 self.data[nt][name] = t
         return restore
 
-    def nbytes(self) -> int:
-        return sum(v.numel() * v.element_size() for feats in self.data.values() for v in feats.values())
-
 
 def _left_compact(ids: np.ndarray, valid: np.ndarray, length: int) -> np.ndarray:
     """Per row, the valid entries moved to the front (order kept), PAD after, ``length`` columns."""

@@ -30,6 +30,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function   # names the ranker's parts in profiles (bench train)
 from torch import nn
 
 from ..ranking.batch import Batch, RoomPart, UserPart
@@ -205,8 +206,6 @@ class Ranker(nn.Module):
         fields = torch.cat(parts, dim=1)[inv]                       # distinct authors -> candidates
         room = [fields]
         if self.mfq is not None:                                    # once per distinct segment on air
-            from torch.profiler import record_function
-
             with record_function("ranker.mfq"):
                 if self.segment_cache is not None:
                     h_m = self.segment_cache.vectors(self.mfq, rp.tokens, rp.seg_author, rp.seg_key)
@@ -244,8 +243,6 @@ class Ranker(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits ``[B, C, heads]`` of every row's candidates."""
-        from torch.profiler import record_function       # names the parts in profiles (bench train --profile)
-
         with record_function("ranker.user_side"):
             ur = self.user_side(batch.users)
         with record_function("ranker.author_side"):

@@ -8,7 +8,8 @@ per candidate:
 * :class:`TargetAttention` — DIN's (Zhou et al., KDD 2018; FuxiCTR's ``DIN_Attention``): each
   behaviour ``h_i`` is scored against the target ``t`` by an MLP over ``[t, h_i, t − h_i, t · h_i]``.
   The MLP's first layer is linear, so it splits exactly into a target part, a behaviour part and
-  the ``t · h_i`` part; only the last depends on the pair.
+  the ``t · h_i`` part; only the last depends on the pair (a ``[B, C, L, d]`` product, the smallest
+  tensor of the pair: the layer's output is ``[B, C, L, h]`` with ``h ≥ d`` by default).
 * :class:`DotTargetAttention` — scaled dot-product attention with the target as the query (the
   multi-head target attention of Kuaishou's rankers; MMBee pools its expanded sequences this way).
 
@@ -63,12 +64,11 @@ class TargetAttention(nn.Module):
         (``target [N, d]``, ``cand [B, C]``; ``None``: all ``N`` for every row)."""
         first = self.score[0]
         w_t, w_h, w_diff, w_prod = first.weight.split(self.dim, dim=1)
-        B, L, d = seq.shape
         t_part = at(target @ (w_t + w_diff).T, cand)                  # [B|1, C, h]  once per target
         h_part = seq @ (w_h - w_diff).T                               # [B, L, h]  once per sequence
-        hw = torch.einsum("bld,hd->bdlh", seq, w_prod).reshape(B, d, -1)
-        pre = torch.matmul(at(target, cand), hw).view(B, _width(target, cand), L, -1)   # the pair part
-        pre = pre.add_((h_part + first.bias).unsqueeze(1)).add_(t_part.unsqueeze(2))   # in place: bmm keeps no output
+        prod = at(target, cand).unsqueeze(2) * seq.unsqueeze(1)       # [B, C, L, d]  the pair part: t · h_i
+        pre = torch.matmul(prod, w_prod.T)                            # [B, C, L, h]
+        pre = pre.add_((h_part + first.bias).unsqueeze(1)).add_(t_part.unsqueeze(2))   # in place: matmul keeps no output
         return self.score[1:](pre).squeeze(-1)
 
     def grid(self, target: torch.Tensor, seq: torch.Tensor, seq_mask: torch.Tensor, cand: Optional[torch.Tensor],

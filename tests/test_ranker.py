@@ -6,7 +6,7 @@ import torch
 
 from graphrec.models.din import DotTargetAttention, TargetAttention
 from graphrec.ranking.batches import side_features
-from graphrec.ranking.features import PAD, AuthorActivity, History
+from graphrec.ranking.features import PAD, Activity, History
 
 
 def test_target_attention_gives_padding_exactly_zero_weight():
@@ -69,14 +69,14 @@ def test_history_without_timestamps_hides_the_rows_own_target_only():
 
 def test_author_activity_counts_only_the_past_and_leaves_the_row_out():
     # author 0: impressions at t=0 (pos), 10 (neg), 20 (pos); author 1: t=5 (neg)
-    act = AuthorActivity(np.array([0, 0, 0, 1]), np.array([0, 10, 20, 5]), np.array([1, 0, 1, 0]), 2, timed=True,
+    act = Activity(np.array([0, 0, 0, 1]), np.array([0, 10, 20, 5]), np.array([1, 0, 1, 0]), 2, timed=True,
                          windows=[15])
     f = act.features(np.array([0, 0, 0, 1]), np.array([0, 20, 21, 100]))
     # columns per window: log1p(impressions), log1p(positives), smoothed rate; then all time
     assert np.expm1(f[:, 0]).round().tolist() == [0, 1, 2, 0]          # [t-15, t)
     assert np.expm1(f[:, 3]).round().tolist() == [0, 2, 3, 1]          # all before t
     assert np.expm1(f[:, 4]).round().tolist() == [0, 1, 2, 0]
-    untimed = AuthorActivity(np.array([0, 0, 1]), np.zeros(3), np.ones(3), 2, timed=False, implicit=True)
+    untimed = Activity(np.array([0, 0, 1]), np.zeros(3), np.ones(3), 2, timed=False, implicit=True)
     g = untimed.features(np.array([0, 0, 1]), np.zeros(3), own=np.array([1.0, 0.0, 1.0]))
     assert np.expm1(g[:, 0]).round().tolist() == [1, 2, 0]             # a training row does not count itself
 
@@ -234,3 +234,17 @@ def test_without_user_ids_there_is_no_user_table(tiny):
     saved = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
     assert saved >= spec.num_users * spec.id_dim                  # the table (and its input widths) are gone
     assert plain(builder.impressions(np.arange(8))).shape == (8, 1, len(spec.tasks))
+
+
+def test_user_activity_counts_the_users_past_impressions_and_gifts(tiny):
+    """The user side carries the user's impressions and gifts strictly before the row (no future)."""
+    _, ds, model, builder = tiny
+    imp = ds.impressions
+    idx = np.arange(len(imp["user"]))[::97]
+    batch = builder.impressions(idx)
+    assert model.spec.user_activity_dim == batch.users.activity.shape[1]
+    n_all, g_all = np.expm1(batch.users.activity[:, -3:-1].numpy()).round().T      # all time before the row
+    for i, r in enumerate(idx):
+        before = (imp["user"] == imp["user"][r]) & (imp["time"] < imp["time"][r])
+        assert n_all[i] == before.sum() and g_all[i] == imp["gift"][before].sum()
+    assert n_all.max() > 0 and g_all.max() > 0                  # the check is not vacuous

@@ -30,7 +30,7 @@ SIGNATURE_SECTIONS = ("data", "simulate", "graph", "expansion", "graphcl", "stat
 SIGNATURE_KEYS = (("run", "seed"), ("ranker", "use_gie"), ("ranker", "use_mfq"), ("ranker", "use_stat_forecast"),
                   ("ranker", "use_product_forecast"), ("ranker", "use_u2a2u"), ("ranker", "use_u2a2u2a"),
                   ("ranker", "use_u2a2a"), ("ranker", "use_a2a"), ("ranker", "use_a2u2a"), ("ranker", "realtime_steps"),
-                  ("ranker", "use_activity"), ("ranker", "exposure_head"))
+                  ("ranker", "use_activity"), ("ranker", "use_user_activity"), ("ranker", "exposure_head"))
 CHECKPOINTS = {"stat_forecast": "stat_forecast.pt", "product_forecast": "product_forecast.pt"}
 
 

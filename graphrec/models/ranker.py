@@ -3,7 +3,8 @@
 A score for (user, author, time) is built from three parts, each computed once for what it
 depends on (so that one user can be scored against every author, and a batch's rooms share work):
 
-* **user side** (per row): the user's id and side features, the mean of each behaviour history, with
+* **user side** (per row): the user's id and side features, their recent activity (impressions and
+  positives before the row), the mean of each behaviour history, with
   GIE its pretrained Θ and the ``u2a2u`` expansion (similar users) pooled against it;
 * **author side** (per candidate; pieces per distinct author or segment): the author's id and side
   features, with GIE its Θ and the ``a2a`` / ``a2u2a`` expansions pooled against it, with MFQ ``h_m``
@@ -60,6 +61,7 @@ class RankerSpec:
     stat_dim: int = 0                                             # stat forecaster feature size (0 = off)
     realtime_dim: int = 0                                         # latest room statistics (0 = off)
     popularity_dim: int = 0                                       # author activity features (0 = off)
+    user_activity_dim: int = 0                                    # user activity features (0 = off)
     product_cats: int = 0                                         # num_cat3 (0 = off)
     product_enc_dim: int = 0
     mlp: List[int] = field(default_factory=lambda: [256, 128])
@@ -105,7 +107,10 @@ class Ranker(nn.Module):
         self.author_dense = nn.Linear(spec.author_dense, d) if spec.author_dense else None
         self.hist_att = nn.ModuleDict({h: TargetAttention(d, (spec.attention_hidden,)) for h in spec.histories})
         H = len(spec.histories)
-        user_w = d * (spec.user_id + H + len(spec.user_cats) + bool(spec.user_dense))   # id, history means, side
+        user_w = d * (spec.user_id + H + len(spec.user_cats) + bool(spec.user_dense)    # id, history means, side,
+                      + bool(spec.user_activity_dim))                                    # activity
+        self.user_activity = (nn.Sequential(nn.LayerNorm(spec.user_activity_dim), nn.Linear(spec.user_activity_dim, d))
+                              if spec.user_activity_dim else None)
         author_w = d * (1 + len(spec.author_cats) + bool(spec.author_dense))    # id, side
         pair_w = d * H                                                          # DIN history pools
         self.pair_seqs = pair_user_seqs(spec.metapaths)
@@ -173,6 +178,8 @@ class Ranker(nn.Module):
         parts += [self.user_cat[k](up.cats[k]) for k in self.user_cat]
         if self.user_dense is not None:
             parts.append(self.user_dense(up.dense))
+        if self.user_activity is not None:
+            parts.append(self.user_activity(up.activity))
         seqs: Dict[str, torch.Tensor] = {}
         seq_ids: Dict[str, torch.Tensor] = {}
         if self.spec.metapaths:

@@ -58,6 +58,7 @@ class UserPart(_Movable):
     theta: Optional[torch.Tensor] = None                          # [B, td] pretrained Θ of the user
     exp: Dict[str, torch.Tensor] = field(default_factory=dict)    # user-seeded expansions, [B, K] ids
     exp_theta: Dict[str, torch.Tensor] = field(default_factory=dict)   # their pretrained Θ, [B, K, td]
+    activity: Optional[torch.Tensor] = None                       # [B, Fa] time-aware user activity
 
     def __len__(self) -> int:
         return len(self.user)

@@ -23,7 +23,7 @@ import torch
 from ..data.dataset import SPLITS, Dataset
 from ..schema import METAPATHS
 from .batch import Batch, RoomPart, UserPart
-from .features import PAD, AuthorActivity, History, RoomStatistics, SegmentIndex
+from .features import PAD, Activity, History, RoomStatistics, SegmentIndex
 
 
 def side_features(table: Mapping[str, np.ndarray], skip: List[str], max_card: int = 100_000):
@@ -77,6 +77,7 @@ class BatchConfig:
     stat_forecast: bool = False
     realtime: bool = False
     activity: bool = False
+    user_activity: bool = False
     product_cats: int = 0                             # num_cat3 of the product forecaster (0: off)
     negatives: int = 0                                # sampled negatives per training row (0: none)
     uniform_share: float = 0.5
@@ -86,12 +87,14 @@ class BatchConfig:
 
 class BatchBuilder:
     def __init__(self, ds: Dataset, store, cfg: BatchConfig, histories: Dict[str, History],
-                 user_side, author_side, activity: Optional[AuthorActivity] = None,
-                 room_stats: Optional[RoomStatistics] = None, known: Optional[PairSet] = None) -> None:
+                 user_side, author_side, activity: Optional[Activity] = None,
+                 room_stats: Optional[RoomStatistics] = None, known: Optional[PairSet] = None,
+                 user_activity: Optional[Activity] = None) -> None:
         self.ds, self.store, self.cfg, self.histories = ds, store, cfg, histories
         self.user_cats, self.user_dense = user_side
         self.author_cats, self.author_dense = author_side
         self.activity, self.room_stats, self.known = activity, room_stats, known
+        self.user_activity = user_activity
         imp = ds.impressions
         self.users, self.authors, self.times = imp["user"].astype(np.int64), imp["author"].astype(np.int64), imp["time"]
         self.is_train = imp["split"] == SPLITS["train"]
@@ -111,7 +114,7 @@ class BatchBuilder:
     # ------------------------------------------------------------------ pieces
     def user_part(self, users: np.ndarray, times: np.ndarray, exclude: Optional[np.ndarray] = None) -> UserPart:
         """The user side of rows ``(users, times)``; ``exclude``: each row's own target (untimed training
-        rows), kept out of its history."""
+        rows, ``PAD`` elsewhere), kept out of its history and its activity counts."""
         cfg = self.cfg
         ut = torch.from_numpy(users)
         hist = {name: torch.from_numpy(trim(h.lookup(users, times, cfg.hist_len, exclude)))
@@ -119,6 +122,9 @@ class BatchBuilder:
         up = UserPart(user=ut, hist=hist,
                       cats={k: torch.from_numpy(v[0][users]) for k, v in self.user_cats.items()},
                       dense=None if self.user_dense is None else torch.from_numpy(self.user_dense[users]))
+        if cfg.user_activity and self.user_activity is not None:
+            own = None if exclude is None else (np.asarray(exclude) != PAD).astype(np.float64)
+            up.activity = torch.from_numpy(self.user_activity.features(users, times, own))
         if cfg.metapaths:
             if cfg.theta_pretrained:
                 up.theta = self.store.get("user", "theta", ut)

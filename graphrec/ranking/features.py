@@ -7,9 +7,9 @@
   ranking and serving alike: with real timestamps, the positives strictly before the row's time;
   without (rows carry only their split, as in TikTok), the user's *training* positives, minus the
   training row's own target, so a training row sees what an evaluation row sees, never its label.
-* :class:`AuthorActivity` — time-aware author popularity: impressions and positives in windows before
-  the row's time (no future); without timestamps, the training counts with a training row's own
-  interaction left out.
+* :class:`Activity` — time-aware activity of an author (its popularity) or of a user (how often they
+  act): impressions and positives in windows before the row's time (no future); without timestamps,
+  the training counts with a training row's own interaction left out.
 * :class:`RoomStatistics` — the room's latest real-time statistics and the frozen statistic
   forecaster's features of the window before the row's step, as one table per (author, step)
   computed offline (LiveForesighter: the forecaster's outputs are added to the raw statistics).
@@ -122,55 +122,55 @@ class History:
             right = np.where(active & ~go_right, mid, right)
 
 
-class AuthorActivity:
-    """Time-aware author popularity (module docstring): ``features(authors, times, own)`` ``[N, F]``.
+class Activity:
+    """Time-aware activity of authors or users (module docstring): ``features(ids, times, own)`` ``[N, F]``.
 
-    Timed: for each window ``w`` (seconds) and for all time, the author's impressions and positives in
+    Timed: for each window ``w`` (seconds) and for all time, the id's impressions and positives in
     ``[t - w, t)``, as ``log1p`` counts plus the smoothed positive rate (no rate for implicit data, where
     every impression is a positive). Untimed: the training counts, less ``own`` (1 where the row is a
-    training interaction of that author, so it does not count itself)."""
+    training interaction of that id, so it does not count itself)."""
 
-    def __init__(self, authors: np.ndarray, times: np.ndarray, positives: np.ndarray, num_authors: int,
+    def __init__(self, ids: np.ndarray, times: np.ndarray, positives: np.ndarray, num_ids: int,
                  timed: bool, windows: Sequence[float] = (), implicit: bool = False, prior_weight: float = 10.0) -> None:
-        self.timed, self.implicit, self.num_authors = timed, implicit, num_authors
+        self.timed, self.implicit, self.num_ids = timed, implicit, num_ids
         self.windows = [float(w) for w in windows] if timed else []
         self.prior_weight = prior_weight
-        authors = np.asarray(authors, dtype=np.int64)
+        ids = np.asarray(ids, dtype=np.int64)
         positives = np.asarray(positives, dtype=np.float64)
         self.prior = float(positives.mean()) if len(positives) else 0.0
         if timed:
-            order = np.lexsort((times, authors))
+            order = np.lexsort((times, ids))
             self.t0 = int(np.min(times)) if len(times) else 0
             span = (int(np.max(times)) - self.t0 + 2) if len(times) else 2
             self.span = span
-            self.keys = authors[order] * span + (np.asarray(times, dtype=np.int64)[order] - self.t0)
+            self.keys = ids[order] * span + (np.asarray(times, dtype=np.int64)[order] - self.t0)
             self.cum_pos = np.concatenate([[0.0], np.cumsum(positives[order])])
         else:
-            self.count = np.bincount(authors, minlength=num_authors).astype(np.float64)
-            self.pos = np.bincount(authors, weights=positives, minlength=num_authors)
+            self.count = np.bincount(ids, minlength=num_ids).astype(np.float64)
+            self.pos = np.bincount(ids, weights=positives, minlength=num_ids)
 
     @property
     def dim(self) -> int:
         per = 2 if self.implicit else 3
         return per * (len(self.windows) + 1)
 
-    def _counts(self, authors: np.ndarray, lo_t: np.ndarray, hi_t: np.ndarray):
-        """Impressions and positives of ``authors`` with time in ``[lo_t, hi_t)``."""
-        base = authors * self.span
+    def _counts(self, ids: np.ndarray, lo_t: np.ndarray, hi_t: np.ndarray):
+        """Impressions and positives of ``ids`` with time in ``[lo_t, hi_t)``."""
+        base = ids * self.span
         lo = np.searchsorted(self.keys, base + np.clip(lo_t - self.t0, 0, self.span - 1), side="left")
         hi = np.searchsorted(self.keys, base + np.clip(hi_t - self.t0, 0, self.span - 1), side="left")
         return (hi - lo).astype(np.float64), self.cum_pos[hi] - self.cum_pos[lo]
 
-    def features(self, authors: np.ndarray, times: np.ndarray, own: Optional[np.ndarray] = None) -> np.ndarray:
-        authors = np.asarray(authors, dtype=np.int64)
+    def features(self, ids: np.ndarray, times: np.ndarray, own: Optional[np.ndarray] = None) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
         cols = []
         if self.timed:
             t = np.asarray(times, dtype=np.int64)
             for w in self.windows + [float("inf")]:
                 lo_t = np.full_like(t, self.t0) if w == float("inf") else t - int(w)
-                cols.append(self._counts(authors, lo_t, t))
+                cols.append(self._counts(ids, lo_t, t))
         else:
-            n, p = self.count[authors].copy(), self.pos[authors].copy()
+            n, p = self.count[ids].copy(), self.pos[ids].copy()
             if own is not None:
                 n -= own
                 p -= own

@@ -17,7 +17,7 @@ from ..data.dataset import SPLITS, Dataset
 from ..schema import METAPATHS
 from ..stage import RunContext, Stage
 from .batches import BatchBuilder, BatchConfig, PairSet, side_features
-from .features import AuthorActivity, History, RoomStatistics, TensorStore, author_stat_arrays
+from .features import Activity, History, RoomStatistics, TensorStore, author_stat_arrays
 
 MMBEE_MODULES = ("metapaths", "modalities", "stat_forecast", "product_forecast")
 
@@ -35,6 +35,7 @@ def enabled_modules(cfg: Config, ds: Dataset, artifacts: Mapping[str, Any]) -> D
         "product_forecast": bool(sec.use_product_forecast and artifacts.get("product_forecaster") is not None),
         "realtime_stats": bool(sec.realtime_steps and ds.has("stats")),
         "activity": bool(sec.use_activity),
+        "user_activity": bool(sec.use_user_activity),
         "exposure_head": bool(sec.exposure_head and not ds.implicit),
     }
 
@@ -118,12 +119,17 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
         if not ds.timed:
             rows &= train
         histories[name] = History(imp["user"][rows], imp["author"][rows], imp["time"][rows], ds.num_users, ds.timed)
-    activity = None
-    if mods["activity"]:
+    activity = user_activity = None
+    if mods["activity"] or mods["user_activity"]:
         rows = np.ones(len(imp["user"]), bool) if ds.timed else train
         span = float(imp["time"].max() - imp["time"].min()) if len(imp["time"]) else 0.0
-        activity = AuthorActivity(imp["author"][rows], imp["time"][rows], imp[main][rows], ds.num_authors, ds.timed,
-                                  [max(1.0, f * span) for f in sec.activity_windows], ds.implicit)
+        windows = [max(1.0, f * span) for f in sec.activity_windows]
+        if mods["activity"]:
+            activity = Activity(imp["author"][rows], imp["time"][rows], imp[main][rows], ds.num_authors, ds.timed,
+                                windows, ds.implicit)
+        if mods["user_activity"]:
+            user_activity = Activity(imp["user"][rows], imp["time"][rows], imp[main][rows], ds.num_users, ds.timed,
+                                     windows, ds.implicit)
     stat_model = artifacts.get("stat_forecaster") if mods["stat_forecast"] else None
     prod_model = artifacts.get("product_forecaster") if mods["product_forecast"] else None
     room_stats = None
@@ -141,12 +147,13 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
     bcfg = BatchConfig(tasks=tasks, heads=heads, hist_len=sec.hist_len, metapaths=mods["metapaths"],
                        theta_pretrained=mods["theta_pretrained"], modalities=mods["modalities"],
                        stat_forecast=mods["stat_forecast"], realtime=mods["realtime_stats"],
-                       activity=mods["activity"], product_cats=prod_model.num_cat3 if prod_model is not None else 0,
+                       activity=mods["activity"], user_activity=mods["user_activity"], product_cats=prod_model.num_cat3 if prod_model is not None else 0,
                        negatives=sec.negatives if softmax else 0, uniform_share=sec.uniform_share,
                        logq=sec.logq_correction, implicit=ds.implicit)
     user_side = side_features(ds.tables["users"], truth.get("users", []))
     author_side = side_features(ds.tables["authors"], truth.get("authors", []))
-    builder = BatchBuilder(ds, store, bcfg, histories, user_side, author_side, activity, room_stats, known)
+    builder = BatchBuilder(ds, store, bcfg, histories, user_side, author_side, activity, room_stats, known,
+                           user_activity)
     spec = RankerSpec(
         num_users=ds.num_users, num_authors=ds.num_authors, tasks=heads, histories=list(histories),
         user_cats={k: v[1] for k, v in user_side[0].items()}, author_cats={k: v[1] for k, v in author_side[0].items()},
@@ -158,6 +165,7 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
         mfq=dict(cfg.mfq), stat_dim=room_stats.forecast_dim if room_stats is not None and stat_model is not None else 0,
         realtime_dim=room_stats.realtime_dim if room_stats is not None else 0,
         popularity_dim=activity.dim if activity is not None else 0,
+        user_activity_dim=user_activity.dim if user_activity is not None else 0,
         product_cats=prod_model.num_cat3 if prod_model is not None else 0,
         product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout,
         fm_dim=sec.fm_dim, attention_hidden=sec.attention_hidden, user_id=sec.user_id)

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import Config, describe_schema, load_config
 from .errors import ConfigError, UserError
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "-product forecast, -GraphCL, DIN) and write one report with a row each")
     ap.add_argument("--seeds", type=int, metavar="N", help="run N seeds (run.seed, run.seed+1, ...) and report mean ± sd "
                     "(sets run.seeds; with --ablate, every variant)")
+    ap.add_argument("--jobs", type=int, metavar="N", help="with --seeds / --ablate: N runs at once, each in its own "
+                    "process with an equal share of the cores (sets run.jobs)")
     return ap
 
 
@@ -153,37 +155,85 @@ ABLATIONS = {
 }
 
 
-def run_seeds(cfg: Config, config_file: Optional[str] = None, parent: Optional[Path] = None) -> Path:
-    """``cfg.run.seeds`` runs under one parent folder (``seed<s>/`` each) and their mean ± sd there
-    (:mod:`graphrec.seeds`)."""
-    import json
+def _run_child(cfg: Config, config_file: Optional[str], run_dir: str, threads: int) -> Dict[str, Any]:
+    """One run in a worker process of :func:`run_many`: ``threads`` intra-op threads, metrics back."""
+    import torch
 
-    from torch.utils.tensorboard import SummaryWriter
+    torch.set_num_threads(threads)
+    return run(cfg, config_file=config_file, run_dir=Path(run_dir)).metrics
 
+
+def run_many(tasks: Sequence[Tuple[Config, Optional[str], Path]], jobs: int = 1) -> List[Dict[str, Any]]:
+    """Run ``(cfg, config_file, run_dir)`` tasks, ``jobs`` at a time, each in its own process with an
+    equal share of the cores (one process per run keeps runs independent: logs, seeds, threads);
+    returns their metrics in order. ``jobs=1`` runs them one after the other in this process."""
+    if jobs <= 1 or len(tasks) <= 1:
+        return [run(cfg, config_file=f, run_dir=d).metrics for cfg, f, d in tasks]
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .data.sources import dataset_dir
+
+    for key in dict.fromkeys(cfg.fingerprint("data", "simulate") for cfg, _, _ in tasks):
+        cfg = next(c for c, _, _ in tasks if c.fingerprint("data", "simulate") == key)
+        dataset_dir(cfg, log=lambda m: None)        # build the shared dataset cache once, before the workers
+    workers = min(jobs, len(tasks))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_child, cfg, f, str(d), threads) for cfg, f, d in tasks]
+        try:
+            return [fut.result() for fut in futures]
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def _seed_tasks(cfg: Config, config_file: Optional[str], parent: Path):
+    """The seeds of ``cfg`` as :func:`run_many` tasks under ``parent`` (``seed<s>/`` each)."""
     from .config import Section
-    from .data.dataset import atomic_write_text
-    from .seeds import aggregate, render_report, write_tensorboard
-    from .stage import jsonable
 
-    if parent is None:
-        parent = make_run_dir(Path(cfg.run.out_dir), f"{cfg.run.name}-seeds")
-    atomic_write_text(parent / "config.yaml", cfg.to_yaml())
-    base = cfg.run.seed
-    seeds = [base + i for i in range(cfg.run.seeds)]
-    runs, dirs = [], []
+    seeds = [cfg.run.seed + i for i in range(cfg.run.seeds)]
+    tasks = []
     for s in seeds:
         one = Config({k: Section(dict(v)) for k, v in cfg.items()})
         one.run["seed"], one.run["seeds"] = s, 1
         child = parent / f"seed{s}"
         child.mkdir(parents=True, exist_ok=True)
-        runs.append(run(one, config_file=config_file, run_dir=child).metrics)
-        dirs.append(child.name)
-    agg = aggregate(runs, seeds, dirs)
+        tasks.append((one, config_file, child))
+    return seeds, tasks
+
+
+def _write_seeds_summary(parent: Path, seeds: Sequence[int], runs: Sequence[Dict[str, Any]],
+                         config_file: Optional[str]) -> None:
+    """The seeds folder's ``metrics.json`` (mean ± sd), ``report.md`` and TensorBoard scalars."""
+    import json
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .data.dataset import atomic_write_text
+    from .seeds import aggregate, render_report, write_tensorboard
+    from .stage import jsonable
+
+    agg = aggregate(runs, seeds, [f"seed{s}" for s in seeds])
     agg["config_file"] = config_file
     atomic_write_text(parent / "metrics.json", json.dumps(agg, indent=2, default=jsonable))
     atomic_write_text(parent / "report.md", render_report(parent.name, agg, config_file))
     with SummaryWriter(log_dir=str(parent)) as writer:
         write_tensorboard(writer, agg)
+
+
+def run_seeds(cfg: Config, config_file: Optional[str] = None, parent: Optional[Path] = None) -> Path:
+    """``cfg.run.seeds`` runs under one parent folder (``seed<s>/`` each), ``run.jobs`` at a time, and
+    their mean ± sd there (:mod:`graphrec.seeds`)."""
+    from .data.dataset import atomic_write_text
+
+    if parent is None:
+        parent = make_run_dir(Path(cfg.run.out_dir), f"{cfg.run.name}-seeds")
+    atomic_write_text(parent / "config.yaml", cfg.to_yaml())
+    seeds, tasks = _seed_tasks(cfg, config_file, parent)
+    _write_seeds_summary(parent, seeds, run_many(tasks, cfg.run.jobs), config_file)
     return parent
 
 
@@ -193,29 +243,43 @@ NEEDS_TABLE = {"-stat_forecast": "stats", "-product_forecast": "products"}
 
 def run_ablation(cfg_file: Optional[str], overrides: Sequence[str]) -> Path:
     """One run (or one seeds folder, with ``run.seeds`` > 1) per ablation under
-    ``<out_dir>/<name>-ablate-<time>/`` and a combined ``report.md``."""
-    import json
-
+    ``<out_dir>/<name>-ablate-<time>/``, ``run.jobs`` runs at a time, and a combined ``report.md``."""
     from .data.dataset import atomic_write_text, read_manifest
     from .data.sources import dataset_dir
 
     base = load_config(cfg_file, overrides)
     tables = read_manifest(dataset_dir(base))["tables"]
     parent = make_run_dir(Path(base.run.out_dir), f"{base.run.name}-ablate")
-    rows = []
+    plan = []          # (variant, skipped-row | None, folder, seeds, tasks)
     for variant, extra in ABLATIONS.items():
         if variant in NEEDS_TABLE and NEEDS_TABLE[variant] not in tables:
-            rows.append((variant, {"skipped": f"the dataset has no {NEEDS_TABLE[variant]} table: same as full"}, None))
+            plan.append((variant, {"skipped": f"the dataset has no {NEEDS_TABLE[variant]} table: same as full"},
+                         None, None, []))
             continue
         name = variant.strip("-").replace("_", "-")
         cfg = load_config(cfg_file, list(overrides) + extra + [f"run.out_dir={parent}", f"run.name={name}"])
         if cfg.run.seeds > 1:
-            folder = run_seeds(cfg, cfg_file, parent / name)
-            metrics = json.loads((folder / "metrics.json").read_text())
+            folder = parent / name
+            folder.mkdir()
+            atomic_write_text(folder / "config.yaml", cfg.to_yaml())
+            seeds, tasks = _seed_tasks(cfg, cfg_file, folder)
         else:
-            result = run(cfg, config_file=cfg_file)
-            folder, metrics = result.run_dir, result.metrics
-        rows.append((variant, metrics, folder))
+            folder, seeds = make_run_dir(parent, name), None
+            tasks = [(cfg, cfg_file, folder)]
+        plan.append((variant, None, folder, seeds, tasks))
+    results = iter(run_many([t for *_, tasks in plan for t in tasks], base.run.jobs))
+    rows = []
+    for variant, skipped, folder, seeds, tasks in plan:
+        if skipped is not None:
+            rows.append((variant, skipped, None))
+            continue
+        runs = [next(results) for _ in tasks]
+        if seeds is not None:
+            _write_seeds_summary(folder, seeds, runs, cfg_file)
+            import json
+            rows.append((variant, json.loads((folder / "metrics.json").read_text()), folder))
+        else:
+            rows.append((variant, runs[0], folder))
     atomic_write_text(parent / "report.md", ablation_report(rows, base.eval.k))
     return parent
 
@@ -280,6 +344,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.seeds < 1:
                 raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
             args.overrides = list(args.overrides) + [f"run.seeds={args.seeds}"]
+        if args.jobs is not None:
+            if args.jobs < 1:
+                raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+            args.overrides = list(args.overrides) + [f"run.jobs={args.jobs}"]
         if args.ablate:
             parent = run_ablation(args.cfg, args.overrides)
             print(f"ablation report: {parent / 'report.md'}  (tensorboard --logdir {parent})")

@@ -53,3 +53,26 @@ def test_seeds_command_writes_one_folder_per_seed_and_the_aggregate(tmp_path, ca
     assert "two-stage (popularity top 20)" in report and "{'mean'" not in report     # counts print as counts
     assert main(["--seeds", "0"] + [a for s in sets for a in ("--set", s)]) == 2
     assert "--seeds must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_jobs_run_the_seeds_in_parallel_processes_with_the_same_results(tmp_path):
+    """``--jobs 2``: the seeds run in two worker processes, each seed as it would run alone."""
+    import torch
+
+    sets = TINY_SIM + FAST_MODELS + ["simulate.num_impressions=6000", "ranker.epochs=1", "lightgcn.enabled=false",
+                                     f"data.cache_dir={tmp_path / 'cache'}", "run.progress=false"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                     # the workers' share of this machine's cores, as below
+    try:
+        args = [a for s in sets for a in ("--set", s)]
+        assert main(["--seeds", "2", "--set", f"run.out_dir={tmp_path / 'seq'}"] + args) == 0
+        assert main(["--seeds", "2", "--jobs", "2", "--set", f"run.out_dir={tmp_path / 'par'}"] + args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    seq, par = (json.loads(next((tmp_path / d).iterdir()).joinpath("metrics.json").read_text()) for d in ("seq", "par"))
+    assert par["seeds"] == seq["seeds"] == [0, 1]
+    for s, p in zip(seq["eval"]["test"]["mmbee"]["gift"]["auc"]["values"], par["eval"]["test"]["mmbee"]["gift"]["auc"]["values"]):
+        assert p == pytest.approx(s, abs=2e-3)    # bit-exact with equal thread counts; close otherwise
+    runs = [json.loads(d.joinpath("metrics.json").read_text()) for d in sorted(next((tmp_path / "par").iterdir()).glob("seed*"))]
+    assert {r["run"]["seed"] for r in runs} == {0, 1}

@@ -120,14 +120,15 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
             rows &= train
         histories[name] = History(imp["user"][rows], imp["author"][rows], imp["time"][rows], ds.num_users, ds.timed)
     activity = user_activity = None
-    if mods["activity"] or mods["user_activity"]:
+    with_users = bool(mods.get("user_activity"))          # absent from runs written before it existed
+    if mods["activity"] or with_users:
         rows = np.ones(len(imp["user"]), bool) if ds.timed else train
         span = float(imp["time"].max() - imp["time"].min()) if len(imp["time"]) else 0.0
         windows = [max(1.0, f * span) for f in sec.activity_windows]
         if mods["activity"]:
             activity = Activity(imp["author"][rows], imp["time"][rows], imp[main][rows], ds.num_authors, ds.timed,
                                 windows, ds.implicit)
-        if mods["user_activity"]:
+        if with_users:
             user_activity = Activity(imp["user"][rows], imp["time"][rows], imp[main][rows], ds.num_users, ds.timed,
                                      windows, ds.implicit)
     stat_model = artifacts.get("stat_forecaster") if mods["stat_forecast"] else None
@@ -147,7 +148,7 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
     bcfg = BatchConfig(tasks=tasks, heads=heads, hist_len=sec.hist_len, metapaths=mods["metapaths"],
                        theta_pretrained=mods["theta_pretrained"], modalities=mods["modalities"],
                        stat_forecast=mods["stat_forecast"], realtime=mods["realtime_stats"],
-                       activity=mods["activity"], user_activity=mods["user_activity"], product_cats=prod_model.num_cat3 if prod_model is not None else 0,
+                       activity=mods["activity"], user_activity=with_users, product_cats=prod_model.num_cat3 if prod_model is not None else 0,
                        negatives=sec.negatives if softmax else 0, uniform_share=sec.uniform_share,
                        logq=sec.logq_correction, implicit=ds.implicit)
     user_side = side_features(ds.tables["users"], truth.get("users", []))

@@ -1,31 +1,86 @@
-"""``python -m graphrec.serve --run runs/<dir> [--port 8080]``: score live rooms for a viewer over HTTP.
+"""``python -m graphrec.serve --run runs/<dir> [--host H] [--port P]``: score live rooms for viewers over HTTP.
 
 Loads a trained run from its folder: the ranker (``checkpoints/ranker.pt``), the node embeddings Θ
 (``checkpoints/graphcl.pt``), the forecasters, the offline expansion cache (``expansions.npz``: the
 paper's offline walk) and the run's dataset for side features, segment tokens and histories.
-Checkpoints are read with ``torch.load(weights_only=True)``. The server binds to 127.0.0.1.
+Checkpoints are read with ``torch.load(weights_only=True)``. The server (FastAPI on uvicorn) binds
+to 127.0.0.1 unless ``--host`` says otherwise; ``--port 0`` takes any free port.
 
 ``POST /score`` with ``{"user": 12, "authors": [3, 7, 9], "time": 1700000000}`` (``time`` optional,
-default: the end of the data) answers ``{"user": 12, "cold_start": false, "scores": [{"author": 7,
-"gift": 0.031, ...}, ...], "unknown_authors": []}``, sorted by the main task. An unknown user is
-scored by the authors' training popularity (``cold_start: true``); unknown authors are listed, not
-scored. Malformed requests get a 400 with a message; ``GET /health`` answers ``{"status": "ok"}``.
+default: the end of the data) answers ``{"user": 12, "cold_start": false, "main_task": "gift",
+"scores": [{"author": 7, "gift": 0.031, ...}, ...], "unknown_authors": []}``, sorted by the main
+task. ``POST /score/batch`` with ``{"requests": [<score request>, ...]}`` answers ``{"results":
+[...]}`` in order, scored in one pass. An unknown user is scored by the authors' training popularity
+(``cold_start: true``); unknown authors are listed, not scored. A request that is not valid gets a
+422 whose ``detail`` names each wrong field (``"field": "requests.3.time"``); a body over 1 MB a 413,
+a body not sent as ``Content-Type: application/json`` a 415. ``GET /health`` answers
+``{"status": "ok"}``; the schema is at ``/openapi.json``, the docs at ``/docs``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import socket
 import sys
-import tempfile
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .errors import DataError, UserError
+from .errors import UserError
+
+MAX_BODY_BYTES = 1_000_000
+MAX_CANDIDATES = 10_000          # authors in one request
+MAX_BATCH = 256                  # requests in one batch
+ID_BOUND = 2**62                 # ids and times must fit int64 arithmetic with room to spare
+
+Id = Annotated[int, Field(gt=-ID_BOUND, lt=ID_BOUND)]
+
+
+class ScoreRequest(BaseModel):
+    """One viewer and the candidate authors to rank. Strict: ``true`` or ``1.0`` are not ids."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user: Id = Field(description="user id; an id the run does not know is scored by popularity")
+    authors: List[Id] = Field(min_length=1, max_length=MAX_CANDIDATES,
+                              description="candidate author ids; ids the run does not know are listed, not scored")
+    time: Optional[Annotated[int, Field(ge=0, lt=ID_BOUND)]] = Field(
+        None, description="seconds, as in the dataset; default: the end of the data")
+
+
+class BatchRequest(BaseModel):
+    """Many viewers at once; answered in order, in one pass through the model."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    requests: List[ScoreRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="dotted path of the wrong field: 'requests.3.time', 'body' or 'content-type'")
+    loc: List[Union[str, int]]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 413, 415 and 422 answer."""
+
+    detail: List[FieldError]
+
+
+ERRORS = {422: {"model": ErrorResponse, "description": "not a valid request (malformed JSON included)"},
+          413: {"model": ErrorResponse, "description": f"body over {MAX_BODY_BYTES:,} bytes"},
+          415: {"model": ErrorResponse, "description": "body not sent as Content-Type: application/json"}}
 
 
 class SegmentCache:
@@ -59,7 +114,11 @@ class SegmentCache:
 
 
 class Scorer:
-    """A trained run, ready to score (user, candidate authors) requests."""
+    """A trained run, ready to score (user, candidate authors) requests; knows nothing of HTTP."""
+
+    # Pairs per forward pass: a batch is cut into passes no larger than the largest single request,
+    # so it needs no more memory than one.
+    max_pairs_per_forward = MAX_CANDIDATES
 
     def __init__(self, run_dir: Path) -> None:
         from .evaluation import Popularity, split_mask
@@ -71,126 +130,236 @@ class Scorer:
         self.model.segment_cache = self.segment_cache
         self.rank = self.run.scorer()
         ds = self.run.dataset
-        self.tasks = ds.labels
+        self.tasks = list(ds.labels)
         self.main = ds.main_label
         self.num_users, self.num_authors = ds.num_users, ds.num_authors
         self.default_time = int(ds.impressions["time"].max())
         self.popularity = Popularity(ds, self.main, split_mask(ds, "train"))
         self.lock = threading.Lock()          # torch modules are not meant to run concurrently
 
-    def score(self, request: Dict[str, Any]) -> Dict[str, Any]:
-        user, authors, time = parse_request(request)
-        known = [a for a in authors if 0 <= a < self.num_authors]
-        unknown = [a for a in authors if not 0 <= a < self.num_authors]
-        cold = not 0 <= user < self.num_users
-        if not known:
-            scores: List[Dict[str, Any]] = []
-        elif cold:
-            rate = self.popularity.rates[known]
-            scores = [{"author": a, **{t: float(rate[i, j]) for j, t in enumerate(self.tasks)}}
-                      for i, a in enumerate(known)]
-        else:
-            a = np.array(known, dtype=np.int64)
-            t = np.full(len(a), self.default_time if time is None else time, dtype=np.int64)
-            with self.lock, torch.no_grad():
-                logits = self.model(self.builder.pairs(np.full(len(a), user, dtype=np.int64), a, t))[:, 0]
-                p = torch.sigmoid(logits[:, self.rank.label_heads]).numpy()
-            scores = [{"author": int(x), **{t: float(p[i, j]) for j, t in enumerate(self.tasks)}} for i, x in enumerate(a)]
-        scores.sort(key=lambda r: -r[self.main])
-        return {"user": user, "cold_start": cold, "main_task": self.main, "scores": scores, "unknown_authors": unknown}
+    def score(self, request: ScoreRequest) -> Dict[str, Any]:
+        return self.score_batch([request])[0]
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> List[Dict[str, Any]]:
+        """One answer per request, in order; every known user's pairs go through the model together."""
+        results, warm = [], []
+        for r in requests:
+            known = [a for a in r.authors if 0 <= a < self.num_authors]
+            cold = not 0 <= r.user < self.num_users
+            res = {"user": r.user, "cold_start": cold, "main_task": self.main, "scores": [],
+                   "unknown_authors": [a for a in r.authors if not 0 <= a < self.num_authors]}
+            results.append(res)
+            if known and cold:
+                res["scores"] = self._rows(known, self.popularity.rates[known])
+            elif known:
+                warm.append((res, r.user, known, self.default_time if r.time is None else r.time))
+        if warm:
+            sizes = [len(w[2]) for w in warm]
+            p = self._probabilities(np.repeat(np.array([w[1] for w in warm], dtype=np.int64), sizes),
+                                    np.concatenate([np.asarray(w[2], dtype=np.int64) for w in warm]),
+                                    np.repeat(np.array([w[3] for w in warm], dtype=np.int64), sizes))
+            for (res, _, known, _), block in zip(warm, np.split(p, np.cumsum(sizes)[:-1])):
+                res["scores"] = self._rows(known, block)
+        for res in results:
+            res["scores"].sort(key=lambda s: -s[self.main])
+        return results
+
+    def _probabilities(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> np.ndarray:
+        step = self.max_pairs_per_forward
+        with self.lock, torch.no_grad():
+            out = [torch.sigmoid(self.model(self.builder.pairs(users[s:s + step], authors[s:s + step],
+                                                               times[s:s + step]))[:, 0][:, self.rank.label_heads])
+                   for s in range(0, len(users), step)]
+        return torch.cat(out).numpy()
+
+    def _rows(self, authors: List[int], p: np.ndarray) -> List[Dict[str, Any]]:
+        return [{"author": int(a), **dict(zip(self.tasks, row))} for a, row in zip(authors, p.tolist())]
 
 
-def parse_request(request: Any):
-    """``(user, authors, time)`` from a request body, or :class:`UserError` saying what is wrong."""
-    if not isinstance(request, dict):
-        raise UserError("the body must be a JSON object with 'user' and 'authors'")
-    unknown_keys = set(request) - {"user", "authors", "time"}
-    if unknown_keys:
-        raise UserError(f"unknown field(s) {sorted(unknown_keys)}; expected 'user', 'authors' and optional 'time'")
-    user = request.get("user")
-    if isinstance(user, bool) or not isinstance(user, int):
-        raise UserError("'user' must be an integer user id")
-    authors = request.get("authors")
-    if not isinstance(authors, list) or not authors or any(isinstance(a, bool) or not isinstance(a, int) for a in authors):
-        raise UserError("'authors' must be a non-empty list of integer author ids")
-    if len(authors) > 10_000:
-        raise UserError("'authors' holds more than 10,000 candidates")
-    time = request.get("time")
-    if time is not None and (isinstance(time, bool) or not isinstance(time, int) or not 0 <= time < 2**62):
-        raise UserError("'time' must be an integer number of seconds in [0, 2**62), as in the dataset")
-    if not -2**62 < user < 2**62 or any(not -2**62 < a < 2**62 for a in authors):
-        raise UserError("ids must be integers in (-2**62, 2**62)")
-    return user, authors, time
+# ---------------------------------------------------------------- HTTP
 
 
-def make_handler(scorer: Scorer):
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, code: int, body: Dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+def _error(field: str, msg: str, kind: str, loc: Sequence[Any] = ()) -> Dict[str, Any]:
+    return {"field": field, "loc": list(loc) or [field], "msg": msg, "type": kind}
 
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path == "/health":
-                self._reply(200, {"status": "ok"})
-            elif self.path == "/score":
-                self._reply(405, {"error": "use POST /score with a JSON body"})
-            else:
-                self._reply(404, {"error": f"no such path {self.path!r}; use POST /score or GET /health"})
 
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/score":
-                self._reply(404, {"error": f"no such path {self.path!r}; use POST /score"})
-                return
+def _field_errors(exc: RequestValidationError, limit: int = 50) -> List[Dict[str, Any]]:
+    """FastAPI's errors without their ``input`` (it may be 1 MB, or NaN, which is not JSON), each with
+    the dotted path of the field (``requests.3.time``)."""
+    out = []
+    for e in exc.errors()[:limit]:
+        loc = [p if isinstance(p, (int, str)) else str(p) for p in e.get("loc", ())]
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", "")
+            out.append(_error("body", f"the body is not valid JSON: {reason}", "json_invalid", ["body"]))
+            continue
+        path = loc[1:] if loc[:1] == ["body"] else loc
+        out.append(_error(".".join(map(str, path)) or "body", str(e.get("msg", "invalid")), str(e.get("type")), loc))
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    """JSON integers past 40 digits become 10**40 (out of every range: the field is named), instead of
+    Python's ValueError past 4,300 digits, which names nothing."""
+    return int(text) if len(text) <= 40 else (-1 if text.startswith("-") else 1) * 10**40
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _JSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
             try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                self._reply(400, {"error": "invalid Content-Length"})
-                return
-            if length <= 0 or length > 1_000_000:
-                self._reply(400 if length <= 0 else 413, {"error": "the body must be 1 byte to 1 MB of JSON"})
-                return
-            try:
-                request = json.loads(self.rfile.read(length))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                self._reply(400, {"error": f"malformed JSON: {exc}"})
-                return
-            try:
-                self._reply(200, scorer.score(request))
-            except UserError as exc:
-                self._reply(400, {"error": str(exc)})
-
-        def log_message(self, fmt: str, *args) -> None:   # quiet by default
-            pass
-
-    return Handler
+                self._json = json.loads(body, parse_int=_bounded_int, parse_constant=_no_constant)
+            except json.JSONDecodeError:
+                raise
+            except (ValueError, RecursionError) as exc:   # bad UTF-8, NaN, nesting past the stack
+                raise json.JSONDecodeError(str(exc) if not isinstance(exc, RecursionError) else "nested too deeply",
+                                           "", 0) from None
+        return self._json
 
 
-def make_server(scorer: Scorer, port: int = 8080) -> ThreadingHTTPServer:
-    return ThreadingHTTPServer(("127.0.0.1", port), make_handler(scorer))
+class _JSONRoute(APIRoute):
+    """Routes whose JSON bodies are parsed by :class:`_JSONRequest`."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request):
+            return await handler(_JSONRequest(request.scope, request.receive))
+
+        return route_handler
+
+
+class _BodyGuard:
+    """413 for a body over ``max_bytes`` (by its Content-Length, or counted as it streams in) and 415 for
+    one not sent as JSON, before FastAPI reads it: the limit must hold before the body is in memory."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get(b"content-length", "")
+        if length.strip().isdigit() and int(length) > self.max_bytes:
+            await JSONResponse({"detail": [self._too_large()]}, status_code=413)(scope, receive, send)
+            return
+        media = headers.get(b"content-type", "").split(";")[0].strip().lower()
+        if not (media == "application/json" or media.endswith("+json")):
+            err = _error("content-type", f"send the body as JSON with the header 'Content-Type: application/json' "
+                         f"(got {media or 'none'})", "unsupported_media_type", ["header", "content-type"])
+            await JSONResponse({"detail": [err]}, status_code=415)(scope, receive, send)
+            return
+        seen = 0
+
+        async def bounded_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, detail=[self._too_large()])
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+    def _too_large(self) -> Dict[str, Any]:
+        return _error("body", f"the body is over {self.max_bytes:,} bytes; send fewer requests or candidates "
+                      f"per call", "too_large")
+
+
+def make_app(scorer: Scorer) -> FastAPI:
+    """The HTTP service around ``scorer``. Endpoints are sync, so FastAPI runs them in its thread pool;
+    ``scorer`` serializes the model work with its lock."""
+    score_fields = {t: (float, Field(description=f"P({t})")) for t in scorer.tasks}
+    AuthorScore = create_model("AuthorScore", author=(int, Field(description="author id")), **score_fields)
+    ScoreResponse = create_model(
+        "ScoreResponse", user=(int, ...), cold_start=(bool, Field(description="unknown user: popularity scores")),
+        main_task=(str, ...), scores=(List[AuthorScore], Field(description="sorted by the main task, best first")),
+        unknown_authors=(List[int], Field(description="ids the run does not know, not scored")))
+    BatchResponse = create_model("BatchResponse", results=(List[ScoreResponse], Field(description="in request order")))
+
+    app = FastAPI(title="graphrec scoring", version="1",
+                  description=f"Gift prediction for live rooms; main task: {scorer.main}. Invalid requests get "
+                              f"a 422 naming each wrong field; bodies over {MAX_BODY_BYTES:,} bytes a 413.")
+    app.router.route_class = _JSONRoute
+    app.add_middleware(_BodyGuard, max_bytes=MAX_BODY_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _field_errors(exc)}, status_code=422)
+
+    @app.get("/health")
+    def health() -> Dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/score", response_model=ScoreResponse, responses=ERRORS)
+    def score(request: ScoreRequest):
+        return scorer.score(request)
+
+    @app.post("/score/batch", response_model=BatchResponse, responses=ERRORS)
+    def score_batch(batch: BatchRequest):
+        return {"results": scorer.score_batch(batch.requests)}
+
+    return app
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket: created here so that ``--port 0`` can report the port it got. Its protocol is
+    named (IPPROTO_TCP): asyncio sets TCP_NODELAY only on such sockets, and without it Nagle's algorithm
+    and delayed ACKs add ~40 ms to every keep-alive request."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import uvicorn
+
     ap = argparse.ArgumentParser(prog="python -m graphrec.serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="a trained run folder (runs/<name>-<time>)")
-    ap.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080; 0 = any free port)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ap.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free port)")
     args = ap.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        print(f"error: --port {args.port} is not a port number (0-65535)", file=sys.stderr)
+        return 2
     try:
         scorer = Scorer(Path(args.run))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    server = make_server(scorer, args.port)
-    print(f"serving {args.run} on http://127.0.0.1:{server.server_address[1]}  (POST /score, GET /health)", flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        sock = _listen(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(uvicorn.Config(make_app(scorer), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=10))
+    # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found: this one
+    # (not the default, which would kill the process) makes a signalled shutdown exit 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"serving {args.run} on {url}  (POST /score, POST /score/batch, GET /health, docs at /docs)", flush=True)
+    try:
+        server.run(sockets=[sock])
     finally:
-        server.server_close()
+        sock.close()
     return 0
 
 

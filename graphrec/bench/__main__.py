@@ -1,12 +1,14 @@
-"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, serve, dist, scale."""
+"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, serve, serve-http, dist,
+scale."""
 from __future__ import annotations
 
 import sys
 
-from . import dist, ranker, sampler, scale
+from . import dist, ranker, sampler, scale, serve_http
 
 COMMANDS = {"sampler": sampler.main, "swing": sampler.swing_main, "train": ranker.train_main,
-            "serve": ranker.serve_main, "dist": dist.main, "scale": scale.main}
+            "serve": ranker.serve_main, "serve-http": serve_http.main,
+            "dist": dist.main, "scale": scale.main}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,179 @@
+"""``serve-http``: load test of the scoring server over HTTP, from a second process.
+
+Starts ``python -m graphrec.serve --run RUN --port 0`` on 127.0.0.1, sends ``--requests`` requests of
+1 user × ``--candidates`` authors (or ``--batch`` users per ``POST /score/batch``) from ``--clients``
+concurrent clients with keep-alive connections, and reports requests/s, p50/p99 latency per HTTP
+round trip and the error count; then stops the server with SIGTERM (it must exit 0). Needs a trained
+run: nothing is trained here. Standard library clients only (``http.client``), so the bench needs no
+test extras.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from . import write_results
+
+
+def request_bodies(n: int, users: int, authors: int, candidates: int, batch: int = 0, seed: int = 0) -> List[bytes]:
+    """``n`` random request bodies over the run's ids: single requests, or batches of ``batch`` users."""
+    rng = np.random.default_rng(seed)
+
+    def one() -> Dict:
+        return {"user": int(rng.integers(0, users)),
+                "authors": rng.choice(authors, candidates, replace=candidates > authors).tolist()}
+
+    return [json.dumps({"requests": [one() for _ in range(batch)]} if batch else one()).encode() for _ in range(n)]
+
+
+def load_test(url: str, bodies: Sequence[bytes], clients: int = 4, path: str = "/score",
+              timeout: float = 60.0) -> Dict:
+    """POST every body once from ``clients`` threads (one keep-alive connection each).
+
+    Counts any answer but a 200, and any broken connection, as an error; latencies are the round
+    trips of every request, failed ones included."""
+    parts = urlsplit(url)
+    lock, nxt = threading.Lock(), iter(range(len(bodies)))
+    lat = np.zeros(len(bodies))
+    status: List[object] = [None] * len(bodies)
+
+    def client() -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        try:
+            while True:
+                with lock:
+                    i = next(nxt, None)
+                if i is None:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    conn.request("POST", path, body=bodies[i], headers={"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    r.read()
+                    status[i] = r.status
+                except (OSError, http.client.HTTPException) as exc:
+                    status[i] = type(exc).__name__
+                    conn.close()                      # reconnects on the next request
+                lat[i] = (time.perf_counter() - t0) * 1000
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(max(1, clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    outcomes = Counter(str(s) for s in status)
+    ok = outcomes.pop("200", 0)
+    return {"requests": len(bodies), "ok": ok, "errors": len(bodies) - ok, "error_kinds": dict(outcomes),
+            "clients": clients, "seconds": seconds, "requests_per_s": len(bodies) / seconds if seconds else 0.0,
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else 0.0,
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else 0.0,
+            "mean_ms": float(lat.mean()) if len(lat) else 0.0}
+
+
+class ServerProcess:
+    """``python -m graphrec.serve`` in a child process on a free port of 127.0.0.1; stopped by SIGTERM."""
+
+    def __init__(self, run_dir: Path, startup_s: float = 300.0) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "graphrec.serve", "--run", str(run_dir), "--port", "0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: List[str] = []
+        self.url: Optional[str] = None
+        started = threading.Event()
+
+        def drain() -> None:                        # read every line, or a chatty server blocks on its pipe
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip())
+                if self.url is None and line.startswith("serving ") and " on http://" in line:
+                    self.url = line.split(" on ", 1)[1].split()[0]
+                    started.set()
+            started.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        started.wait(startup_s)
+        if self.url is None:
+            self.stop()
+            tail = "\n".join(self.lines[-10:])
+            raise RuntimeError(f"the server did not start within {startup_s:.0f} s (exit code "
+                               f"{self.proc.returncode}); its last output:\n{tail}")
+
+    def stop(self, timeout: float = 30.0) -> Optional[int]:
+        """The server's exit code after SIGTERM (killed, and None, if it does not stop in ``timeout``)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        return self.proc.returncode
+
+
+def serve_http(run_dir: Path, requests: int = 300, clients: int = 4, candidates: int = 200, batch: int = 0,
+               warmup: int = 10, seed: int = 0) -> Dict:
+    """The load test against a server started here on ``run_dir``."""
+    from ..errors import UserError
+
+    try:
+        data = json.loads((Path(run_dir) / "metrics.json").read_text())["data"]
+        users, authors = int(data["users"]), int(data["authors"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{run_dir}: not a trained run folder (no user and author counts in metrics.json: "
+                        f"{exc})") from None
+    path = "/score/batch" if batch else "/score"
+    server = ServerProcess(run_dir)
+    try:
+        load_test(server.url, request_bodies(warmup, users, authors, candidates, batch, seed + 1), clients, path)
+        res = load_test(server.url, request_bodies(requests, users, authors, candidates, batch, seed), clients, path)
+    finally:
+        exit_code = server.stop()
+    res.update({"run": str(run_dir), "url": server.url, "path": path, "candidates": candidates,
+                "users_per_request": batch or 1, "users_per_s": res["requests_per_s"] * (batch or 1),
+                "server_exit_code": exit_code})
+    return res
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m graphrec.bench serve-http", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="a trained run folder (runs/<name>-<time>)")
+    ap.add_argument("--requests", type=int, default=300, help="timed requests (default 300)")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    ap.add_argument("--candidates", type=int, default=200, help="authors per user (default 200)")
+    ap.add_argument("--batch", type=int, default=0, help="users per POST /score/batch (default 0: POST /score)")
+    ap.add_argument("--out", help="JSON results (default runs/bench/serve_http.json)")
+    args = ap.parse_args(argv)
+    from ..errors import UserError
+
+    for name in ("requests", "clients", "candidates"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1")
+    if not 0 <= args.batch <= 256 or not 1 <= args.candidates <= 10_000:
+        ap.error("--batch must be in 0..256 and --candidates in 1..10000 (the server's limits)")
+    try:
+        res = serve_http(Path(args.run), args.requests, args.clients, args.candidates, args.batch)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{res['requests']} requests of {res['users_per_request']} user(s) x {res['candidates']} candidates to "
+          f"{res['path']}, {res['clients']} clients: {res['requests_per_s']:.1f} requests/s "
+          f"({res['users_per_s']:.1f} users/s), p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+          f"{res['errors']} errors{' ' + str(res['error_kinds']) if res['errors'] else ''}; "
+          f"server exit code {res['server_exit_code']}")
+    write_results(res, args.out or "runs/bench/serve_http.json")
+    return 0 if res["errors"] == 0 and res["server_exit_code"] == 0 else 1

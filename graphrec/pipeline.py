@@ -176,7 +176,7 @@ class GraphCLStage(Stage):
         ctx.log.info("GraphCL (%d epochs, best %d) link prediction on %d test gifts: trained AUC %.4f MRR %.4f, "
                      "untrained AUC %.4f MRR %.4f", len(result.history), result.best_epoch, quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
                      quality["untrained"]["auc"], quality["untrained"].get("mrr", float("nan")))
-        theta = result.model.theta.weight.detach()
+        theta = result.theta()
         ctx.state["theta"] = theta
         save_checkpoint(ctx.run_dir / "checkpoints" / "graphcl.pt",
                         {"theta": theta, "num_users": ds.num_users, "num_authors": ds.num_authors, "hparams": dict(sec)})

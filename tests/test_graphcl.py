@@ -66,6 +66,11 @@ def test_loss_parts_and_training_improves_link_prediction(gifted_world):
     assert trained["pairs"] == untrained["pairs"] > 20
     assert trained["auc"] > untrained["auc"] + 0.1
     assert trained["mrr"] > untrained["mrr"]
+    theta = r.theta()                                   # what the ranker reads
+    cold = ~np.concatenate([(exp["u2a2u"] >= 0).any(1), (exp["a2u2a"] >= 0).any(1)])
+    assert 0 < cold.sum() < len(cold)
+    assert (theta[torch.from_numpy(cold)] == 0).all()   # no graph evidence: no random id to memorise
+    assert torch.equal(theta[torch.from_numpy(~cold)], r.model.theta.weight[torch.from_numpy(~cold)])
 
 
 def test_link_prediction_hand_worked():

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from graphrec.config import check_simulate
 from graphrec.data.dataset import Dataset, save_dataset
 from graphrec.errors import ConfigError
 from graphrec.metrics import auc, expected_auc
@@ -93,22 +94,6 @@ def calibrate(z: np.ndarray, rate: float, target_auc: float, rng: np.random.Gene
     return scale, bias_for_rate(z, scale, rate)  # bias on the full population: exact planted rate
 
 
-def _check(sim: Mapping[str, Any]) -> None:
-    T, W, P = sim["room_steps"], sim["segment_steps"], sim["product_steps"]
-    if T % W:
-        raise ConfigError(f"simulate.segment_steps={W} must divide simulate.room_steps={T}")
-    if sim["warmup_steps"] + sim["horizon_steps"] >= min(T, (T // P - 1) * P):
-        raise ConfigError("simulate.warmup_steps + simulate.horizon_steps leave no step for impressions "
-                          f"(room_steps={T}, product_steps={P}); raise room_steps or lower them")
-    if T // P < 2:
-        raise ConfigError(f"simulate.product_steps={P} must allow at least 2 products per room "
-                          f"(room_steps={T})")
-    weights = [sim[k] for k in ("weight_collaborative", "weight_content", "weight_heat",
-                                "weight_user_bias", "weight_author_bias")]
-    if not any(w > 0 for w in weights):
-        raise ConfigError("simulate.weight_*: at least one gift signal weight must be positive")
-
-
 def _room_heat(rng: np.random.Generator, A: int, T: int, period: float, damping: float,
                burn_in: int = 100) -> np.ndarray:
     """Damped AR(2) oscillation per room, standardised: smooth, trending, hence forecastable."""
@@ -146,8 +131,9 @@ def _draw_authors(rng: np.random.Generator, user_comm: np.ndarray, cluster: np.n
 
 def simulate(sim: Mapping[str, Any], seed: int = 0, progress: bool = False,
              log: Callable[[str], None] = lambda s: None) -> Dataset:
-    """Generate the world described in the module docstring from the ``simulate`` config section."""
-    _check(sim)
+    """Generate the world described in the module docstring from the ``simulate`` config section
+    (its cross-key rules are :func:`graphrec.config.check_simulate`, also run at config load)."""
+    check_simulate(sim)
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
@@ -288,7 +274,8 @@ def simulate(sim: Mapping[str, Any], seed: int = 0, progress: bool = False,
     for k in ("click", "long_view", "gift", "purchase"):
         pk, yk = p[k], labels[k]
         scope = in_shop if k == "purchase" else slice(None)
-        oracle[k] = {"planted_rate": float(sim[f"{k}_rate"]), "rate": float(yk[scope].mean()),
+        oracle[k] = {"planted_rate": float(sim[f"{k}_rate"]),
+                     "rate": float(yk[scope].mean()) if yk[scope].size else float("nan"),   # NaN: no shopping room
                      "expected_auc": expected_auc(pk[scope]), "realized_auc": auc(yk[scope], pk[scope])}
     oracle["gift"]["planted_auc"] = float(sim["gift_auc"])
     oracle["purchase"]["scope"] = "impressions of shopping rooms"

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .data.dataset import SPLITS, Dataset
+from .errors import DataError
 from .models.product_forecaster import ProductForecaster
 from .models.stat_forecaster import StatForecaster
 
@@ -95,6 +96,35 @@ def stat_windows(values: np.ndarray, input_steps: int, horizon: int,
             np.ascontiguousarray(win[:, input_steps:], dtype=np.float32), rooms)
 
 
+def _train_last_step(ds: Dataset) -> np.ndarray:
+    """Per statistic room: the first step whose statistics are not training data (see train_cutoff_time)."""
+    st = ds.tables["stats"]
+    step = float(ds.meta.get("stats", {}).get("step_seconds", 30))
+    cutoff = train_cutoff_time(ds)
+    if not np.isfinite(cutoff):
+        return np.full(len(st["values"]), st["values"].shape[1])
+    return np.floor((cutoff - st["start"]) / step)
+
+
+def stat_forecast_shortage(ds: Dataset, sec: Mapping[str, Any], seed: int) -> Optional[str]:
+    """Why the statistic forecaster has nothing to train on or to measure on this dataset, or None.
+
+    Cheap (no window is copied), so the stage can skip with this reason instead of failing."""
+    values = ds.tables["stats"]["values"]
+    R, T = values.shape[0], values.shape[1]
+    I, H = sec["input_steps"], sec["horizon"]
+    if T < I + H:
+        return f"rooms have {T} steps, fewer than input_steps + horizon = {I + H}"
+    train_rooms, held_rooms = split_rooms(np.arange(R), sec["holdout_fraction"], seed)
+    if len(train_rooms) == 0 or len(held_rooms) == 0:
+        return (f"{R} room(s) with statistics: too few for training rooms and held-out rooms "
+                f"(stat_forecast.holdout_fraction={sec['holdout_fraction']})")
+    if not (_train_last_step(ds)[train_rooms] >= I + H).any():
+        return (f"no training window of input_steps + horizon = {I + H} steps ends before the first "
+                f"validation impression")
+    return None
+
+
 @dataclass
 class StatResult:
     model: StatForecaster
@@ -109,16 +139,14 @@ def train_stat_forecaster(ds: Dataset, sec: Mapping[str, Any], seed: int, progre
     values = st["values"].astype(np.float32)
     if sec["log1p"]:
         values = np.log1p(np.maximum(values, 0.0))
-    step = float(ds.meta.get("stats", {}).get("step_seconds", 30))
-    cutoff = train_cutoff_time(ds)
-    last_step = np.floor((cutoff - st["start"]) / step) if np.isfinite(cutoff) else np.full(len(values), values.shape[1])
+    last_step = _train_last_step(ds)
     train_rooms, held_rooms = split_rooms(np.arange(len(values)), sec["holdout_fraction"], seed)
     I, H = sec["input_steps"], sec["horizon"]
     x_tr, y_tr, _ = stat_windows(values[train_rooms], I, H, last_step[train_rooms],
                                  max_windows=sec["max_train_windows"], rng=np.random.default_rng(seed))
     x_ho, y_ho, _ = stat_windows(values[held_rooms], I, H)
     if len(x_tr) == 0 or len(x_ho) == 0:
-        raise ValueError(f"no statistic windows of {I}+{H} steps (rooms have {values.shape[1]} steps; "
+        raise DataError(f"no statistic windows of {I}+{H} steps (rooms have {values.shape[1]} steps; "
                          f"training windows {len(x_tr)}, held-out {len(x_ho)})")
     torch.manual_seed(seed)
     model = StatForecaster.from_config(sec, values.shape[2])
@@ -174,6 +202,24 @@ def product_sequences(ds: Dataset, rooms: np.ndarray, max_len: int, before: floa
     return np.stack(seqs), np.array(lens, np.int64)
 
 
+def product_forecast_shortage(ds: Dataset, sec: Mapping[str, Any], seed: int) -> Optional[str]:
+    """Why the product forecaster has nothing to train on or to measure on this dataset, or None
+    (no shopping room with 2+ products in training time, or none among the held-out rooms)."""
+    pr = ds.tables["products"]
+    rooms = np.unique(pr["author"])
+    train_rooms, held_rooms = split_rooms(rooms, sec["holdout_fraction"], seed)
+
+    def with_two(chosen: np.ndarray, before: float) -> int:
+        keep = np.isin(pr["author"], chosen) & (pr["time"] < before)
+        return int((np.bincount(np.asarray(pr["author"][keep], dtype=np.int64)) >= 2).sum())
+
+    n_tr, n_ho = with_two(train_rooms, train_cutoff_time(ds)), with_two(held_rooms, float("inf"))
+    if n_tr == 0 or n_ho == 0:
+        return (f"no product sequences with 2+ items ({n_tr} training and {n_ho} held-out rooms have one, "
+                f"of {len(rooms)} shopping rooms)")
+    return None
+
+
 def _next_targets(seqs: torch.Tensor, lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Target next-cat3 per position and a mask of positions that have a next item."""
     target = torch.roll(seqs[..., 3], shifts=-1, dims=1)
@@ -218,7 +264,7 @@ def train_product_forecaster(ds: Dataset, sec: Mapping[str, Any], seed: int, pro
     x_tr, n_tr = product_sequences(ds, train_rooms, L, before=train_cutoff_time(ds))
     x_ho, n_ho = product_sequences(ds, held_rooms, L, stride=L)   # evaluation: each transition once
     if len(x_tr) == 0 or len(x_ho) == 0:
-        raise ValueError(f"no product sequences with 2+ items (training {len(x_tr)}, held-out {len(x_ho)})")
+        raise DataError(f"no product sequences with 2+ items (training {len(x_tr)}, held-out {len(x_ho)})")
     torch.manual_seed(seed)
     model = ProductForecaster.from_config(sec, meta)
     xt, nt = torch.from_numpy(x_tr).to(device), torch.from_numpy(n_tr).to(device)

@@ -85,8 +85,11 @@ def expected_auc(p: np.ndarray) -> float:
     Over all ordered pairs (i, j), i != j: E[#correctly ordered pos/neg pairs] / E[#pos/neg pairs],
     i.e. sum_{i,j} p_i (1 - p_j) [p_i > p_j] (ties 1/2) / (sum_{i != j} p_i (1 - p_j)). When ``p`` is the
     true probability this is the Bayes-optimal AUC: no scorer has a higher expected numerator.
+    NaN when there is no pair to order (fewer than two probabilities, or all of them 0 or all 1).
     """
-    p = np.sort(np.asarray(p, dtype=np.float64))
+    p = np.sort(np.asarray(p, dtype=np.float64).ravel())
+    if len(p) < 2:                                          # no pair to order (e.g. no shopping impression)
+        return float("nan")
     q = 1.0 - p
     # sum over j with p_j < p_i of q_j, ties counted half: use the mean-rank trick on cumulative sums
     cq = np.concatenate([[0.0], np.cumsum(q)])

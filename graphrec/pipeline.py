@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .data.dataset import SPLITS, Dataset, atomic_write_text
-from .ranking.stage import RankerStage
+from .ranking.stage import RankerStage, history_names
+from .seeds import mean_sd
 from .stage import RunContext, Stage, jsonable
 
 
@@ -31,20 +32,49 @@ class DataStage(Stage):
         from .data.sources import load_data
 
         ds = load_data(ctx.cfg, progress=ctx.progress, log=ctx.log.info)
+        if ctx.cfg.ranker.enabled and "ranker" not in ctx.cfg.run.skip_stages:
+            history_names(ctx.cfg.ranker.histories, ds)    # names the data defines: fail now, not after pre-training
         path = ds.path
         imp = ds.impressions
+        main = ds.main_label
         split_counts = {s: int((imp["split"] == code).sum()) for s, code in SPLITS.items()}
+        split_positives = {s: int(((imp["split"] == code) & (imp[main] == 1)).sum()) for s, code in SPLITS.items()}
         counts = ds.counts()
         ctx.state["dataset"] = ds
-        ctx.metrics["data"] = {"path": str(path), "name": ds.name, "main_label": ds.main_label,
+        ctx.metrics["data"] = {"path": str(path), "name": ds.name, "main_label": main,
                                "feedback": "implicit" if ds.implicit else "explicit", "timed": ds.timed,
-                               **counts, "split": split_counts}
+                               **counts, "split": split_counts, "split_positives": split_positives}
         if "oracle" in ds.meta:
             ctx.metrics["data"]["oracle"] = ds.meta["oracle"]
         ctx.log.info("dataset %s: %s", ds.name, ", ".join(f"{k}={v:,}" for k, v in counts.items()))
-        ctx.log.info("split: %s", ", ".join(f"{k}={v:,}" for k, v in split_counts.items()))
+        ctx.log.info("split: %s", ", ".join(f"{k}={v:,} ({split_positives[k]:,} {main} positives)"
+                                            for k, v in split_counts.items()))
+        for s, n in split_counts.items():
+            if n and not split_positives[s]:
+                ctx.log.warning("the %s split has no %s positives (of %d impressions): %s", s, main, n,
+                                SPLIT_WITHOUT_POSITIVES[s])
+        # one text card, not one-point scalar cards that TensorBoard would show before the training curves
+        ctx.writer.add_text("data/counts", counts_table(counts, split_counts, split_positives, main), 0)
         ctx.writer.add_text("data/manifest", "```\n" + json.dumps(ds.manifest(), indent=2, default=jsonable)[:20000]
                             + "\n```", 0)
+
+
+SPLIT_WITHOUT_POSITIVES = {
+    "train": "the gifting graph is empty, so GraphCL and LightGCN have nothing to learn and the ranker sees one "
+             "class; use more impressions or a higher positive rate",
+    "val": "validation metrics are n/a and early stopping has nothing to monitor (the last epoch is kept); "
+           "use more impressions or a larger data.val_fraction",
+    "test": "test metrics of the main task are n/a; use more impressions or a larger data.test_fraction",
+}
+
+
+def counts_table(counts: Dict[str, int], split_counts: Dict[str, int], split_positives: Dict[str, int],
+                 main: str) -> str:
+    """The dataset's counts as one Markdown table (TensorBoard's text tab; the run's report has the same)."""
+    rows = ["| what | count |", "|---|---|"] + [f"| {k} | {v:,} |" for k, v in counts.items()]
+    rows += [f"| {s} split | {n:,} impressions, {split_positives[s]:,} {main} positives |"
+             for s, n in split_counts.items()]
+    return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------- GIE
@@ -190,13 +220,11 @@ class StatForecastStage(Stage):
     summary = "pre-train LiveForesighter's statistic forecaster (RevIN + iTransformer)"
 
     def missing_inputs(self, ctx: RunContext) -> Optional[str]:
+        from .foresight import stat_forecast_shortage
+
         if not ctx.dataset.has("stats"):
             return "the dataset has no statistic sequences"
-        steps = ctx.dataset.tables["stats"]["values"].shape[1]
-        need = ctx.cfg.stat_forecast.input_steps + ctx.cfg.stat_forecast.horizon
-        if steps < need:
-            return f"rooms have {steps} steps, fewer than input_steps + horizon = {need}"
-        return None
+        return stat_forecast_shortage(ctx.dataset, ctx.cfg.stat_forecast, ctx.cfg.run.seed)
 
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
@@ -223,9 +251,11 @@ class ProductForecastStage(Stage):
     summary = "pre-train LiveForesighter's product forecaster (causal Transformer, next fine category)"
 
     def missing_inputs(self, ctx: RunContext) -> Optional[str]:
+        from .foresight import product_forecast_shortage
+
         if not ctx.dataset.has("products"):
             return "the dataset has no product sequences"
-        return None
+        return product_forecast_shortage(ctx.dataset, ctx.cfg.product_forecast, ctx.cfg.run.seed)
 
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
@@ -332,14 +362,12 @@ class ReportStage(Stage):
 def _fmt(v: Any) -> str:
     from .seeds import fmt
 
-    if isinstance(v, dict):
-        return fmt(v)
-    return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+    if isinstance(v, dict) or isinstance(v, float):
+        return fmt(v)            # NaN (nothing to measure, e.g. a split without positives) is "n/a"
+    return "–" if v is None else str(v)
 
 
 def _count(v: Any) -> str:
-    from .seeds import mean_sd
-
     mean, _ = mean_sd(v)
     return "–" if mean is None else f"{mean:,.0f}"
 
@@ -378,7 +406,16 @@ def render_report(ctx: RunContext) -> str:
     if data:
         out += ["## Dataset", "", "| what | value |", "|---|---|"]
         out += [f"| {k} | {_fmt(v)} |" for k, v in data.items() if not isinstance(v, dict)]
-        out += [f"| split | {', '.join(f'{k} {v:,}' for k, v in data['split'].items())} |", ""]
+        out += [f"| split | {', '.join(f'{k} {v:,}' for k, v in data['split'].items())} |"]
+        if "split_positives" in data:
+            pos = data["split_positives"]
+            out.append(f"| {data['main_label']} positives per split | "
+                       f"{', '.join(f'{k} {_count(v)}' for k, v in pos.items())} |")
+            empty = [k for k, v in pos.items() if data["split"].get(k) and mean_sd(v)[0] == 0]
+            if empty:
+                out += ["", f"**No {data['main_label']} positives in the {' and '.join(empty)} split(s)**: their "
+                        f"{data['main_label']} metrics are n/a (see run.log)."]
+        out.append("")
         if "oracle" in data:
             out += ["Planted labels (simulator): rate and Bayes-optimal AUC over all impressions.", "",
                     "| label | planted rate | rate | expected oracle AUC | realized oracle AUC |", "|---|---|---|---|---|"]
@@ -389,10 +426,15 @@ def render_report(ctx: RunContext) -> str:
     out += metrics_tables(m.get("eval", {}))
     if "ranker" in m:
         r = m["ranker"]
+        if r.get("best_epoch"):
+            best = (f"best validation {r.get('monitor', '')} {_fmt(r.get('best_val'))} at epoch {r.get('best_epoch')}, "
+                    "whose weights are reported.")
+        else:
+            best = (f"no validation {r.get('monitor', '')} could be measured (n/a: no validation split, or no "
+                    "positives in it), so the last epoch's weights are reported.")
         out += ["## Ranker training", "",
                 f"`{r['model']}`: {r.get('epochs_run', len(r.get('history', [])))} epochs"
-                f"{' (stopped early)' if r.get('stopped_early') else ''}; best validation {r.get('monitor', '')} "
-                f"{_fmt(r.get('best_val'))} at epoch {r.get('best_epoch')}, whose weights are reported.", ""]
+                f"{' (stopped early)' if r.get('stopped_early') else ''}; {best}", ""]
     if "graph" in m:
         gm = m["graph"]
         out += ["## Gifting graph", "", f"Built from training `{gm['label']}` positives: "

@@ -71,9 +71,12 @@ def aggregate(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], dirs: Seq
 
 
 def fmt(x: Any, digits: int = 4) -> str:
+    """A number for a report: ``mean ± sd``, ``–`` when absent, ``n/a`` when NaN (nothing to measure)."""
     mean, sd = mean_sd(x)
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if mean is None:
         return "–"
+    if isinstance(mean, float) and math.isnan(mean):
+        return "n/a"
     return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 

@@ -162,3 +162,106 @@ def test_cli_help_config_and_list_stages(capsys):
     assert main(["--list-stages"]) == 0
     out = capsys.readouterr().out.split()
     assert out.index("data") < out.index("evaluation") < out.index("report")
+
+
+# --------------------------------------------------------------------------- cross-key rules (check_config)
+def test_heads_must_divide_dim_at_load():
+    """Regression: `--set mfq.heads=5` used to fail with a ValueError traceback when the ranker stage began."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["mfq.heads=5"])
+    msg = str(e.value)
+    assert "mfq.heads=5" in msg and "mfq.dim=32" in msg and "must divide" in msg
+    assert "(--set)" in msg and "(default)" in msg                    # where each value came from
+    assert "1, 2, 4, 8, 16, 32" in msg                                 # what would do
+
+
+@pytest.mark.parametrize("overrides, fragments", [
+    (["stat_forecast.dim=30"], ["stat_forecast.heads=4", "stat_forecast.dim=30"]),
+    (["product_forecast.heads=3"], ["product_forecast.heads=3", "product_forecast.dim=64"]),
+    (["data.val_fraction=0.5", "data.test_fraction=0.5"], ["data.val_fraction=0.5", "data.test_fraction=0.5", "[0, 1)"]),
+    (["data.source=tiktok"], ["data.path must point at the tiktok input", "data.source=tiktok"]),
+    (["data.source=canonical"], ["data.path must name a canonical dataset folder"]),
+    (["simulate.segment_steps=5"], ["simulate.segment_steps=5", "must divide", "simulate.room_steps=96"]),
+    (["simulate.room_steps=20", "simulate.product_steps=12"], ["simulate.product_steps=12", "at least 2 products"]),
+    (["simulate.warmup_steps=60", "simulate.horizon_steps=30"], ["simulate.warmup_steps=60", "simulate.horizon_steps=30",
+                                                                 "leave no step for impressions"]),
+    ([f"simulate.{w}=0" for w in ("weight_collaborative", "weight_content", "weight_heat", "weight_user_bias",
+                                  "weight_author_bias")], ["at least one gift signal weight"]),
+    (["ranker.activity_windows=[0.02, 1.5]"], ["ranker.activity_windows=[0.02, 1.5]", "(0, 1]"]),
+    (["ranker.activity_windows=[0.0]"], ["ranker.activity_windows"]),
+    (["eval.two_stage_candidates=10"], ["eval.two_stage_candidates=10", "eval.k=20"]),
+])
+def test_cross_key_rules(overrides, fragments):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    for f in fragments:
+        assert f in str(e.value)
+
+
+def test_cross_key_rules_hold_for_the_defaults_and_experiment_files():
+    from pathlib import Path
+
+    load_config()
+    for p in sorted(Path("yaml").glob("*.yaml")):
+        load_config(p)
+    load_config(None, ["eval.two_stage_candidates=0", "eval.k=500", "mfq.dim=30", "mfq.heads=5",
+                       "ranker.activity_windows=[]"])
+
+
+def test_cross_key_error_names_file_and_line_and_lists_every_broken_rule(tmp_path):
+    p = write(tmp_path, "mfq:\n  dim: 30\n  heads: 4\neval:\n  two_stage_candidates: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert f"mfq.dim=30 ({p}:2)" in msg and f"mfq.heads=4 ({p}:3)" in msg
+    assert f"eval.two_stage_candidates=5 ({p}:5)" in msg
+    assert "\n" not in msg                                              # one line for `error: ...`
+
+
+def test_simulator_rules_are_the_config_rules():
+    from data_prep.simulate import simulate
+
+    from graphrec.config import check_simulate
+
+    sim = dict(load_config().simulate, segment_steps=7)
+    with pytest.raises(ConfigError, match=r"simulate.segment_steps=7 must divide simulate.room_steps=96"):
+        check_simulate(sim)
+    with pytest.raises(ConfigError, match="must divide"):
+        simulate(sim)                                      # a section that did not come through load_config
+
+
+def test_cli_cross_key_error_is_one_line_and_quick():
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError):
+        load_config(None, ["mfq.heads=5"])
+    assert time.perf_counter() - t0 < 1.0                 # at load, in well under a second
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "graphrec.run", "--set", "mfq.heads=5"], capture_output=True,
+                       text=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
+    assert "mfq.heads=5" in lines[0] and "mfq.dim=32" in lines[0]
+    assert elapsed < 20       # fails at load: no torch import, no stage (about 0.3 s on an idle machine)
+
+
+@pytest.mark.parametrize("override", ["run.seed=!!int abc", "run.seed=!!timestamp x", "run.progress=!!bool maybe",
+                                      "simulate.gift_rate=1" + "0" * 400, "run.seed=" + "9" * 30,
+                                      "ranker.activity_windows=[1" + "0" * 400 + "]", "run.skip_stages=&a [*a]"])
+def test_malformed_override_regressions(override):
+    """Inputs the loader once answered with ValueError, AttributeError, KeyError or OverflowError."""
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("text", ["1: 2\n", "run: {3: 1}\n", "{[a]: 1}\n", "run: &a {name: *a}\n",
+                                  "run: !!timestamp x\n", "run:\n  out_dir: \"a\\0b\"\n", "run: {seed: !!int x}\n"])
+def test_malformed_file_regressions(tmp_path, text):
+    """Files the loader once answered with TypeError, ConstructorError, RecursionError or AttributeError."""
+    with pytest.raises(ConfigError):
+        load_config(write(tmp_path, text))

@@ -63,3 +63,11 @@ def test_expected_auc_matches_simulated_labels():
     p = 1 / (1 + np.exp(-(rng.standard_normal(200_000) * 1.5 - 2)))
     realized = np.mean([auc(rng.random(len(p)) < p, p) for _ in range(5)])
     assert realized == pytest.approx(expected_auc(p), abs=0.004)
+
+
+def test_expected_auc_without_a_pair_is_nan():
+    """Regression: a world without shopping impressions died with an IndexError here."""
+    assert np.isnan(expected_auc(np.array([])))
+    assert np.isnan(expected_auc(np.array([0.3])))
+    assert np.isnan(expected_auc(np.zeros(5)))                 # nobody positive: no pos/neg pair expected
+    assert expected_auc(np.array([0.2, 0.8])) == pytest.approx(0.8 * 0.8 / (0.2 * 0.2 + 0.8 * 0.8))

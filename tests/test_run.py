@@ -58,7 +58,11 @@ def test_tensorboard_events_hold_metrics(tmp_path):
     assert "test/oracle/gift/auc" in tags and not any(t.startswith("data/") for t in tags)   # no one-point cards
     assert "ranker/val_gauc" in tags and "ranker/lr" in tags and "graphcl/train_loss" in tags
     assert "ranker/train_loss_step" in tags and "lightgcn/val_recall@20" in tags and "stat_forecast/train_loss" in tags
-    assert {"test/mmbee/gift_pr", "config/text_summary", "data/manifest/text_summary"} <= set(acc.Tags()["tensors"])
+    # the dataset counts are one text table, not one-point scalar cards shown before the training curves
+    assert {"test/mmbee/gift_pr", "config/text_summary", "data/manifest/text_summary",
+            "data/counts/text_summary"} <= set(acc.Tags()["tensors"])
+    table = acc.Tensors("data/counts/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "| users | 300 |" in table and "| impressions | 8,000 |" in table and "gift positives |" in table
     hp = EventAccumulator(str(result.run_dir / "hparams"))           # the hparams view: config + final metrics
     hp.Reload()
     assert any(t.startswith("hparam/test/mmbee/gift/") for t in hp.Tags()["scalars"])
@@ -181,3 +185,38 @@ def test_tiktok_end_to_end(tiktok_dir, tmp_path):
     fill = {name: float((builder.impressions(i).users.hist["click"] >= 0).float().mean()) for name, i in
             (("train", train), ("test", testi))}
     assert fill["train"] > 0.2 and fill["train"] > 0.7 * fill["test"]
+
+
+def test_degenerate_world_runs_to_the_end(tmp_path, capsys):
+    """Regression: 10 users, 4 authors and 100 impressions died with an IndexError in expected_auc (no
+    shopping impression), then with a ValueError in the product forecaster (no product sequence). Now
+    the run finishes: stages without data are skipped with their reason, splits without positives are
+    reported, and metrics with nothing to measure are n/a."""
+    sets = ["simulate.num_users=10", "simulate.num_authors=4", "simulate.num_impressions=100",
+            f"run.out_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "run.progress=false",
+            "graphcl.epochs=3", "lightgcn.epochs=3", "ranker.epochs=2"]
+    assert main([a for s in sets for a in ("--set", s)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    run_dir = only_run_dir(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    status = {s["name"]: s["status"] for s in metrics["stages"]}
+    assert status["product_forecast"].startswith("skipped: no product sequences with 2+ items")
+    assert status["report"] == "ran" and "error" not in metrics
+    data = metrics["data"]
+    assert sum(data["split_positives"].values()) == data["positives_gift"]
+    empty = [s for s, n in data["split_positives"].items() if n == 0]
+    assert empty                                        # this world has a split without gifts
+    report = (run_dir / "report.md").read_text()
+    assert "n/a" in report and "| nan" not in report and "gift positives per split" in report
+    log = (run_dir / "run.log").read_text()
+    assert f"the {empty[0]} split has no gift positives" in log
+
+
+def test_unknown_history_fails_at_the_data_stage(tmp_path, capsys):
+    """ranker.histories names labels of the data: checked as soon as the data is loaded, not after the
+    pre-training stages."""
+    assert main(tiny_args(tmp_path, "ranker.histories=[gfit]")) == 2
+    err = capsys.readouterr().err
+    assert "'gfit' is not a behaviour of this dataset" in err and "Traceback" not in err
+    metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
+    assert [s["name"] for s in metrics["stages"]] == ["data"]

@@ -125,14 +125,18 @@ def test_planted_signals_are_present(world):
 
 
 def test_bad_simulator_config():
-    cfg = load_config(None, TINY_SIM + ["simulate.segment_steps=5"])
+    # checked at load (graphrec.config.check_simulate), and again by simulate() on any section it gets
+    with pytest.raises(ConfigError, match=r"segment_steps=5 \(--set\) must divide"):
+        load_config(None, TINY_SIM + ["simulate.segment_steps=5"])
+    good = dict(load_config(None, TINY_SIM).simulate)
     with pytest.raises(ConfigError, match="segment_steps=5 must divide"):
-        simulate(cfg.simulate)
-    cfg = load_config(None, TINY_SIM + ["simulate.weight_collaborative=0", "simulate.weight_content=0",
-                                        "simulate.weight_heat=0", "simulate.weight_user_bias=0",
-                                        "simulate.weight_author_bias=0"])
+        simulate(dict(good, segment_steps=5))
+    zero = {w: 0.0 for w in ("weight_collaborative", "weight_content", "weight_heat", "weight_user_bias",
+                             "weight_author_bias")}
     with pytest.raises(ConfigError, match="at least one gift signal weight"):
-        simulate(cfg.simulate)
+        load_config(None, TINY_SIM + [f"simulate.{w}=0" for w in zero])
+    with pytest.raises(ConfigError, match="at least one gift signal weight"):
+        simulate(dict(good, **zero))
 
 
 def test_cli_writes_a_valid_dataset(tmp_path, capsys):

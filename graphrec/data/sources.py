@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-from ..config import Config
+from ..config import Config, check_data_path
 from ..errors import ConfigError, DataError
 from .dataset import MANIFEST, SCHEMA_VERSION, read_manifest, save_dataset
 from .validate import validate_dataset
@@ -46,9 +46,8 @@ def _fingerprint(payload: Dict[str, Any]) -> str:
 def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] = print) -> Path:
     """Return the canonical dataset folder for ``cfg``, building it first if it is not cached."""
     source = cfg.data.source
+    check_data_path(source, cfg.data.path)          # also checked at load (graphrec.config)
     if source == "canonical":
-        if not cfg.data.path:
-            raise ConfigError("data.path must name a canonical dataset folder when data.source=canonical")
         path = Path(cfg.data.path).expanduser()
         read_manifest(path)
         return path
@@ -57,9 +56,6 @@ def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] 
     if source == "simulate":
         payload = {"source": source, "schema": SCHEMA_VERSION, "simulate": dict(cfg.simulate)}
     else:
-        if not cfg.data.path:
-            raise ConfigError(f"data.path must point at the {source} input (see README: 'Public datasets') "
-                              f"when data.source={source}")
         raw = Path(cfg.data.path).expanduser().resolve()
         if not raw.exists():
             raise DataError(f"{raw}: data.path does not exist (data.source={source})")

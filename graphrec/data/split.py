@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..config import check_split_fractions
 from .dataset import SPLITS
 
 
@@ -19,9 +19,7 @@ def time_split(times: np.ndarray, val_fraction: float, test_fraction: float) -> 
     Cut points are moved forward past ties, so impressions with the same timestamp always land in
     the same split.
     """
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise ConfigError(f"data.val_fraction + data.test_fraction must be in [0, 1), got "
-                          f"{val_fraction} + {test_fraction}")
+    check_split_fractions(val_fraction, test_fraction)
     n = len(times)
     if n and np.any(np.diff(times) < 0):
         raise ValueError("time_split needs impressions sorted by time")

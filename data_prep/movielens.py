@@ -10,6 +10,9 @@ the rating. The text modality (the ``comment`` slot, one token per movie) encode
 the statistic sequences are each movie's weekly rating counts (ratings, positives, rating sum).
 The split is by time (the latest ratings are validation and test). Bad input stops with the file
 and line at fault.
+
+Without a local copy, :func:`fetch` downloads the official archive (:data:`ML100K_URL`) once into
+``<cache_dir>/downloads/`` and checks it against :data:`ML100K_SHA256`.
 """
 from __future__ import annotations
 
@@ -24,11 +27,19 @@ import numpy as np
 
 from graphrec.data.dataset import Dataset
 from graphrec.data.split import time_split
-from graphrec.errors import DataError
+from graphrec.errors import ConfigError, DataError
 
 from .text import encode_texts
 
 REQUIRED = ("u.data", "u.item", "u.user")
+ML100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+# SHA-256 of the official ml-100k.zip (4,924,029 bytes), as listed by TensorFlow Datasets
+# (tensorflow/datasets, tensorflow_datasets/url_checksums/movielens.txt); GroupLens publishes its MD5,
+# 0e33842e24a9c977be4e0107933c0723. Not checked against the live file from this project's offline
+# development machines: data.sha256 overrides it.
+ML100K_SHA256 = "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"
+LOCAL_COPY_HINT = ("download it elsewhere and pass the local copy: --set data.path=/path/to/ml-100k.zip "
+                   "(or the unpacked ml-100k folder)")
 NUM_GENRES = 19
 WEEK_SECONDS = 7 * 24 * 3600
 GENRE_NAMES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -166,6 +177,23 @@ def read_ratings(src: _Source, num_users: int, num_items: int) -> np.ndarray:
     return ratings
 
 
+def fetch(cache_dir: Path, url: Optional[str] = None, sha256: Optional[str] = None, progress: bool = False,
+          log=print) -> Path:
+    """The official ``ml-100k.zip`` in ``<cache_dir>/downloads/``: reused when its SHA-256 matches,
+    downloaded (atomically, checked) otherwise. ``url`` / ``sha256`` default to :data:`ML100K_URL` /
+    :data:`ML100K_SHA256` (config keys ``data.url`` / ``data.sha256``)."""
+    from graphrec.data.download import fetch_file
+
+    url = url or ML100K_URL
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
+        raise ConfigError(f"data.sha256 must be 64 hexadecimal digits (a SHA-256), got {sha256!r}")
+    name = Path(url.split("?", 1)[0].rstrip("/")).name or "ml-100k.zip"
+    if not name.endswith(".zip"):
+        name += ".zip"
+    return fetch_file(url, Path(cache_dir).expanduser() / "downloads" / name, sha256 or ML100K_SHA256,
+                      hint=LOCAL_COPY_HINT, progress=progress, log=log)
+
+
 def convert(path: Path, positive_rating: int = 4, val_fraction: float = 0.1, test_fraction: float = 0.1,
             text_encoder: str = "auto", text_dim: int = 64, seed: int = 0) -> Dataset:
     """Read MovieLens-100K from ``path`` (folder or zip) into a canonical dataset."""
@@ -221,7 +249,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ._cli import print_counts, run_cli
 
     ap = argparse.ArgumentParser(prog="python -m data_prep.movielens", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--src", required=True, help="folder with u.data/u.item/u.user, or the official ml-100k.zip")
+    ap.add_argument("--src", help="folder with u.data/u.item/u.user, or the official ml-100k.zip; without it the "
+                                   "official zip is downloaded into --cache-dir/downloads (SHA-256 checked)")
+    ap.add_argument("--cache-dir", default="cache", help="where the download is kept (default: cache)")
+    ap.add_argument("--url", default=None, help=f"download URL (default {ML100K_URL})")
+    ap.add_argument("--sha256", default=None, help="expected SHA-256 of the download (default: the official zip's)")
     ap.add_argument("--out", required=True, help="output folder for the canonical dataset")
     ap.add_argument("--positive-rating", type=int, default=4, help="ratings >= this are positives (default 4)")
     ap.add_argument("--val-fraction", type=float, default=0.1)
@@ -231,7 +263,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     def job() -> None:
-        ds = convert(Path(args.src), args.positive_rating, args.val_fraction, args.test_fraction,
+        src = Path(args.src) if args.src else fetch(Path(args.cache_dir), args.url, args.sha256,
+                                                      progress=sys.stderr.isatty())
+        ds = convert(src, args.positive_rating, args.val_fraction, args.test_fraction,
                      args.text_encoder, args.text_dim)
         validate_dataset(ds)
         print_counts(ds, save_dataset(ds, Path(args.out)))

@@ -8,22 +8,66 @@ items become authors, the visual features fill the ``frame`` slot and the acoust
 slot (one token per item). The split's text features are not available, so there is no
 ``comment`` modality. Interactions have no timestamps; ``time`` is the split order (train, then
 validation, then test), which keeps the time-sorted invariant without inventing an order.
+
+The split is published in the HKUDS repositories MMSSL and DiffMM (github.com/HKUDS/MMSSL,
+github.com/HKUDS/DiffMM, folder ``Datasets/tiktok``). Every input file is checked against the SHA-256
+of that published copy (:data:`KNOWN_SHA256`); a file that differs is reported as a warning, not an
+error (a re-saved or re-split copy may still be usable), and each file's status is kept in the
+manifest (``meta.checksums``).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from graphrec.data.dataset import Dataset
 from graphrec.data.safe_pickle import load_sparse_pickle
-from graphrec.errors import DataError
+from graphrec.errors import DataError, DataWarning
 
 MATRICES = (("train", "trnMat.pkl"), ("val", "valMat.pkl"), ("test", "tstMat.pkl"))
 FEATURES = (("frame", "image_feat.npy"), ("asr", "audio_feat.npy"))
+# SHA-256 of the published split: HKUDS/DiffMM at commit fae20e642aeeaad4284be6f7fb3432ebb551da8e,
+# Datasets/tiktok (the project's reference copy, ../shared/data/SHA256SUMS). text_feat.npy is not in
+# that copy, so its sum is unknown (None): it is reported as unchecked when present.
+KNOWN_SHA256: Dict[str, Optional[str]] = {
+    "trnMat.pkl": "1efbc49d1a7ce5268f01e3e0c558df1f8f8644628c76aa6536be4ec61d256916",
+    "valMat.pkl": "b6971ed696613d565613dd74b101c45b2aa002b66e8ba99cad03abf04db2397b",
+    "tstMat.pkl": "e83a93787d88728572dbdd5b131bae01a90e17c340820e7b8f0a7c27e69d6f9e",
+    "image_feat.npy": "f6c1ec1726ed2aa80315411199ab2143bee6333821bf58c5f00bd3f5b462efc2",
+    "audio_feat.npy": "d45a44a9d462f578802de914c2feea5cfd45742b2922775a085b9bdc1beba26f",
+    "text_feat.npy": None,
+}
+
+
+def check_checksums(path: Path, log: Optional[Callable[[str], None]] = None) -> Dict[str, str]:
+    """Each present input file's status against :data:`KNOWN_SHA256`: ``ok``, ``differs`` or ``unknown``
+    (no published sum). A differing file is reported (``log("warning: ...")``, or a :class:`DataWarning`
+    without ``log``) and the conversion goes on."""
+    from graphrec.data.download import sha256_file
+
+    status = {}
+    for name, known in KNOWN_SHA256.items():
+        f = path / name
+        if not f.is_file():
+            continue
+        if known is None:
+            status[name] = "unknown"
+            continue
+        got = sha256_file(f)
+        status[name] = "ok" if got == known else "differs"
+        if got != known:
+            msg = (f"{f}: SHA-256 {got} differs from the published TikTok split's {known} (HKUDS/MMSSL, "
+                   f"HKUDS/DiffMM Datasets/tiktok); converting it anyway")
+            if log is None:
+                warnings.warn(msg, DataWarning, stacklevel=3)
+            else:
+                log(f"warning: {msg}")
+    return status
 
 
 def _load_features(path: Path, num_items: int) -> np.ndarray:
@@ -42,8 +86,9 @@ def _load_features(path: Path, num_items: int) -> np.ndarray:
     return arr
 
 
-def convert(path: Path) -> Dataset:
-    """Read the split folder ``path`` into a canonical dataset."""
+def convert(path: Path, log: Optional[Callable[[str], None]] = None) -> Dataset:
+    """Read the split folder ``path`` into a canonical dataset (checksum differences are reported
+    through ``log``, or as :class:`DataWarning` without it)."""
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path}: TikTok folder not found (expected trnMat.pkl, valMat.pkl, tstMat.pkl, "
@@ -76,6 +121,7 @@ def convert(path: Path) -> Dataset:
         feat = _load_features(path / name, na)
         segments[modality] = feat[:, None, :]
         segments[f"{modality}_len"] = np.ones(na, dtype=np.int16)
+    checksums = check_checksums(path, log)          # after reading: a broken file is an error, not a warning
     meta = {
         "feedback": "implicit",
         "timestamps": False,
@@ -84,6 +130,7 @@ def convert(path: Path) -> Dataset:
         "modality_meaning": {"frame": "visual features (128-d)", "asr": "acoustic features (128-d)"},
         "split": {"kind": "published", "counts": {s: int((split == i).sum()) for i, (s, _) in enumerate(MATRICES)}},
         "source_path": str(path.resolve()),
+        "checksums": checksums,
     }
     return Dataset(name="tiktok", source="tiktok", num_users=nu, num_authors=na,
                    tables={"users": {"raw_id": np.arange(nu, dtype=np.int32)},

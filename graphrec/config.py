@@ -399,8 +399,8 @@ def check_split_fractions(val_fraction: float, test_fraction: float, show: Optio
 
 
 def check_data_path(source: str, path: Any, show: Optional[_Show] = None) -> None:
-    """Every source but the simulator reads ``data.path``."""
-    if path or source == "simulate":
+    """Every source but the simulator reads ``data.path``; MovieLens without it is downloaded."""
+    if path or source in ("simulate", "movielens"):
         return
     when = show("data.source") if show is not None else f"data.source={source}"
     if source == "canonical":

@@ -15,3 +15,11 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """An input data file is missing, truncated, malformed or inconsistent."""
+
+
+class DownloadError(DataError):
+    """A download failed (no network, HTTP error, checksum mismatch); nothing half-written is left."""
+
+
+class DataWarning(UserWarning):
+    """Input data that differs from the known published copy but can still be used (e.g. a checksum)."""

@@ -128,9 +128,9 @@ def test_skip_stages(tmp_path):
 def test_user_errors_exit_2_without_run_folder(tmp_path, capsys):
     assert main(tiny_args(tmp_path, "run.skip_stages=[evaluate]")) == 2
     assert "unknown stage(s) ['evaluate']" in capsys.readouterr().err
-    assert main(tiny_args(tmp_path, "data.source=movielens")) == 2
+    assert main(tiny_args(tmp_path, "data.source=kuailive")) == 2      # movielens without a path downloads
     err = capsys.readouterr().err
-    assert "data.path must point at the movielens input" in err and "Traceback" not in err
+    assert "data.path must point at the kuailive input" in err and "Traceback" not in err
     assert main(tiny_args(tmp_path, "data.source=movielens", f"data.path={tmp_path / 'none'}")) == 2
     assert "data.path does not exist" in capsys.readouterr().err
 

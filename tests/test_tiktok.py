@@ -82,3 +82,48 @@ def test_bad_inputs(tiktok_dir, tmp_path):
 def test_cli(tiktok_dir, tmp_path, capsys):
     assert tiktok.main(["--src", str(tiktok_dir), "--out", str(tmp_path / "o")]) == 0
     assert "users=9,308 authors=6,710 impressions=68,722" in capsys.readouterr().out
+
+
+def test_published_checksums_match_the_reference_copy(tiktok_dir):
+    import warnings
+
+    from graphrec.errors import DataWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        ds = tiktok.convert(tiktok_dir)
+    assert ds.meta["checksums"] == {n: "ok" for n in ("trnMat.pkl", "valMat.pkl", "tstMat.pkl", "image_feat.npy",
+                                                      "audio_feat.npy")}
+
+
+def small_split(d):
+    """A 3-user x 4-item split in the published file layout (small fixture files, not the real ones)."""
+    d.mkdir()
+    for name, rows, cols in (("trnMat.pkl", [0, 1, 2], [0, 1, 2]), ("valMat.pkl", [0], [3]), ("tstMat.pkl", [1], [3])):
+        (d / name).write_bytes(pickle.dumps(sp.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(3, 4))))
+    np.save(d / "image_feat.npy", np.arange(32, dtype=np.float16).reshape(4, 8))
+    np.save(d / "audio_feat.npy", np.ones((4, 8), np.float16))
+    return d
+
+
+def test_modified_file_warns_naming_it(tmp_path, monkeypatch):
+    import warnings
+
+    from graphrec.data.download import sha256_file
+    from graphrec.errors import DataWarning
+
+    d = small_split(tmp_path / "tk")
+    sums = {f.name: sha256_file(f) for f in d.iterdir()}
+    monkeypatch.setattr(tiktok, "KNOWN_SHA256", {**sums, "text_feat.npy": None})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert tiktok.convert(d).meta["checksums"]["audio_feat.npy"] == "ok"
+    np.save(d / "audio_feat.npy", np.zeros((4, 8), np.float16))            # same shape, other values
+    np.save(d / "text_feat.npy", np.zeros((4, 8), np.float16))             # no published sum: not checked
+    with pytest.warns(DataWarning, match=r"audio_feat.npy: SHA-256 [0-9a-f]{64} differs from the published") as rec:
+        ds = tiktok.convert(d)                                               # a warning, not an error
+    assert len(rec) == 1 and ds.num_authors == 4
+    assert ds.meta["checksums"]["audio_feat.npy"] == "differs" and ds.meta["checksums"]["text_feat.npy"] == "unknown"
+    logged = []
+    tiktok.convert(d, log=logged.append)                                     # the pipeline's log gets it instead
+    assert len(logged) == 1 and logged[0].startswith("warning: ") and "audio_feat.npy" in logged[0]

@@ -18,11 +18,13 @@ from .dataset import MANIFEST, SCHEMA_VERSION, read_manifest, save_dataset
 from .validate import validate_dataset
 
 # Bumped when a converter's output changes, so caches made by an older converter are rebuilt.
-CONVERTER_VERSION = {"tiktok": 2}   # 2: meta.timestamps = False (rows carry their split as time)
+CONVERTER_VERSION = {"tiktok": 3}   # 2: meta.timestamps = False (rows carry their split as time); 3: meta.checksums
 
 _INPUT_FILES = {
     "movielens": ("u.data", "u.item", "u.user", "u.occupation", "u.info"),
     "tiktok": ("trnMat.pkl", "valMat.pkl", "tstMat.pkl", "image_feat.npy", "audio_feat.npy"),
+    "kuailive": ("user.csv", "streamer.csv", "room.csv", "click.csv", "negative.csv", "gift.csv", "comment.csv",
+                 "like.csv", "title_embeddings_pca128.npy"),
 }
 
 
@@ -56,9 +58,15 @@ def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] 
     if source == "simulate":
         payload = {"source": source, "schema": SCHEMA_VERSION, "simulate": dict(cfg.simulate)}
     else:
-        raw = Path(cfg.data.path).expanduser().resolve()
+        if source == "movielens" and not cfg.data.path:        # the official archive, downloaded once
+            from data_prep.movielens import fetch
+
+            raw = fetch(cache, cfg.data.url, cfg.data.sha256, progress=progress, log=log).resolve()
+        else:
+            raw = Path(cfg.data.path).expanduser().resolve()
         if not raw.exists():
-            raise DataError(f"{raw}: data.path does not exist (data.source={source})")
+            raise DataError(f"{raw}: data.path does not exist (data.source={source}; pass your copy with "
+                            f"--set data.path=..., see README: 'Public datasets')")
         payload = {"source": source, "schema": SCHEMA_VERSION, "path": str(raw),
                    "files": _file_signature(raw, _INPUT_FILES[source])}
         if source in CONVERTER_VERSION:
@@ -72,6 +80,9 @@ def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] 
             payload.update(positive_rating=cfg.data.positive_rating, val_fraction=cfg.data.val_fraction,
                            test_fraction=cfg.data.test_fraction, text_encoder=encoder,
                            text_dim=cfg.data.text_dim if encoder == "tfidf" else None)
+        if source == "kuailive":
+            payload.update(long_view_seconds=cfg.data.long_view_seconds, stat_step_seconds=cfg.data.stat_step_seconds,
+                           stat_steps=cfg.data.stat_steps)
     out = cache / f"{source}-{_fingerprint(payload)}"
     if (out / MANIFEST).exists():
         log(f"using cached dataset {out}")
@@ -85,12 +96,17 @@ def dataset_dir(cfg: Config, progress: bool = False, log: Callable[[str], None] 
     elif source == "movielens":
         from data_prep.movielens import convert
 
-        ds = convert(Path(cfg.data.path).expanduser(), cfg.data.positive_rating, cfg.data.val_fraction,
+        ds = convert(raw, cfg.data.positive_rating, cfg.data.val_fraction,
                      cfg.data.test_fraction, payload["text_encoder"], cfg.data.text_dim, cfg.run.seed)
     elif source == "tiktok":
         from data_prep.tiktok import convert
 
-        ds = convert(Path(cfg.data.path).expanduser())
+        ds = convert(raw, log=log)
+    elif source == "kuailive":
+        from data_prep.kuailive import convert
+
+        ds = convert(raw, long_view_seconds=cfg.data.long_view_seconds, step_seconds=cfg.data.stat_step_seconds,
+                     steps=cfg.data.stat_steps, log=log)
     else:  # the config schema's choices make this unreachable
         raise ConfigError(f"data.source: unknown source {source!r}")
     validate_dataset(ds)

@@ -66,7 +66,7 @@ class _Checker:
         if np.issubdtype(values.dtype, np.floating):
             bad = ~np.isfinite(values)
             if bad.ndim > 1:
-                bad = bad.reshape(len(bad), -1).any(axis=1)
+                bad = bad.reshape(len(bad), int(np.prod(bad.shape[1:]))).any(axis=1)   # also for 0 rows
             self.flag(table, column, "nonfinite", "NaN or inf value", bad)
 
     def binary(self, table: str, column: str, values: np.ndarray) -> None:

@@ -96,10 +96,13 @@ class GraphStage(Stage):
     def run(self, ctx: RunContext) -> None:
         from .gie.graph import build_gift_graph, graph_fingerprint
 
+        from .data.split import training_parts
+
         sec = ctx.cfg.graph
+        rows, _ = training_parts(ctx.dataset, sec.past_fraction)
         g = build_gift_graph(ctx.dataset, graph_label(ctx), {
             "alpha": sec.swing_alpha, "a2a_topk": sec.a2a_topk, "max_authors_per_user": sec.max_authors_per_user,
-            "max_users_per_author": sec.max_users_per_author}, seed=ctx.cfg.run.seed)
+            "max_users_per_author": sec.max_users_per_author}, seed=ctx.cfg.run.seed, rows=rows)
         ctx.state["graph"] = g
         ctx.state["graph_fingerprint"] = graph_fingerprint(g)
         edges = {et: int(g.num_edges(et)) for _, et, _ in g.canonical_etypes}
@@ -180,7 +183,9 @@ class GraphCLStage(Stage):
         ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
         label = graph_label(ctx)
         split = ds.impressions["split"]
-        tu, ta, _, _ = gift_edges(ds, label, split == SPLITS["train"])
+        from .data.split import training_parts
+
+        tu, ta, _, _ = gift_edges(ds, label, training_parts(ds, ctx.cfg.graph.past_fraction)[0])   # the graph's
         vu, va, _, _ = gift_edges(ds, label, split == SPLITS["val"])
         hu, ha, _, _ = gift_edges(ds, label, split == SPLITS["test"])
         validate = None

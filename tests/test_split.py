@@ -26,3 +26,22 @@ def test_errors():
     with pytest.raises(ValueError, match="sorted"):
         time_split(np.array([3, 1, 2]), 0.1, 0.1)
     assert len(time_split(np.array([], dtype=np.int64), 0.1, 0.1)) == 0
+
+
+def test_the_graph_takes_the_past_and_the_ranker_the_rest():
+    """``graph.past_fraction``: graph rows precede every ranker row; together they are the training rows."""
+    from types import SimpleNamespace
+
+    from graphrec.data.split import training_parts
+
+    t = np.arange(100)
+    ds = SimpleNamespace(impressions={"time": t, "split": time_split(t, 0.1, 0.1)}, timed=True, name="toy")
+    train = ds.impressions["split"] == 0
+    graph, ranker = training_parts(ds, 0.0)
+    assert (graph == train).all() and (ranker == train).all()
+    graph, ranker = training_parts(ds, 0.5)
+    assert not (graph & ranker).any() and ((graph | ranker) == train).all()
+    assert t[graph].max() < t[ranker].min() and graph.sum() == ranker.sum() == 40
+    ds.timed = False
+    with pytest.raises(ConfigError, match="graph.past_fraction=0.5.*no timestamps"):
+        training_parts(ds, 0.5)

@@ -50,3 +50,25 @@ def ensure_split(ds, val_fraction: float, test_fraction: float) -> bool:
         return False
     imp["split"] = time_split(imp["time"], val_fraction, test_fraction)
     return True
+
+
+def training_parts(ds, past_fraction: float = 0.0):
+    """``(graph_rows, ranker_rows)``: boolean masks over the impressions of the training rows the gifting
+    graph is built from and of those the ranker trains on (``graph.past_fraction``).
+
+    With ``past_fraction`` 0 both are every training row. Otherwise (timed data only) the graph takes the
+    earliest ``past_fraction`` of the training period and the ranker the rest, so that each of its
+    training rows sees graph features (Θ, expansions) built from its past, as a validation or test row
+    does — never from its own label."""
+    from ..errors import ConfigError
+
+    train = ds.impressions["split"] == SPLITS["train"]
+    if not past_fraction:
+        return train, train
+    if not ds.timed:
+        raise ConfigError(f"graph.past_fraction={past_fraction}: the dataset {ds.name} has no timestamps (its rows "
+                          "carry only their split), so there is no past to build the graph from; set it to 0")
+    times = ds.impressions["time"][train]
+    cutoff = np.quantile(times, past_fraction) if len(times) else 0
+    early = ds.impressions["time"] < cutoff
+    return train & early, train & ~early

@@ -62,10 +62,12 @@ def build_graph(users: np.ndarray, authors: np.ndarray, num_users: int, num_auth
     return g
 
 
-def build_gift_graph(ds: Dataset, label: Optional[str] = None, swing_cfg: Optional[Mapping] = None, seed: int = 0):
-    """The heterograph from ``ds``'s *training* positives of ``label`` (default: the main label)."""
-    label = label or ds.meta.get("main_label", ds.labels[0])
-    train = ds.impressions["split"] == SPLITS["train"]
+def build_gift_graph(ds: Dataset, label: Optional[str] = None, swing_cfg: Optional[Mapping] = None, seed: int = 0,
+                     rows: Optional[np.ndarray] = None):
+    """The heterograph from ``ds``'s *training* positives of ``label`` (default: the main label); ``rows``:
+    the training rows to take them from (default all; see ``graphrec.data.split.training_parts``)."""
+    label = label or ds.main_label
+    train = ds.impressions["split"] == SPLITS["train"] if rows is None else rows
     u, a, count, value = gift_edges(ds, label, train)
     return build_graph(u, a, ds.num_users, ds.num_authors, count, value, swing_cfg, seed)
 

@@ -14,6 +14,7 @@ import torch
 
 from ..config import Config
 from ..data.dataset import SPLITS, Dataset
+from ..data.split import training_parts
 from ..schema import METAPATHS
 from ..stage import RunContext, Stage
 from .batches import BatchBuilder, BatchConfig, PairSet, side_features
@@ -38,6 +39,12 @@ def enabled_modules(cfg: Config, ds: Dataset, artifacts: Mapping[str, Any]) -> D
         "user_activity": bool(sec.use_user_activity),
         "exposure_head": bool(sec.exposure_head and not ds.implicit),
     }
+
+
+def ranker_rows(cfg: Config, ds: Dataset, mods: Mapping[str, Any]) -> np.ndarray:
+    """The training rows the ranker learns from: with graph features (GIE) and ``graph.past_fraction``, those
+    after the graph's period (:func:`graphrec.data.split.training_parts`); otherwise every training row."""
+    return training_parts(ds, cfg.graph.past_fraction if mods["metapaths"] else 0.0)[1]
 
 
 def history_names(names, ds: Dataset) -> List[str]:
@@ -237,7 +244,8 @@ class RankerStage(Stage):
         name = model_name(mods)
         model, builder, spec = build_ranker(cfg, ds, mods, ctx.state, device=ctx.device)
         split = ds.impressions["split"]
-        train_idx, val_idx = np.flatnonzero(split == SPLITS["train"]), np.flatnonzero(split == SPLITS["val"])
+        train_idx = np.flatnonzero(ranker_rows(cfg, ds, mods))
+        val_idx = np.flatnonzero(split == SPLITS["val"])
         ctx.log.info("ranker '%s': modules %s; %s train / %s val impressions", name, mods, f"{len(train_idx):,}",
                      f"{len(val_idx):,}")
         redraw = None

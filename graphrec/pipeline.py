@@ -77,6 +77,15 @@ def counts_table(counts: Dict[str, int], split_counts: Dict[str, int], split_pos
     return "\n".join(rows)
 
 
+def summary_text(writer, tag: str, values: Dict[str, Any]) -> None:
+    """A stage's one-off numbers as one Markdown table in TensorBoard's text tab: single-point scalar cards
+    would sort before the training curves and say nothing a table does not."""
+    rows = ["| what | value |", "|---|---|"]
+    rows += [f"| {k} | {v:,.4f} |" if isinstance(v, float) else f"| {k} | {v:,} |" if isinstance(v, int)
+             else f"| {k} | {v} |" for k, v in values.items()]
+    writer.add_text(tag, "\n".join(rows), 0)
+
+
 # ----------------------------------------------------------------------------- GIE
 def graph_label(ctx: RunContext) -> str:
     return ctx.cfg.graph.label or ctx.dataset.main_label
@@ -109,8 +118,7 @@ class GraphStage(Stage):
         ctx.metrics["graph"] = {"label": graph_label(ctx), "fingerprint": ctx.state["graph_fingerprint"],
                                 "nodes": {nt: int(g.num_nodes(nt)) for nt in g.ntypes}, "edges": edges,
                                 "users_with_gifts": int((g.out_degrees(etype="u2a") > 0).sum())}
-        for et, n in edges.items():
-            ctx.writer.add_scalar(f"graph/edges_{et}", n, 0)
+        summary_text(ctx.writer, "graph/summary", {f"edges {et}": n for et, n in edges.items()})
         ctx.log.info("graph: %s", ", ".join(f"{k}={v:,}" for k, v in edges.items()))
 
 
@@ -144,8 +152,7 @@ class ExpansionStage(Stage):
         ctx.state["expansions"] = exp
         fill = {name: float((ids >= 0).mean()) for name, ids in exp.items()}
         ctx.metrics["expansion"] = {"k": ks, "backend": sec.backend, "filled": fill, "cache": str(cache)}
-        for name, f in fill.items():
-            ctx.writer.add_scalar(f"expansion/filled_{name}", f, 0)
+        summary_text(ctx.writer, "expansion/summary", {f"{name} filled": f for name, f in fill.items()})
         ctx.log.info("expansions filled (share of non-padding): %s",
                      ", ".join(f"{k}={v:.3f}" for k, v in fill.items()))
 
@@ -205,9 +212,8 @@ class GraphCLStage(Stage):
         ctx.metrics["graphcl"] = {"final_loss": result.history[-1]["train_loss"], "history": result.history,
                                   "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                                   "link_prediction": quality}
-        for which, q in quality.items():
-            for k, v in q.items():
-                ctx.writer.add_scalar(f"graphcl/link_{which}/{k}", v, 0)
+        summary_text(ctx.writer, "graphcl/summary", {f"link prediction, {which} Θ: {k}": v
+                                                       for which, q in quality.items() for k, v in q.items()})
         ctx.log.info("GraphCL (%d epochs, best %d) link prediction on %d test gifts: trained AUC %.4f MRR %.4f, "
                      "untrained AUC %.4f MRR %.4f", len(result.history), result.best_epoch, quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
                      quality["untrained"]["auc"], quality["untrained"].get("mrr", float("nan")))
@@ -240,8 +246,7 @@ class StatForecastStage(Stage):
                                        ctx.log.debug, ctx.cfg.run.amp)
         m = result.metrics
         ctx.metrics["stat_forecast"] = m
-        for k, v in m["mse"].items():
-            ctx.writer.add_scalar(f"stat_forecast/heldout_mse/{k}", v, 0)
+        summary_text(ctx.writer, "stat_forecast/summary", {f"held-out MSE, {k}": v for k, v in m["mse"].items()})
         ctx.log.info("statistic forecast MSE (%s) on %d held-out rooms: model %.4f, mean value %.4f, "
                      "latest value %.4f", m["space"], m["heldout_rooms"], m["mse"]["model"],
                      m["mse"]["mean_value"], m["mse"]["latest_value"])
@@ -271,8 +276,8 @@ class ProductForecastStage(Stage):
                                           ctx.log.debug, ctx.cfg.run.amp)
         m = result.metrics
         ctx.metrics["product_forecast"] = m
-        for k, v in m["hit_rate"].items():
-            ctx.writer.add_scalar(f"product_forecast/heldout_hit_rate/{k}", v, 0)
+        summary_text(ctx.writer, "product_forecast/summary",
+                     {f"held-out hit rate, {k}": v for k, v in m["hit_rate"].items()})
         ctx.log.info("next-category hit rate on %d held-out shopping rooms: model %.4f, most frequent %.4f, "
                      "latest %.4f", m["heldout_rooms"], m["hit_rate"]["model"],
                      m["hit_rate"]["most_frequent_category"], m["hit_rate"]["latest_category"])
@@ -512,7 +517,7 @@ def run_stages(ctx: RunContext, stages: Optional[List[Stage]] = None) -> None:
         stage.run(ctx)
         row["seconds"] = time.perf_counter() - t0
         row["peak_rss_gib"] = peak_rss_gib()
-        ctx.writer.add_scalar(f"time/{stage.name}_seconds", row["seconds"], 0)
         ctx.log.info("[%d/%d] %s: done in %.1fs (peak RSS so far %.2f GiB)", i, len(stages), stage.name,
                      row["seconds"], row["peak_rss_gib"])
         ctx.save_metrics()
+    summary_text(ctx.writer, "time/stages", {f"{r['name']} ({r['status']})": f"{r['seconds']:.1f} s" for r in rows})

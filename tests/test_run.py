@@ -55,12 +55,16 @@ def test_tensorboard_events_hold_metrics(tmp_path):
     acc = EventAccumulator(str(result.run_dir), size_guidance={"tensors": 0})
     acc.Reload()
     tags = acc.Tags()["scalars"]
-    assert "test/oracle/gift/auc" in tags and not any(t.startswith("data/") for t in tags)   # no one-point cards
+    assert "test/oracle/gift/auc" in tags
+    summaries = [t for t in tags if t.startswith(("data/", "graph/", "expansion/", "time/")) or "heldout" in t
+                 or "/link_" in t]
+    assert not summaries                        # stage summaries are text tables, the curves come first
     assert "ranker/val_gauc" in tags and "ranker/lr" in tags and "graphcl/train_loss" in tags
     assert "ranker/train_loss_step" in tags and "lightgcn/val_recall@20" in tags and "stat_forecast/train_loss" in tags
     # the dataset counts are one text table, not one-point scalar cards shown before the training curves
     assert {"test/mmbee/gift_pr", "config/text_summary", "data/manifest/text_summary",
-            "data/counts/text_summary"} <= set(acc.Tags()["tensors"])
+            "data/counts/text_summary", "graph/summary/text_summary", "time/stages/text_summary"} <= set(acc.Tags()["tensors"])
+    assert "| ranker (ran) |" in acc.Tensors("time/stages/text_summary")[0].tensor_proto.string_val[0].decode()
     table = acc.Tensors("data/counts/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| users | 300 |" in table and "| impressions | 8,000 |" in table and "gift positives |" in table
     hp = EventAccumulator(str(result.run_dir / "hparams"))           # the hparams view: config + final metrics

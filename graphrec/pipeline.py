@@ -105,10 +105,10 @@ class GraphStage(Stage):
     def run(self, ctx: RunContext) -> None:
         from .gie.graph import build_gift_graph, graph_fingerprint
 
-        from .data.split import training_parts
+        from .data.split import graph_period
 
         sec = ctx.cfg.graph
-        rows, _ = training_parts(ctx.dataset, sec.past_fraction)
+        rows, _ = graph_period(ctx.dataset, sec.past_fraction)
         g = build_gift_graph(ctx.dataset, graph_label(ctx), {
             "alpha": sec.swing_alpha, "a2a_topk": sec.a2a_topk, "max_authors_per_user": sec.max_authors_per_user,
             "max_users_per_author": sec.max_users_per_author}, seed=ctx.cfg.run.seed, rows=rows)
@@ -190,9 +190,9 @@ class GraphCLStage(Stage):
         ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
         label = graph_label(ctx)
         split = ds.impressions["split"]
-        from .data.split import training_parts
+        from .data.split import graph_period
 
-        tu, ta, _, _ = gift_edges(ds, label, training_parts(ds, ctx.cfg.graph.past_fraction)[0])   # the graph's
+        tu, ta, _, _ = gift_edges(ds, label, graph_period(ds, ctx.cfg.graph.past_fraction)[0])   # the graph's
         vu, va, _, _ = gift_edges(ds, label, split == SPLITS["val"])
         hu, ha, _, _ = gift_edges(ds, label, split == SPLITS["test"])
         validate = None

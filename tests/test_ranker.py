@@ -248,3 +248,24 @@ def test_user_activity_counts_the_users_past_impressions_and_gifts(tiny):
         before = (imp["user"] == imp["user"][r]) & (imp["time"] < imp["time"][r])
         assert n_all[i] == before.sum() and g_all[i] == imp["gift"][before].sum()
     assert n_all.max() > 0 and g_all.max() > 0                  # the check is not vacuous
+
+
+def test_rows_inside_the_graphs_period_see_no_user_side_graph_features(tiny):
+    """``graph.past_fraction``: before the cutoff a row's user side is that of a user without gifts."""
+    _, ds, model, builder = tiny
+    t = ds.impressions["time"]
+    idx = np.arange(0, len(t), 50)
+    cutoff = int(np.median(t[idx]))
+    builder.graph_cutoff = cutoff
+    try:
+        up = builder.impressions(idx).users
+    finally:
+        builder.graph_cutoff = None
+    hidden = torch.from_numpy(t[idx] < cutoff)
+    seen = builder.impressions(idx).users
+    assert hidden.any() and (~hidden).any()
+    assert (up.theta[hidden] == 0).all() and torch.equal(up.theta[~hidden], seen.theta[~hidden])
+    for m in up.exp:
+        assert (up.exp[m][hidden] == PAD).all() and torch.equal(up.exp[m][~hidden], seen.exp[m][~hidden])
+        assert (up.exp_theta[m][hidden] == 0).all()
+        assert (seen.exp[m][hidden] != PAD).any()              # there was something to hide

@@ -28,20 +28,20 @@ def test_errors():
     assert len(time_split(np.array([], dtype=np.int64), 0.1, 0.1)) == 0
 
 
-def test_the_graph_takes_the_past_and_the_ranker_the_rest():
-    """``graph.past_fraction``: graph rows precede every ranker row; together they are the training rows."""
+def test_the_graph_takes_the_past_and_later_rows_see_it():
+    """``graph.past_fraction``: the graph's rows precede its cutoff; every other row is at or after it."""
     from types import SimpleNamespace
 
-    from graphrec.data.split import training_parts
+    from graphrec.data.split import graph_period
 
     t = np.arange(100)
     ds = SimpleNamespace(impressions={"time": t, "split": time_split(t, 0.1, 0.1)}, timed=True, name="toy")
     train = ds.impressions["split"] == 0
-    graph, ranker = training_parts(ds, 0.0)
-    assert (graph == train).all() and (ranker == train).all()
-    graph, ranker = training_parts(ds, 0.5)
-    assert not (graph & ranker).any() and ((graph | ranker) == train).all()
-    assert t[graph].max() < t[ranker].min() and graph.sum() == ranker.sum() == 40
+    graph, cutoff = graph_period(ds, 0.0)
+    assert (graph == train).all() and cutoff is None
+    graph, cutoff = graph_period(ds, 0.5)
+    assert graph.sum() == 39 and t[graph].max() < cutoff <= t[train & ~graph].min()
+    assert (t[ds.impressions["split"] > 0] >= cutoff).all()         # validation and test see the whole graph
     ds.timed = False
     with pytest.raises(ConfigError, match="graph.past_fraction=0.5.*no timestamps"):
-        training_parts(ds, 0.5)
+        graph_period(ds, 0.5)

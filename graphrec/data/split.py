@@ -52,23 +52,23 @@ def ensure_split(ds, val_fraction: float, test_fraction: float) -> bool:
     return True
 
 
-def training_parts(ds, past_fraction: float = 0.0):
-    """``(graph_rows, ranker_rows)``: boolean masks over the impressions of the training rows the gifting
-    graph is built from and of those the ranker trains on (``graph.past_fraction``).
+def graph_period(ds, past_fraction: float = 0.0):
+    """``(graph_rows, cutoff)``: the training rows the gifting graph is built from (``graph.past_fraction``)
+    and the time from which a row may see features of that graph (``None``: every row).
 
-    With ``past_fraction`` 0 both are every training row. Otherwise (timed data only) the graph takes the
-    earliest ``past_fraction`` of the training period and the ranker the rest, so that each of its
-    training rows sees graph features (Θ, expansions) built from its past, as a validation or test row
-    does — never from its own label."""
+    With ``past_fraction`` 0 the graph takes every training row. Otherwise (timed data only) it takes the
+    earliest ``past_fraction`` of the training period, and a row before its end sees no user-side graph
+    features — the graph holds that row's own gift and later ones, which validation and test rows never
+    see in theirs. Rows after the cutoff (the rest of training, validation, test) see the graph of their
+    past, as the history rule has them see their past behaviour."""
     from ..errors import ConfigError
 
     train = ds.impressions["split"] == SPLITS["train"]
     if not past_fraction:
-        return train, train
+        return train, None
     if not ds.timed:
         raise ConfigError(f"graph.past_fraction={past_fraction}: the dataset {ds.name} has no timestamps (its rows "
                           "carry only their split), so there is no past to build the graph from; set it to 0")
     times = ds.impressions["time"][train]
-    cutoff = np.quantile(times, past_fraction) if len(times) else 0
-    early = ds.impressions["time"] < cutoff
-    return train & early, train & ~early
+    cutoff = int(np.quantile(times, past_fraction, method="lower")) if len(times) else 0
+    return train & (ds.impressions["time"] < cutoff), cutoff

@@ -65,7 +65,7 @@ def build_graph(users: np.ndarray, authors: np.ndarray, num_users: int, num_auth
 def build_gift_graph(ds: Dataset, label: Optional[str] = None, swing_cfg: Optional[Mapping] = None, seed: int = 0,
                      rows: Optional[np.ndarray] = None):
     """The heterograph from ``ds``'s *training* positives of ``label`` (default: the main label); ``rows``:
-    the training rows to take them from (default all; see ``graphrec.data.split.training_parts``)."""
+    the training rows to take them from (default all; see ``graphrec.data.split.graph_period``)."""
     label = label or ds.main_label
     train = ds.impressions["split"] == SPLITS["train"] if rows is None else rows
     u, a, count, value = gift_edges(ds, label, train)

@@ -89,12 +89,13 @@ class BatchBuilder:
     def __init__(self, ds: Dataset, store, cfg: BatchConfig, histories: Dict[str, History],
                  user_side, author_side, activity: Optional[Activity] = None,
                  room_stats: Optional[RoomStatistics] = None, known: Optional[PairSet] = None,
-                 user_activity: Optional[Activity] = None) -> None:
+                 user_activity: Optional[Activity] = None, graph_cutoff: Optional[int] = None) -> None:
         self.ds, self.store, self.cfg, self.histories = ds, store, cfg, histories
         self.user_cats, self.user_dense = user_side
         self.author_cats, self.author_dense = author_side
         self.activity, self.room_stats, self.known = activity, room_stats, known
         self.user_activity = user_activity
+        self.graph_cutoff = graph_cutoff      # rows before it see no user-side graph features (graph.past_fraction)
         imp = ds.impressions
         self.users, self.authors, self.times = imp["user"].astype(np.int64), imp["author"].astype(np.int64), imp["time"]
         self.is_train = imp["split"] == SPLITS["train"]
@@ -129,7 +130,23 @@ class BatchBuilder:
             if cfg.theta_pretrained:
                 up.theta = self.store.get("user", "theta", ut)
             self._expansions(up, "user", ut)
+            if self.graph_cutoff is not None:
+                self._hide_graph(up, np.asarray(times) < self.graph_cutoff)
         return up
+
+    @staticmethod
+    def _hide_graph(up: UserPart, hide: np.ndarray) -> None:
+        """Rows inside the graph's own period see the user side as a user without gifts would: zero Θ, no
+        expansions (``graphrec.data.split.graph_period``)."""
+        if not hide.any():
+            return
+        rows = torch.from_numpy(hide)
+        if up.theta is not None:
+            up.theta = up.theta.masked_fill(rows.to(up.theta.device)[:, None], 0.0)
+        for m in up.exp:
+            up.exp[m] = up.exp[m].masked_fill(rows.to(up.exp[m].device)[:, None], PAD)
+            if m in up.exp_theta:
+                up.exp_theta[m] = up.exp_theta[m].masked_fill(rows.to(up.exp_theta[m].device)[:, None, None], 0.0)
 
     def _expansions(self, part, seed: str, ids: torch.Tensor) -> None:
         for m in self.cfg.metapaths:

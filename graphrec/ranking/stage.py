@@ -14,7 +14,7 @@ import torch
 
 from ..config import Config
 from ..data.dataset import SPLITS, Dataset
-from ..data.split import training_parts
+from ..data.split import graph_period
 from ..schema import METAPATHS
 from ..stage import RunContext, Stage
 from .batches import BatchBuilder, BatchConfig, PairSet, side_features
@@ -39,12 +39,6 @@ def enabled_modules(cfg: Config, ds: Dataset, artifacts: Mapping[str, Any]) -> D
         "user_activity": bool(sec.use_user_activity),
         "exposure_head": bool(sec.exposure_head and not ds.implicit),
     }
-
-
-def ranker_rows(cfg: Config, ds: Dataset, mods: Mapping[str, Any]) -> np.ndarray:
-    """The training rows the ranker learns from: with graph features (GIE) and ``graph.past_fraction``, those
-    after the graph's period (:func:`graphrec.data.split.training_parts`); otherwise every training row."""
-    return training_parts(ds, cfg.graph.past_fraction if mods["metapaths"] else 0.0)[1]
 
 
 def history_names(names, ds: Dataset) -> List[str]:
@@ -161,7 +155,7 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
     user_side = side_features(ds.tables["users"], truth.get("users", []))
     author_side = side_features(ds.tables["authors"], truth.get("authors", []))
     builder = BatchBuilder(ds, store, bcfg, histories, user_side, author_side, activity, room_stats, known,
-                           user_activity)
+                           user_activity, graph_period(ds, cfg.graph.past_fraction)[1] if mods["metapaths"] else None)
     spec = RankerSpec(
         num_users=ds.num_users, num_authors=ds.num_authors, tasks=heads, histories=list(histories),
         user_cats={k: v[1] for k, v in user_side[0].items()}, author_cats={k: v[1] for k, v in author_side[0].items()},
@@ -244,7 +238,7 @@ class RankerStage(Stage):
         name = model_name(mods)
         model, builder, spec = build_ranker(cfg, ds, mods, ctx.state, device=ctx.device)
         split = ds.impressions["split"]
-        train_idx = np.flatnonzero(ranker_rows(cfg, ds, mods))
+        train_idx = np.flatnonzero(split == SPLITS["train"])
         val_idx = np.flatnonzero(split == SPLITS["val"])
         ctx.log.info("ranker '%s': modules %s; %s train / %s val impressions", name, mods, f"{len(train_idx):,}",
                      f"{len(val_idx):,}")

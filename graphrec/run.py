@@ -155,11 +155,26 @@ ABLATIONS = {
 }
 
 
-def _run_child(cfg: Config, config_file: Optional[str], run_dir: str, threads: int) -> Dict[str, Any]:
-    """One run in a worker process of :func:`run_many`: ``threads`` intra-op threads, metrics back."""
+def _worker_init(parent: int, threads: int) -> None:
+    """A :func:`run_many` worker: ``threads`` intra-op threads, and it ends when the process that started
+    it ends, however that ends (``kill -9`` included), instead of training on as an orphan."""
+    import os
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _run_child(cfg: Config, config_file: Optional[str], run_dir: str) -> Dict[str, Any]:
+    """One run in a worker process of :func:`run_many`; its metrics go back to the parent."""
     return run(cfg, config_file=config_file, run_dir=Path(run_dir)).metrics
 
 
@@ -180,8 +195,9 @@ def run_many(tasks: Sequence[Tuple[Config, Optional[str], Path]], jobs: int = 1)
         dataset_dir(cfg, log=lambda m: None)        # build the shared dataset cache once, before the workers
     workers = min(jobs, len(tasks))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_child, cfg, f, str(d), threads) for cfg, f, d in tasks]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(os.getpid(), threads)) as pool:
+        futures = [pool.submit(_run_child, cfg, f, str(d)) for cfg, f, d in tasks]
         try:
             return [fut.result() for fut in futures]
         except BaseException:

@@ -76,3 +76,41 @@ def test_jobs_run_the_seeds_in_parallel_processes_with_the_same_results(tmp_path
         assert p == pytest.approx(s, abs=2e-3)    # bit-exact with equal thread counts; close otherwise
     runs = [json.loads(d.joinpath("metrics.json").read_text()) for d in sorted(next((tmp_path / "par").iterdir()).glob("seed*"))]
     assert {r["run"]["seed"] for r in runs} == {0, 1}
+
+
+def test_jobs_workers_end_with_their_parent(tmp_path):
+    """A ``--jobs`` worker whose parent is killed (``kill -9``) stops instead of training on as an orphan."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import multiprocessing as mp, os\n"
+        "from graphrec.run import _worker_init\n"
+        "def child():\n"
+        "    print(os.getpid(), flush=True); time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_worker_init,\n"
+        "                             initargs=(os.getpid(), 1)) as pool:\n"
+        "        pool.submit(child).result()\n")
+    path = tmp_path / "parent.py"
+    path.write_text(script)
+    parent = subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its parent by 15 s")

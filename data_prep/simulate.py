@@ -20,22 +20,30 @@ The true probability of every label of every impression is saved (``p_<label>``)
 optimal AUC is known; the gift signal's scale and bias are calibrated so that the mean gift
 probability and the expected oracle AUC equal ``simulate.gift_rate`` and ``simulate.gift_auc``.
 Everything is vectorised numpy driven by one seeded generator: same config and seed, same bytes.
+
+The world's latent state is not saved: :func:`simulate_world` rebuilds it from ``meta["simulator"]``
+(config and seed) as a :class:`World`, whose :meth:`World.probabilities` is the true response of any
+viewer to any room at any time (the simulated A/B test, :mod:`graphrec.abtest`). The logged
+impressions' ``p_<label>`` and the world's response are one code path (:func:`_response`).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from graphrec.config import check_simulate
 from graphrec.data.dataset import Dataset, save_dataset
-from graphrec.errors import ConfigError
+from graphrec.errors import ConfigError, DataError
 from graphrec.metrics import auc, expected_auc
 
 STEP_SECONDS = 30
+LABEL_NAMES = ("click", "long_view", "gift", "purchase")
+VALUE_MU, VALUE_SIGMA = 1.0, 0.8          # gift value ~ lognormal(VALUE_MU, VALUE_SIGMA)
 STAT_FEATURES = ("exposure", "audience", "comments", "likes", "gifts", "gift_value",
                  "product_clicks", "orders")
 CALIBRATION_SAMPLE = 200_000
@@ -45,12 +53,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     from scipy.special import expit
 
     return expit(x)
-
-
-def _standardize(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32, copy=False)
-    sd = float(x.std())
-    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
 
 
 def bias_for_rate(z: np.ndarray, scale: float, rate: float, iters: int = 100) -> float:
@@ -129,10 +131,131 @@ def _draw_authors(rng: np.random.Generator, user_comm: np.ndarray, cluster: np.n
     return np.where(ok, local, glob).astype(np.int32)
 
 
+@dataclass
+class World:
+    """The latent state of a simulated world and the constants its intents were standardised and
+    calibrated with: enough to give the true label probabilities of any (user, author, time)."""
+
+    sim: Dict[str, Any]
+    seed: int
+    taste: np.ndarray            # [U, D]
+    style: np.ndarray            # [A, D]
+    content: np.ndarray          # [A * S, D] latent content of every segment
+    heat: np.ndarray             # [A, T] standardised room heat
+    user_bias: np.ndarray        # [U]
+    author_bias: np.ndarray      # [A]
+    activity: np.ndarray         # [U] how often a user is exposed (Pareto)
+    popularity: np.ndarray       # [A]
+    community: np.ndarray        # [U]
+    cluster: np.ndarray          # [A]
+    shopping: np.ndarray         # [A] 0/1
+    fav_cat1: np.ndarray         # [U]
+    cat3_of_author: np.ndarray   # [A, T // P] fine category on sale, -1 for rooms that do not sell
+    first_step: int              # impressions are drawn on steps [first_step, last_step]
+    last_step: int
+    consts: Dict[str, Any] = field(default_factory=dict)   # standardisation and calibration (see _response)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.taste)
+
+    @property
+    def num_authors(self) -> int:
+        return len(self.style)
+
+    def steps(self, times: np.ndarray) -> np.ndarray:
+        """The 30-s step of each time; the response exists where the horizon and next product do."""
+        step = np.asarray(times, dtype=np.int64) // STEP_SECONDS
+        bad = (step < 0) | (step > self.last_step)
+        if bad.any():
+            raise DataError(f"time {int(np.asarray(times).ravel()[np.flatnonzero(bad)[0]])} is outside the "
+                            f"simulated period [0, {(self.last_step + 1) * STEP_SECONDS}) s")
+        return step
+
+    def probabilities(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> Dict[str, np.ndarray]:
+        """``{label: p [n]}``: the true probability of every label for viewer ``users[i]`` shown room
+        ``authors[i]`` at ``times[i]`` (seconds); on logged impressions it is their ``p_<label>``."""
+        users = np.asarray(users, dtype=np.int64)
+        authors = np.asarray(authors, dtype=np.int64)
+        parts = _intent_parts(self, users, authors, self.steps(times))
+        return _response(self.sim, parts, self.consts)
+
+    @staticmethod
+    def value(uniform: np.ndarray) -> np.ndarray:
+        """Gift value from a uniform draw: the simulator's lognormal(VALUE_MU, VALUE_SIGMA) by inversion,
+        so policies compared on the same uniforms get the same value for the same gift."""
+        from scipy.special import ndtri
+
+        u = np.clip(np.asarray(uniform, dtype=np.float64), 1e-300, 1.0 - 1e-16)
+        return np.exp(VALUE_MU + VALUE_SIGMA * ndtri(u))
+
+
+def _intent_parts(w: "World", user: np.ndarray, author: np.ndarray, step: np.ndarray) -> Dict[str, np.ndarray]:
+    """The raw (unstandardised) intent signals of (user, author, step) triples."""
+    sim = w.sim
+    W, H, P = sim["segment_steps"], sim["horizon_steps"], sim["product_steps"]
+    S = sim["room_steps"] // W
+    segment = (author.astype(np.int64) * S + step // W).astype(np.int32)
+    next_cat1 = w.cat3_of_author[author, step // P + 1] // (sim["cat2_per_cat1"] * sim["cat3_per_cat2"])
+    return {"collab": np.einsum("ij,ij->i", w.taste[user], w.style[author]),
+            "cont": np.einsum("ij,ij->i", w.taste[user], w.content[segment]),
+            "future_heat": w.heat[author[:, None], step[:, None] + np.arange(H)].mean(axis=1),
+            "ub": w.user_bias[user], "ab": w.author_bias[author],
+            "in_shop": w.shopping[author] == 1,
+            "match": (next_cat1 == w.fav_cat1[user]).astype(np.float32)}
+
+
+def _response(sim: Mapping[str, Any], parts: Mapping[str, np.ndarray], consts: Dict[str, Any],
+              rng: Optional[np.random.Generator] = None) -> Dict[str, np.ndarray]:
+    """``{label: p}`` from the intent parts. With ``rng`` (the simulator, on the logged impressions)
+    the standardisation and calibration constants are fitted into ``consts`` first (``calibrate``
+    draws from ``rng``); without, the fitted ``consts`` are applied to any triples."""
+    fit = rng is not None
+
+    def std(name: str, x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32, copy=False)
+        if fit:
+            consts[name] = (x.mean(), float(x.std()))
+        mean, sd = consts[name]
+        return (x - mean) / sd if sd > 0 else np.zeros_like(x)
+
+    collab, cont = std("collab", parts["collab"]), std("cont", parts["cont"])
+    heat_z = std("heat", parts["future_heat"])
+    ub, ab = std("user_bias", parts["ub"]), std("author_bias", parts["ab"])
+    z_gift = (sim["weight_collaborative"] * collab + sim["weight_content"] * cont + sim["weight_heat"] * heat_z
+              + sim["weight_user_bias"] * ub + sim["weight_author_bias"] * ab)
+    if fit:
+        consts["gift_scale"], consts["gift_bias"] = calibrate(z_gift, sim["gift_rate"], sim["gift_auc"], rng)
+    p = {"gift": _sigmoid(consts["gift_bias"] + consts["gift_scale"] * z_gift)}
+    z_click = std("click", 0.6 * collab + 0.5 * cont + 0.4 * heat_z + 0.5 * ab + 0.3 * ub)
+    if fit:
+        consts["click_bias"] = bias_for_rate(z_click, 1.5, sim["click_rate"])
+    p["click"] = _sigmoid(consts["click_bias"] + 1.5 * z_click)
+    z_view = std("long_view", 0.8 * collab + 0.8 * cont + 0.3 * heat_z + 0.3 * ab)
+    if fit:
+        consts["long_view_bias"] = bias_for_rate(z_view, 1.5, sim["long_view_rate"])
+    p["long_view"] = _sigmoid(consts["long_view_bias"] + 1.5 * z_view)
+    in_shop = parts["in_shop"]
+    z_buy = 2.0 * parts["match"] + 0.5 * collab + 0.3 * heat_z
+    p_buy = np.zeros(len(z_buy))
+    if fit:
+        consts["purchase_bias"] = bias_for_rate(z_buy[in_shop], 1.0, sim["purchase_rate"]) if in_shop.any() else None
+    if in_shop.any() and consts["purchase_bias"] is not None:
+        p_buy[in_shop] = _sigmoid(consts["purchase_bias"] + z_buy[in_shop])
+    p["purchase"] = p_buy
+    return p
+
+
 def simulate(sim: Mapping[str, Any], seed: int = 0, progress: bool = False,
              log: Callable[[str], None] = lambda s: None) -> Dataset:
     """Generate the world described in the module docstring from the ``simulate`` config section
     (its cross-key rules are :func:`graphrec.config.check_simulate`, also run at config load)."""
+    return simulate_world(sim, seed, progress, log)[0]
+
+
+def simulate_world(sim: Mapping[str, Any], seed: int = 0, progress: bool = False,
+                   log: Callable[[str], None] = lambda s: None) -> Tuple[Dataset, World]:
+    """:func:`simulate`, and the world's latent state behind it (same config and seed: same bytes)."""
     check_simulate(sim)
     from tqdm import tqdm
 
@@ -236,31 +359,16 @@ def simulate(sim: Mapping[str, Any], seed: int = 0, progress: bool = False,
     segment = (author.astype(np.int64) * S + step // W).astype(np.int32)
     phase("impressions")
 
-    # -- intents and labels
-    collab = _standardize(np.einsum("ij,ij->i", taste[user], style[author]))
-    cont = _standardize(np.einsum("ij,ij->i", taste[user], content[segment]))
-    future_heat = heat[author[:, None], step[:, None] + np.arange(H)].mean(axis=1)
-    heat_z = _standardize(future_heat)
-    ub, ab = _standardize(user_bias[user]), _standardize(author_bias[author])
-    z_gift = (sim["weight_collaborative"] * collab + sim["weight_content"] * cont + sim["weight_heat"] * heat_z
-              + sim["weight_user_bias"] * ub + sim["weight_author_bias"] * ab)
-    scale, bias = calibrate(z_gift, sim["gift_rate"], sim["gift_auc"], rng)
-    p = {"gift": _sigmoid(bias + scale * z_gift)}
-    z_click = _standardize(0.6 * collab + 0.5 * cont + 0.4 * heat_z + 0.5 * ab + 0.3 * ub)
-    p["click"] = _sigmoid(bias_for_rate(z_click, 1.5, sim["click_rate"]) + 1.5 * z_click)
-    z_view = _standardize(0.8 * collab + 0.8 * cont + 0.3 * heat_z + 0.3 * ab)
-    p["long_view"] = _sigmoid(bias_for_rate(z_view, 1.5, sim["long_view_rate"]) + 1.5 * z_view)
-    next_cat1 = cat3_of_author[author, step // P + 1] // (n2 * n3)
+    # -- intents and labels (one code path with the world's response to any triple: World.probabilities)
+    world = World(sim=dict(sim), seed=seed, taste=taste, style=style, content=content, heat=heat,
+                  user_bias=user_bias, author_bias=author_bias, activity=activity, popularity=popularity,
+                  community=community, cluster=cluster, shopping=shopping, fav_cat1=fav_cat1,
+                  cat3_of_author=cat3_of_author, first_step=sim["warmup_steps"], last_step=last_step)
+    p = _response(sim, _intent_parts(world, user, author, step), world.consts, rng)
+    scale, bias = world.consts["gift_scale"], world.consts["gift_bias"]
     in_shop = shopping[author] == 1
-    match = (next_cat1 == fav_cat1[user]).astype(np.float32)
-    z_buy = 2.0 * match + 0.5 * collab + 0.3 * heat_z
-    p_buy = np.zeros(N)
-    if in_shop.any():
-        b_buy = bias_for_rate(z_buy[in_shop], 1.0, sim["purchase_rate"])
-        p_buy[in_shop] = _sigmoid(b_buy + z_buy[in_shop])
-    p["purchase"] = p_buy
     labels = {k: (rng.random(N) < v).astype(np.uint8) for k, v in p.items()}
-    value = (labels["gift"] * rng.lognormal(1.0, 0.8, N)).astype(np.float32)
+    value = (labels["gift"] * rng.lognormal(VALUE_MU, VALUE_SIGMA, N)).astype(np.float32)
     phase("labels")
 
     order = np.argsort(time, kind="stable")
@@ -310,7 +418,38 @@ def simulate(sim: Mapping[str, Any], seed: int = 0, progress: bool = False,
         f"gift rate {oracle['gift']['rate']:.4f}, oracle gift AUC {oracle['gift']['realized_auc']:.4f} "
         f"(expected {oracle['gift']['expected_auc']:.4f})")
     return Dataset(name=f"simulate-s{seed}", source="simulate", num_users=U, num_authors=A,
-                   tables=tables, meta=meta)
+                   tables=tables, meta=meta), world
+
+
+def world_of(ds: Dataset, check: int = 20_000, log: Callable[[str], None] = lambda s: None) -> World:
+    """The :class:`World` behind a simulated dataset, rebuilt from ``meta["simulator"]`` (config and seed;
+    the simulator is deterministic) and checked against the dataset: the same impressions, and its
+    response equal to the stored ``p_<label>`` on ``check`` logged impressions (0: all)."""
+    from graphrec.config import load_config
+
+    meta = ds.meta.get("simulator")
+    if ds.source != "simulate" or not isinstance(meta, dict):
+        raise DataError(f"dataset '{ds.name}' (source {ds.source}) is not a simulated world: only the built-in "
+                        f"simulator (data.source=simulate) knows the true response of every viewer")
+    sim = dict(load_config(None).simulate)           # keys added since the dataset was built keep their defaults
+    sim.update({k: v for k, v in meta.items() if k not in ("seed", "calibration")})
+    log(f"rebuilding the latent state of {ds.name} from its simulator config (seed {meta['seed']})")
+    rebuilt, world = simulate_world(sim, seed=int(meta["seed"]))
+    imp, new = ds.impressions, rebuilt.impressions
+    stale = [c for c in ("user", "author", "time", "gift") if c in imp and not np.array_equal(imp[c], new[c])]
+    if stale or len(imp["user"]) != len(new["user"]):
+        raise DataError(f"dataset '{ds.name}'{f' ({ds.path})' if ds.path else ''} was simulated by another version "
+                        f"of data_prep/simulate.py (its {stale or 'size'} differ from a rebuild with the same config "
+                        f"and seed); rebuild it: delete the folder and run again")
+    idx = np.arange(len(imp["user"]))
+    if check and len(idx) > check:
+        idx = np.random.default_rng(0).choice(idx, check, replace=False)
+    p = world.probabilities(imp["user"][idx], imp["author"][idx], imp["time"][idx])
+    for k in LABEL_NAMES:
+        if f"p_{k}" in imp and not np.allclose(p[k], imp[f"p_{k}"][idx], rtol=1e-4, atol=1e-6):
+            raise DataError(f"dataset '{ds.name}': the rebuilt world's p_{k} differs from the stored one; "
+                            f"rebuild the dataset with this version of the simulator")
+    return world
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,4 +1,4 @@
-"""``python -m graphrec.plots --run RUN_DIR [--ablation ABLATE_DIR] [--out DIR]``
+"""``python -m graphrec.plots --run RUN_DIR [--ablation ABLATE_DIR] [--abtest ABTEST_DIR] [--out DIR]``
 
 Figures a reader would rather look at than read, as PNG files:
 
@@ -6,7 +6,9 @@ Figures a reader would rather look at than read, as PNG files:
   ``--ablate`` folder beside popularity, LightGCN and the Bayes-optimal oracle;
 * ``forecast_vs_truth.png``: the run's statistic forecaster on a held-out room: the input window,
   the true next steps and the forecast, per statistic (the LiveForesighter figure's shape);
-* ``ranker_training.png``: the ranker's training loss and validation GAUC per epoch.
+* ``ranker_training.png``: the ranker's training loss and validation GAUC per epoch;
+* ``abtest.png`` (with ``--abtest``): a simulated A/B test (:mod:`graphrec.abtest`): per online
+  metric, every policy's value with its 95% CI and its lift over the control.
 """
 from __future__ import annotations
 
@@ -198,20 +200,61 @@ def plot_training(run_dir: Path, out: Path) -> Path:
     return _save(fig, out / "ranker_training.png")
 
 
+def plot_abtest(abtest_dir: Path, out: Path) -> Path:
+    """One panel per metric of an A/B test folder's ``abtest.json``: a bar per policy with its 95% CI,
+    the control hatched, each bar labelled with its lift over the control."""
+    from .abtest import METRICS
+
+    path = Path(abtest_dir) / "abtest.json"
+    if not path.exists():
+        raise DataError(f"{path}: not found; --abtest takes a folder written by `python -m graphrec.abtest`")
+    results = json.loads(path.read_text())
+    setup_path = Path(abtest_dir) / "setup.json"
+    setup = json.loads(setup_path.read_text()) if setup_path.exists() else {}
+    control = setup.get("control")
+    policies = list(results)
+    metrics = [m for m in METRICS if all(m in results[p] for p in policies)]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.6), squeeze=False)
+    palette = {"oracle": "#c0392b", "random": "#bbbbbb", "popularity": "#999999"}
+    x = np.arange(len(policies))
+    for ax, m in zip(axes[0], metrics):
+        rows = [results[p][m] for p in policies]
+        mean = np.array([r["mean"] for r in rows], dtype=float)
+        err = np.array([[r["mean"] - r["ci_low"] for r in rows], [r["ci_high"] - r["mean"] for r in rows]], dtype=float)
+        bars = ax.bar(x, mean, yerr=np.clip(err, 0, None), capsize=3,
+                      color=[palette.get(p, "#3b6fb6") for p in policies])
+        for i, (p, r) in enumerate(zip(policies, rows)):
+            if p == control:
+                bars[i].set_hatch("//")
+            elif r["lift"] == r["lift"]:
+                ax.text(i, r["ci_high"], f"{100 * r['lift']:+.1f}%", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, policies, rotation=35, ha="right", fontsize=8)
+        ax.set_title(METRICS[m], fontsize=9)
+        ax.margins(y=0.15)
+    n = f"{setup['requests']:,} requests, top {setup['k']}, " if "requests" in setup else ""
+    fig.suptitle(f"Simulated A/B test ({n}95% CIs; lifts vs {control or 'control'}, control hatched)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out) / "abtest.png")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphrec.plots", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", metavar="RUN_DIR", help="a run folder (forecast and training figures)")
     ap.add_argument("--ablation", metavar="ABLATE_DIR", help="a `graphrec.run --ablate` folder (AUC per variant)")
+    ap.add_argument("--abtest", metavar="ABTEST_DIR", help="a `graphrec.abtest` folder (online metrics with CIs)")
     ap.add_argument("--room", type=int, help="room (author id) of the forecast figure; default a held-out one")
     ap.add_argument("--out", default="docs/figures", help="folder for the PNG files (default docs/figures)")
     args = ap.parse_args(argv)
-    if not args.run and not args.ablation:
-        ap.error("give --run and/or --ablation")
+    if not args.run and not args.ablation and not args.abtest:
+        ap.error("give --run, --ablation and/or --abtest")
     out = Path(args.out)
     try:
         written = []
         if args.ablation:
             written.append(plot_ablation(Path(args.ablation), out))
+        if args.abtest:
+            written.append(plot_abtest(Path(args.abtest), out))
         if args.run:
             written.append(plot_forecast(Path(args.run), out, args.room))
             written.append(plot_training(Path(args.run), out))

@@ -10,8 +10,11 @@ server ``s`` listens on port + s). The first machine also hosts the DDP rendezvo
 
 The launcher fails fast and never hangs: a graph server that exits while trainers run stops them,
 a trainer that fails stops the others and the servers, and a trainer that cannot reach a server
-fails after ``dist.connect_timeout_s``. ``--resume RUN_DIR`` restarts every trainer from the run's
-last epoch checkpoint.
+fails after ``dist.connect_timeout_s``. The servers and trainers end when the launcher ends, however it
+ends (``kill -9`` included: a parent-death signal, :mod:`graphrec.dist.lifecycle`), and trainers on
+other machines then stop naming the machine that went away. ``--resume RUN_DIR`` restarts every trainer
+from the run's last epoch checkpoint; it (and ``--run-dir`` into an existing run) is refused while the
+processes recorded in ``processes-<machine>.json`` still run.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .config import load_config
+from .dist import lifecycle
+from .dist.lifecycle import die_with_launcher
 from .errors import ConfigError, UserError
 
 DEFAULT_PORT = 30050
@@ -121,7 +126,8 @@ class Launch:
                         return 1
                 failed = [(r, t) for r, t in enumerate(self.trainers) if t.poll() not in (None, 0)]
                 if failed:
-                    r, t = failed[0]
+                    # the cause, not a trainer whose watchdog saw that peer go first
+                    r, t = min(failed, key=lambda f: (f[1].returncode == lifecycle.WATCHDOG_EXIT, f[0]))
                     self.log(f"trainer {r} (pid {t.pid}) failed with exit code {t.returncode}; stopping the others")
                     self.stop(self.trainers)
                     self.stop(self.servers)
@@ -141,6 +147,29 @@ class Launch:
             self.stop(self.trainers)
             self.stop(self.servers)
             return 130
+
+
+class RunInUse(UserError):
+    """A launch into a run folder whose recorded processes still run."""
+
+
+def refuse_if_running(run_dir: Path, machine_rank: int, resume: bool) -> None:
+    """Refuse (one line, naming the pids) while processes an earlier launch of this machine recorded in
+    ``processes-<machine_rank>.json`` still run: a second set would write the same checkpoints.
+
+    Each machine checks its own file: the pids of another machine cannot be checked from here, and on
+    one host (simulated machines) the other launchers of the same resume may already have written theirs."""
+    path = run_dir / f"processes-{machine_rank}.json"
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):          # no earlier launch here, or a file no launcher finished writing
+        return
+    if isinstance(rec, dict):
+        live = lifecycle.live_recorded(run_dir, rec)
+        if live:
+            raise RunInUse(f"{'--resume' if resume else '--run-dir'} {run_dir}: machine {machine_rank} of this run is "
+                           f"still running (pids: {lifecycle.describe(live)}; from {path.name}); wait for it to end or "
+                           f"stop it (kill {' '.join(str(p) for _, p in live)}), then launch again")
 
 
 def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optional[Path], num_trainers: int,
@@ -174,6 +203,7 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
                               "(shared storage, so that --resume finds rank 0's checkpoints)")
         run_dir = make_run_dir(Path(cfg.run.out_dir), f"{cfg.run.name}-dist")
     run_dir = Path(run_dir).resolve()
+    refuse_if_running(run_dir, machine_rank, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     if machine_rank == 0 and not resume:
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -182,6 +212,8 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
     world = len(machines) * num_trainers
     base = {**os.environ, "DGLBACKEND": "pytorch", "DGL_DIST_MODE": "distributed", "DGL_IP_CONFIG": str(ipc),
             "DGL_NUM_SERVER": str(num_servers), "DGL_NUM_SAMPLER": "0", "PYTHONUNBUFFERED": "1"}
+    # recorded before any child starts, so that a second launch into this folder already sees this one
+    atomic_write_text(run_dir / f"processes-{machine_rank}.json", json.dumps(lifecycle.record(os.getpid(), [], [])))
     proc = Launch()
     proc.log(f"machine {machine_rank} of {len(machines)}: {num_servers} server(s), {num_trainers} trainer(s); "
              f"run folder {run_dir}")
@@ -189,13 +221,15 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
         env = {**base, "DGL_ROLE": "server", "DGL_SERVER_ID": str(machine_rank * num_servers + s),
                "DGL_NUM_CLIENT": str(world), "DGL_CONF_PATH": str(part_dir / prepared["part_config"]),
                "DGL_GRAPH_FORMAT": "csc,csr"}
-        proc.servers.append(subprocess.Popen([sys.executable, "-m", "graphrec.dist.server"], env=env))
+        proc.servers.append(subprocess.Popen([sys.executable, "-m", "graphrec.dist.server"], env=env,
+                                             preexec_fn=die_with_launcher()))
     threads = max(1, (os.cpu_count() or 1) // num_trainers)
     for t in range(num_trainers):
         env = {**base, "DGL_ROLE": "default", "MASTER_ADDR": machines[0][0], "MASTER_PORT": str(cfg.dist.master_port),
                "WORLD_SIZE": str(world), "RANK": str(machine_rank * num_trainers + t), "LOCAL_RANK": str(t),
                "DGL_DIST_MAX_TRY_TIMES": str(max(1, cfg.dist.connect_timeout_s // 3)),
                "GRAPHREC_SERVER_PIDS": ",".join(str(p.pid) for p in proc.servers),
+               "GRAPHREC_LAUNCHER_PID": str(os.getpid()),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
         args = [sys.executable, "-m", "graphrec.dist.trainer", "--part-dir", str(part_dir), "--run-dir", str(run_dir),
                 "--ip-config", str(ipc)]
@@ -203,9 +237,9 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
         for o in overrides:
             args += ["--set", o]
         args += ["--resume"] if resume else []
-        proc.trainers.append(subprocess.Popen(args, env=env))
+        proc.trainers.append(subprocess.Popen(args, env=env, preexec_fn=die_with_launcher()))
     atomic_write_text(run_dir / f"processes-{machine_rank}.json", json.dumps(
-        {"servers": [p.pid for p in proc.servers], "trainers": [p.pid for p in proc.trainers]}))
+        lifecycle.record(os.getpid(), [p.pid for p in proc.servers], [p.pid for p in proc.trainers])))
     previous = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         code = proc.supervise()

@@ -62,13 +62,17 @@ def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def owned_impressions(store, users: np.ndarray) -> np.ndarray:
-    """Mask of the impressions whose user ``node_split`` gives this trainer (disjoint, covering)."""
+def owned_impressions(store, users: np.ndarray, rank: int) -> np.ndarray:
+    """Mask of the impressions whose user ``node_split`` gives trainer ``rank`` (disjoint, covering).
+
+    ``rank`` is the DDP rank (machine * trainers per machine + local rank), not DGL's own trainer rank,
+    which follows the order the trainers happened to register with the servers: a resumed trainer must
+    own the share it trained on before (its epoch seeds follow its rank)."""
     import dgl
 
     g = store.graph
     mask = torch.ones(g.num_nodes("user"), dtype=torch.bool)
-    new = dgl.distributed.node_split(mask, g.get_partition_book(), ntype="user", force_even=True)
+    new = dgl.distributed.node_split(mask, g.get_partition_book(), ntype="user", force_even=True, rank=rank)
     owner = np.zeros(g.num_nodes("user"), dtype=bool)
     owner[store.orig_of_new["user"][new].numpy()] = True
     return owner[users]
@@ -88,6 +92,50 @@ def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config,
         rest = evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk)
         entry.update({k: v for k, v in rest.items() if ds.implicit or k.startswith("topk")})
     return comm.gather(entry)[0]
+
+
+def _machines(ip_config: Path):
+    from ..launch import read_ip_config
+
+    try:
+        return read_ip_config(ip_config)
+    except UserError:
+        return []
+
+
+def _this_machine(machines) -> int:
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    return rank // max(1, world // max(1, len(machines)))
+
+
+def lost_peer(message: str, machines) -> str:
+    """Which machine of the ip config a failed collective names (gloo says ``... by peer [10.0.0.12]:4711``):
+    ``machine 1 (10.0.0.12) went away (its launcher, trainer or link is gone)``; "" when none is named."""
+    import re
+
+    ips = {ip: m for m, (ip, _) in enumerate(machines)}
+    for ip in re.findall(r"(\d{1,3}(?:\.\d{1,3}){3})\]?:\d+", message):
+        if ip in ips:
+            m = ips[ip]
+            if m == _this_machine(machines):
+                return f"another trainer on this machine (machine {m}, {ip}) went away"
+            return f"machine {m} ({ip}) went away (its launcher, a trainer or the link to it is gone)"
+    return ""
+
+
+def unreachable_servers(machines, timeout_s: float = 2.0) -> str:
+    """Which machines' first graph server port accepts no TCP connection (asked when a trainer stalls):
+    a launcher that ends takes its servers with it, so this names the machine that went away."""
+    import socket
+
+    gone = []
+    for m, (ip, port) in enumerate(machines):
+        try:
+            socket.create_connection((ip, port), timeout=timeout_s).close()
+        except OSError:
+            gone.append(f"machine {m} ({ip}:{port})")
+    return (f"the graph server of {', '.join(gone)} is gone (its launcher went away, or the link to it)"
+            if gone else "")
 
 
 def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False) -> Dict[str, Any]:
@@ -133,7 +181,14 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
             part_dir / prepared["checkpoints"]["product_forecast"])
 
     pids = [int(p) for p in os.environ.get("GRAPHREC_SERVER_PIDS", "").split(",") if p]
-    watchdog = Watchdog(cfg.dist.stall_timeout_s, pids, what=f"trainer {comm.rank}").start()
+    launcher = os.environ.get("GRAPHREC_LAUNCHER_PID")
+    machines = _machines(ip_config)
+    here = _this_machine(machines)
+    peers = {ip: f"machine {m} ({ip})" if m != here else f"a process on this machine (machine {m}, {ip})"
+             for m, (ip, _) in enumerate(machines)}
+    watchdog = Watchdog(cfg.dist.stall_timeout_s, pids, what=f"trainer {comm.rank}",
+                        launcher_pid=int(launcher) if launcher else None, peers=peers,
+                        on_stall=lambda: unreachable_servers(machines)).start()
     store = FeatureStore(part_dir / prepared["part_config"], prepared["graph_name"], load_orig_ids(part_dir),
                          {nt: set(v) for nt, v in prepared["names"].items()}, on_read=watchdog.kick)
     walked = {}
@@ -154,7 +209,7 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     model, builder, spec = build_ranker(cfg, ds, mods, artifacts, store=store)
 
     imp = ds.impressions
-    mine = owned_impressions(store, imp["user"])
+    mine = owned_impressions(store, imp["user"], comm.rank)
     share = {s: np.flatnonzero(mine & (imp["split"] == code)) for s, code in SPLITS.items()}
     _save_npz(run_dir / "shares" / f"rank{comm.rank}.npz", share)
     log.info("share: %s impressions (%s)", f"{int(mine.sum()):,}",
@@ -197,7 +252,9 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=jsonable))
         writer.close()
     comm.barrier()
-    comm.close()
+    # the process group is not destroyed: ProcessGroupGloo's destructor joins its worker threads while
+    # holding the GIL, and a worker still freeing the tensors of the last collective waits for the GIL (a
+    # deadlock, seen in about 1 of 10 runs). The process leaves with os._exit instead (see __main__).
     return metrics
 
 
@@ -229,7 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"error: trainer {rank}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        peer = lost_peer(str(exc), _machines(Path(args.ip_config)))
+        print(f"error: trainer {rank}: {peer + ': ' if peer else ''}{type(exc).__name__}: {exc}", file=sys.stderr,
+              flush=True)
         return 1
     return 0
 
@@ -238,4 +297,16 @@ if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    sys.exit(code)
+    if code == 0 and "dgl.distributed.dist_context" in sys.modules:
+        try:          # DGL's goodbye: a barrier of every trainer, then rank 0 shuts the graph servers down
+            sys.modules["dgl.distributed.dist_context"].exit_client()
+        except Exception as exc:
+            print(f"error: trainer {os.environ.get('RANK', '?')}: leaving the graph servers: {type(exc).__name__}: "
+                  f"{exc}", file=sys.stderr, flush=True)
+            code = 1
+    # Then leave without the interpreter's teardown: a failed trainer must not run DGL's exit handler
+    # (its barrier waits forever when a peer is gone), and destroying gloo's process group can deadlock
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -112,7 +112,7 @@ def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: 
         if seed_type not in owned:
             mask = torch.ones(g.num_nodes(seed_type), dtype=torch.bool)
             owned[seed_type] = dgl.distributed.node_split(mask, g.get_partition_book(), ntype=seed_type,
-                                                          force_even=True)
+                                                          force_even=True, rank=rank)
         seeds = owned[seed_type]
         end = METAPATHS[name].endpoint
         table = dgl.distributed.DistTensor((g.num_nodes(seed_type), k), torch.int64, name=f"walked_{name}",

@@ -572,10 +572,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             runs = trained_runs(args.cfg, args.overrides, log)
             ds = load_data(cfg, log=log)
         world = world_of(ds, log=log)
-        torch.set_grad_enabled(False)
-        policies = load_policies(runs, ds, world, args.seed, log)
-        results, setup = run_abtest(world, ds, policies, args.requests, args.k, args.candidates or None,
-                                    args.control, args.seed, args.bootstrap, progress, log)
+        with torch.no_grad():                       # scoring only; main() may be called in-process (tests)
+            policies = load_policies(runs, ds, world, args.seed, log)
+            results, setup = run_abtest(world, ds, policies, args.requests, args.k, args.candidates or None,
+                                        args.control, args.seed, args.bootstrap, progress, log)
         out = make_run_dir(Path(cfg.run.out_dir), f"{cfg.run.name}-abtest")
         write_outputs(out, results, setup, {n: str(d) for n, d in runs.items()}, cfg)
     except UserError as exc:

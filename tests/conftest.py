@@ -43,3 +43,15 @@ def tiny_cfg():
     from graphrec.config import load_config
 
     return load_config(None, TINY_SIM)
+
+
+@pytest.fixture(autouse=True)
+def _autograd_stays_on():
+    """A test (or the code it calls) that switches autograd off process-wide breaks every later test's
+    training with an unrelated error; fail the test that did it instead."""
+    import torch
+
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("autograd was left disabled (torch.set_grad_enabled(False) outside a `with` block)")

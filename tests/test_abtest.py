@@ -128,6 +128,9 @@ def test_cli_with_runs_writes_the_table_and_the_figure(din_run, tmp_path, capsys
     assert (folder / "abtest.png").stat().st_size > 0 and "| oracle |" in (folder / "report.md").read_text()
     assert list(folder.glob("events.out.tfevents.*"))
     # the figure again through `python -m graphrec.plots --abtest`; a folder without abtest.json is refused
+    import torch
+
+    assert torch.is_grad_enabled()                  # scoring without autograd stays inside main()
     assert plots_main(["--abtest", str(folder), "--out", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig" / "abtest.png").read_bytes()[:4] == b"\x89PNG"
     assert plots_main(["--abtest", str(tmp_path), "--out", str(tmp_path / "fig")]) == 2

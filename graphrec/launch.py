@@ -126,8 +126,10 @@ class Launch:
                         return 1
                 failed = [(r, t) for r, t in enumerate(self.trainers) if t.poll() not in (None, 0)]
                 if failed:
-                    # the cause, not a trainer whose watchdog saw that peer go first
-                    r, t = min(failed, key=lambda f: (f[1].returncode == lifecycle.WATCHDOG_EXIT, f[0]))
+                    # the cause, not a trainer that saw that peer go first: a process killed by a signal (the
+                    # launcher has sent none yet), then one that failed by itself, then the consequences
+                    r, t = min(failed, key=lambda f: (0 if f[1].returncode < 0 else
+                                                      2 if f[1].returncode == lifecycle.WATCHDOG_EXIT else 1, f[0]))
                     self.log(f"trainer {r} (pid {t.pid}) failed with exit code {t.returncode}; stopping the others")
                     self.stop(self.trainers)
                     self.stop(self.servers)

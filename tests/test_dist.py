@@ -297,7 +297,7 @@ def test_crashed_trainer_is_restarted_from_the_last_checkpoint(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode != 0 and "trainer 1" in err and "exit code -9" in err
+    assert p.returncode != 0 and "trainer 1" in err and "exit code -9" in err, err[-4000:]
     assert not (run_dir / "metrics.json").exists()
     r = python("-m", "graphrec.launch", "--resume", str(run_dir), "--ip-config", str(ip), "--num-trainers", "2")
     assert r.returncode == 0, r.stderr[-4000:]

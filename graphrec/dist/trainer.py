@@ -24,6 +24,7 @@ import torch
 
 from ..config import Config, load_config
 from ..errors import UserError
+from .lifecycle import WATCHDOG_EXIT
 
 
 class ServerUnreachable(UserError):
@@ -289,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         peer = lost_peer(str(exc), _machines(Path(args.ip_config)))
         print(f"error: trainer {rank}: {peer + ': ' if peer else ''}{type(exc).__name__}: {exc}", file=sys.stderr,
               flush=True)
-        return 1
+        return WATCHDOG_EXIT if peer else 1        # a peer's loss is a consequence: the launcher names the cause
     return 0
 
 

@@ -79,6 +79,15 @@ def ranking_report(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) ->
     }
 
 
+def ranks_against_negatives(pos: np.ndarray, neg: np.ndarray) -> Dict[str, float]:
+    """MRR and Hits@1/3/10 of each positive score ``pos[i]`` ranked against its own negatives ``neg[i]``.
+
+    OGB's ``ogbl-citation2`` protocol: a tie counts half (rank = 1 + #greater + #equal / 2)."""
+    pos, neg = np.asarray(pos, dtype=np.float64)[:, None], np.asarray(neg, dtype=np.float64)
+    rank = 1.0 + (neg > pos).sum(1) + 0.5 * (neg == pos).sum(1)
+    return {"mrr": float((1.0 / rank).mean()), **{f"hits@{k}": float((rank <= k).mean()) for k in (1, 3, 10)}}
+
+
 def expected_auc(p: np.ndarray) -> float:
     """Expected AUC of scoring by ``p`` when each label is an independent Bernoulli(``p``).
 

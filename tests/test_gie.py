@@ -6,7 +6,7 @@ import torch
 from scipy.stats import chisquare
 
 from graphrec.data.split import time_split
-from graphrec.gie.graph import build_gift_graph, build_graph, gift_edges, graph_fingerprint
+from graphrec.gie.graph import GiftGraph, build_gift_graph, build_graph, gift_edges, graph_fingerprint
 from graphrec.gie.metapath import (METAPATHS, PAD, CSRWalker, DGLWalker, expand, load_expansions,
                                    offline_expansions, save_expansions)
 from graphrec.gie.swing import swing, top_k_per_source
@@ -77,11 +77,11 @@ def test_graph_uses_training_edges_only(tiny_cfg):
     assert in_graph == train_pairs and later_only and not (in_graph & later_only)
     # edge data: count of positive training impressions of the pair; reverse edges carry the same data
     eu, ea, count, value = gift_edges(ds, "gift", train)
-    assert g.edges["u2a"].data["count"].sum().item() == (train & gifts).sum()
+    assert g.edge_data["u2a"]["count"].sum().item() == (train & gifts).sum()
     ru, ra = g.edges(etype="a2u")
     assert torch.equal(ru, a) and torch.equal(ra, u)
     assert (g.in_degrees(etype="a2a") >= 0).all() and g.out_degrees(etype="a2a").max() <= 5
-    assert "score" in g.edges["a2a"].data
+    assert "score" in g.edge_data["a2a"]
 
 
 def toy_graph():
@@ -89,13 +89,9 @@ def toy_graph():
     u = np.array([0, 0, 1, 1, 1, 2, 3, 4])
     a = np.array([0, 1, 0, 1, 2, 2, 0, 1])
     g = build_graph(u, a, 5, 4, swing_cfg={"a2a_topk": 3})
-    import dgl
-
-    g = dgl.heterograph({("user", "u2a", "author"): g.edges(etype="u2a"),
-                         ("author", "a2u", "user"): g.edges(etype="a2u"),
-                         ("author", "a2a", "author"): (torch.tensor([0, 0, 1, 2, 2, 3]), torch.tensor([1, 2, 0, 0, 3, 2]))},
-                        num_nodes_dict={"user": 5, "author": 4})
-    return g
+    return GiftGraph({"u2a": g.edges(etype="u2a"), "a2u": g.edges(etype="a2u"),
+                      "a2a": (torch.tensor([0, 0, 1, 2, 2, 3]), torch.tensor([1, 2, 0, 0, 3, 2]))},
+                     {"user": 5, "author": 4})
 
 
 def exact_endpoint_distribution(g, seed_type, etypes, seed):
@@ -175,6 +171,7 @@ def test_offline_cache_is_tied_to_graph_and_params(tmp_path):
     assert load_expansions(tmp_path / "missing.npz", fp, {}) is None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_csr_walker_on_cuda_matches_distribution():
     g = toy_graph()

@@ -71,3 +71,24 @@ def test_expected_auc_without_a_pair_is_nan():
     assert np.isnan(expected_auc(np.array([0.3])))
     assert np.isnan(expected_auc(np.zeros(5)))                 # nobody positive: no pos/neg pair expected
     assert expected_auc(np.array([0.2, 0.8])) == pytest.approx(0.8 * 0.8 / (0.2 * 0.2 + 0.8 * 0.8))
+
+
+def test_ranks_against_negatives_hand_worked_and_matches_ogb():
+    from graphrec.metrics import ranks_against_negatives
+
+    pos = np.array([0.9, 0.5, 0.1])
+    neg = np.array([[0.1, 0.2, 0.3], [0.5, 0.6, 0.4], [0.2, 0.3, 0.4]])
+    r = ranks_against_negatives(pos, neg)
+    ranks = np.array([1.0, 2.5, 4.0])             # a tie counts half
+    assert r["mrr"] == pytest.approx((1 / ranks).mean())
+    assert (r["hits@1"], r["hits@3"], r["hits@10"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3), 1.0)
+    ogb = pytest.importorskip("ogb.linkproppred")
+    import torch
+
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 200).astype(float), rng.integers(0, 5, (200, 20)).astype(float)   # many ties
+    ref = ogb.Evaluator(name="ogbl-citation2").eval({"y_pred_pos": torch.from_numpy(pos), "y_pred_neg": torch.from_numpy(neg)})
+    mine = ranks_against_negatives(pos, neg)
+    assert mine["mrr"] == pytest.approx(float(ref["mrr_list"].mean()))
+    for k in (1, 3, 10):
+        assert mine[f"hits@{k}"] == pytest.approx(float(ref[f"hits@{k}_list"].float().mean()))

@@ -6,7 +6,8 @@ import sys
 TORCH_ONLY = ["graphrec.fit", "graphrec.schema", "graphrec.evaluation", "graphrec.models", "graphrec.models.ranker",
               "graphrec.models.lightgcn", "graphrec.ranking.batch", "graphrec.ranking.batches",
               "graphrec.ranking.features", "graphrec.ranking.train", "graphrec.ranking.stage", "graphrec.gie.graphcl",
-              "graphrec.gie.metapath", "graphrec.foresight", "graphrec.reload", "graphrec.seeds", "graphrec.serve"]
+              "graphrec.gie.metapath", "graphrec.gie.graph", "graphrec.pipeline", "graphrec.run",
+              "graphrec.bench", "graphrec.foresight", "graphrec.reload", "graphrec.seeds", "graphrec.serve"]
 
 SCRIPT = """
 import sys
@@ -43,3 +44,27 @@ def test_torch_only_modules_import_and_train_without_dgl():
     r = subprocess.run([sys.executable, "-c", SCRIPT.format(modules=TORCH_ONLY, sets=sets)], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+RUN_SCRIPT = """
+import sys
+sys.modules["dgl"] = None
+from graphrec.run import main
+sys.exit(main(["--cfg", "yaml/live.yaml"] + [a for s in {sets!r} for a in ("--set", s)]))
+"""
+
+
+def test_a_whole_standalone_run_needs_no_dgl(tmp_path):
+    """Graph, walks, GraphCL, forecasters, LightGCN, ranker and evaluation: all plain PyTorch (a GPU box has
+    no DGL); DGL is for partitioning and the distributed engine only."""
+    import json
+
+    from .conftest import FAST_MODELS, TINY_SIM
+
+    sets = TINY_SIM + FAST_MODELS + [f"run.out_dir={tmp_path}", "run.name=nodgl", f"data.cache_dir={tmp_path / 'cache'}"]
+    r = subprocess.run([sys.executable, "-c", RUN_SCRIPT.format(sets=sets)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run_dir,) = tmp_path.glob("nodgl-*")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["graph"]["edges"]["u2a"] > 0 and m["graphcl"]["epochs_run"] >= 1
+    assert {"mmbee", "lightgcn"} <= set(m["eval"]["test"]) and m["eval"]["test"]["mmbee"]["gift"]["auc"] > 0.6

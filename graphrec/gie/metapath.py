@@ -35,6 +35,7 @@ import torch
 
 from ..data.dataset import atomic_write_bytes
 from ..schema import METAPATHS
+from .graph import csr_of
 
 PAD = -1
 
@@ -45,7 +46,8 @@ class DGLWalker:
     name = "dgl"
 
     def __init__(self, g) -> None:
-        self.g = g
+        """``g``: a :class:`~graphrec.gie.graph.GiftGraph` (converted here) or a DGL heterograph."""
+        self.g = g.to_dgl() if hasattr(g, "to_dgl") else g
 
     def walk(self, seeds: torch.Tensor, etypes: Sequence[str], k: int,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -65,7 +67,7 @@ class CSRWalker:
 
     def __init__(self, g=None, device: str = "cpu",
                  csr: Optional[Mapping[str, Tuple[torch.Tensor, torch.Tensor]]] = None) -> None:
-        """From a DGL heterograph ``g``, or from ``csr = {etype: (indptr, indices)}`` (no DGL needed)."""
+        """From a gift graph ``g`` (``GiftGraph`` or DGL heterograph), or ``csr = {etype: (indptr, indices)}``."""
         self.device = torch.device(device)
         self.csr: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
         if csr is None:
@@ -81,14 +83,7 @@ class CSRWalker:
     def from_edges(cls, edges: Mapping[str, Tuple[torch.Tensor, torch.Tensor]], num_src: Mapping[str, int],
                    device: str = "cpu") -> "CSRWalker":
         """From ``{etype: (src, dst)}`` edge lists and each edge type's number of source nodes."""
-        csr = {}
-        for et, (src, dst) in edges.items():
-            src, dst = torch.as_tensor(src).long(), torch.as_tensor(dst).long()
-            order = torch.argsort(src * (int(dst.max()) + 1 if dst.numel() else 1) + dst)
-            indptr = torch.zeros(num_src[et] + 1, dtype=torch.long)
-            indptr[1:] = torch.cumsum(torch.bincount(src, minlength=num_src[et]), 0)
-            csr[et] = (indptr, dst[order])
-        return cls(device=device, csr=csr)
+        return cls(device=device, csr={et: csr_of(src, dst, num_src[et]) for et, (src, dst) in edges.items()})
 
     def walk(self, seeds: torch.Tensor, etypes: Sequence[str], k: int,
              generator: Optional[torch.Generator] = None) -> torch.Tensor:

@@ -168,7 +168,7 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
                 for k, v in (out[2] if len(out) > 2 else {}).items():
                     extras[k] = extras.get(k, 0.0) + v.detach().double() * n
                 if writer is not None and step is not None and (step + i) % spec.log_every == 0:
-                    writer.add_scalar(f"{spec.tag}/train_loss_step", float(loss), step + i)
+                    writer.add_scalar(f"{spec.tag}/train_loss_step", loss.item(), step + i)
         sums = [float(total), count] + [float(v) for v in extras.values()]
         if comm.world > 1:
             sums = [sum(x) for x in zip(*comm.gather(sums))]

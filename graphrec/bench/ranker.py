@@ -81,35 +81,30 @@ PARTS = ("batch building", "ranker.user_side", "ranker.author_side", "ranker.mfq
 def breakdown(model, task, device: str, batches: int = 8) -> Dict[str, float]:
     """Where one training step's time goes (ms per batch): batch building, the forward parts of the ranker
     (``ranker.mfq`` is inside ``ranker.author_side``), and the rest (loss, backward, Adam)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
-
     from ..fit import to_device
+    from ..models.sections import section, timed_sections
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     it = iter(task.batches(0, np.random.default_rng(0)))
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     n, total = 0, 0.0
-    with profile(activities=acts) as prof:
+    with timed_sections() as times:
         for _ in range(batches):
             t0 = time.perf_counter()
-            with record_function("batch building"):
+            with section("batch building"):
                 try:
                     batch = to_device(next(it), torch.device(device))
                 except StopIteration:
                     break
             loss = task.loss(model, batch)[0]
-            with record_function("backward + optimizer"):
+            with section("backward + optimizer"):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            if device == "cuda":
-                torch.cuda.synchronize()
             total += time.perf_counter() - t0
             n += 1
-    times = {e.key: e.cpu_time_total / 1000.0 for e in prof.key_averages() if e.key in PARTS}
-    out = {k: times.get(k, 0.0) / max(n, 1) for k in PARTS}
-    out["step"] = total * 1000.0 / max(n, 1)
+    out = {k: times.get(k, 0.0) * 1000.0 / max(n, 1) for k in PARTS}
+    out["step"] = total * 1000.0 / max(n, 1)           # with the sections' synchronisations
     return out
 
 

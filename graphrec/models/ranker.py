@@ -31,13 +31,13 @@ from typing import Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import record_function   # names the ranker's parts in profiles (bench train)
 from torch import nn
 
 from ..ranking.batch import Batch, RoomPart, UserPart
 from ..schema import METAPATHS
 from .din import DotTargetAttention, TargetAttention, at
 from .mfq import MFQ
+from .sections import section   # names the ranker's parts (profiles, bench train)
 
 
 @dataclass
@@ -213,7 +213,7 @@ class Ranker(nn.Module):
         fields = torch.cat(parts, dim=1)[inv]                       # distinct authors -> candidates
         room = [fields]
         if self.mfq is not None:                                    # once per distinct segment on air
-            with record_function("ranker.mfq"):
+            with section("ranker.mfq"):
                 if self.segment_cache is not None:
                     h_m = self.segment_cache.vectors(self.mfq, rp.tokens, rp.seg_author, rp.seg_key)
                 else:
@@ -250,9 +250,9 @@ class Ranker(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits ``[B, C, heads]`` of every row's candidates."""
-        with record_function("ranker.user_side"):
+        with section("ranker.user_side"):
             ur = self.user_side(batch.users)
-        with record_function("ranker.author_side"):
+        with section("ranker.author_side"):
             ar = self.author_side(batch.rooms)
-        with record_function("ranker.pair"):
+        with section("ranker.pair"):
             return self.logits(ur, ar, batch.cand)

@@ -1,22 +1,10 @@
-"""Shared command-line plumbing for the converters: readable errors, count summaries."""
+"""Shared command-line plumbing for the converters: count summaries (errors: ``graphrec.errors.command``)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from graphrec.data.dataset import Dataset
-from graphrec.errors import UserError
-
-
-def run_cli(job: Callable[[], None]) -> int:
-    """Run ``job``; a :class:`UserError` becomes one line on stderr and exit status 2."""
-    try:
-        job()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def format_counts(ds: Dataset) -> str:

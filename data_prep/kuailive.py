@@ -52,7 +52,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from graphrec.data.dataset import Dataset
-from graphrec.errors import DataError
+from graphrec.errors import DataError, command
 
 TITLE_EMBEDDINGS = "title_embeddings_pca128.npy"
 EVENT_KEYS = ("user_id", "live_id", "streamer_id", "timestamp")
@@ -573,11 +573,12 @@ def convert(path: Path, long_view_seconds: float = DEFAULT_LONG_VIEW_SECONDS, st
                            "segments": segments, "stats": stats}, meta=meta)
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from graphrec.data.dataset import save_dataset
     from graphrec.data.validate import validate_dataset
 
-    from ._cli import print_counts, run_cli
+    from ._cli import print_counts
 
     ap = argparse.ArgumentParser(prog="python -m data_prep.kuailive", description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", required=True, help="folder with KuaiLive's CSVs and title_embeddings_pca128.npy")
@@ -596,7 +597,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         validate_dataset(ds)
         print_counts(ds, save_dataset(ds, Path(args.out)))
 
-    return run_cli(job)
+    job()
+    return 0
 
 
 if __name__ == "__main__":

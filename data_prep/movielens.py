@@ -27,7 +27,7 @@ import numpy as np
 
 from graphrec.data.dataset import Dataset
 from graphrec.data.split import time_split
-from graphrec.errors import ConfigError, DataError
+from graphrec.errors import ConfigError, DataError, command
 
 from .text import encode_texts
 
@@ -242,11 +242,12 @@ def convert(path: Path, positive_rating: int = 4, val_fraction: float = 0.1, tes
                            "segments": segments, "stats": stats}, meta=meta)
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from graphrec.data.dataset import save_dataset
     from graphrec.data.validate import validate_dataset
 
-    from ._cli import print_counts, run_cli
+    from ._cli import print_counts
 
     ap = argparse.ArgumentParser(prog="python -m data_prep.movielens", description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", help="folder with u.data/u.item/u.user, or the official ml-100k.zip; without it the "
@@ -270,7 +271,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         validate_dataset(ds)
         print_counts(ds, save_dataset(ds, Path(args.out)))
 
-    return run_cli(job)
+    job()
+    return 0
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import numpy as np
 
 from graphrec.config import check_simulate
 from graphrec.data.dataset import Dataset, save_dataset
-from graphrec.errors import ConfigError, DataError
+from graphrec.errors import ConfigError, DataError, command
 from graphrec.metrics import auc, expected_auc
 
 STEP_SECONDS = 30
@@ -452,8 +452,9 @@ def world_of(ds: Dataset, check: int = 20_000, log: Callable[[str], None] = lamb
     return world
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
-    from ._cli import print_counts, run_cli
+    from ._cli import print_counts
     from graphrec.config import load_config
     from graphrec.data.validate import validate_dataset
 
@@ -474,7 +475,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = save_dataset(ds, args.out)
         print_counts(ds, out)
 
-    return run_cli(job)
+    job()
+    return 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 
 from graphrec.data.dataset import Dataset
 from graphrec.data.safe_pickle import load_sparse_pickle
-from graphrec.errors import DataError, DataWarning
+from graphrec.errors import DataError, DataWarning, command
 
 MATRICES = (("train", "trnMat.pkl"), ("val", "valMat.pkl"), ("test", "tstMat.pkl"))
 FEATURES = (("frame", "image_feat.npy"), ("asr", "audio_feat.npy"))
@@ -138,11 +138,12 @@ def convert(path: Path, log: Optional[Callable[[str], None]] = None) -> Dataset:
                            "impressions": impressions, "segments": segments}, meta=meta)
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from graphrec.data.dataset import save_dataset
     from graphrec.data.validate import validate_dataset
 
-    from ._cli import print_counts, run_cli
+    from ._cli import print_counts
 
     ap = argparse.ArgumentParser(prog="python -m data_prep.tiktok", description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", required=True, help="folder with trnMat.pkl, valMat.pkl, tstMat.pkl and *_feat.npy")
@@ -154,7 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         validate_dataset(ds)
         print_counts(ds, save_dataset(ds, Path(args.out)))
 
-    return run_cli(job)
+    job()
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError, DataError, UserError
+from .errors import ConfigError, DataError, command
 
 METRICS = {                                     # key -> (title, (numerator, denominator) per user)
     "gifting_users": "share of gifting users",
@@ -522,6 +522,7 @@ def _check_simulated(cfg) -> None:
                           f"(data.source=simulate), the only world whose true response is known")
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphrec.abtest", description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -538,52 +539,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the traffic, outcomes and bootstrap (default 0)")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     args = ap.parse_args(argv)
-    try:
-        import torch
+    import torch
 
-        from .config import load_config
-        from .data.dataset import load_dataset
-        from .data.sources import dataset_dir, load_data
-        from .data.split import ensure_split
-        from .data.validate import validate_dataset
-        from .run import make_run_dir
-        from data_prep.simulate import world_of
+    from .config import load_config
+    from .data.dataset import load_dataset
+    from .data.sources import dataset_dir, load_data
+    from .data.split import ensure_split
+    from .data.validate import validate_dataset
+    from .run import make_run_dir
+    from data_prep.simulate import world_of
 
-        if args.bootstrap < 10:
-            raise ConfigError(f"--bootstrap must be at least 10, got {args.bootstrap}")
-        progress = sys.stderr.isatty()
-        log = lambda s: print(f"[abtest] {s}", file=sys.stderr, flush=True)   # noqa: E731
-        cfg = load_config(args.cfg, args.overrides)
-        if args.runs:
-            runs = parse_runs(args.runs)
-            first = next(iter(runs.values()))
-            if args.cfg or args.overrides:
-                _check_simulated(cfg)
-                world_dir = dataset_dir(cfg, log=log)
-            else:                                   # the runs' own world, split as the first run split it
-                world_dir = _run_data_path(first)
-                cfg = load_config(first / "config.yaml") if (first / "config.yaml").exists() else cfg
-            check_same_world(runs, world_dir)
-            ds = load_dataset(world_dir)
-            validate_dataset(ds)
-            ensure_split(ds, cfg.data.val_fraction, cfg.data.test_fraction)
-        else:
+    if args.bootstrap < 10:
+        raise ConfigError(f"--bootstrap must be at least 10, got {args.bootstrap}")
+    progress = sys.stderr.isatty()
+    log = lambda s: print(f"[abtest] {s}", file=sys.stderr, flush=True)   # noqa: E731
+    cfg = load_config(args.cfg, args.overrides)
+    if args.runs:
+        runs = parse_runs(args.runs)
+        first = next(iter(runs.values()))
+        if args.cfg or args.overrides:
             _check_simulated(cfg)
-            runs = trained_runs(args.cfg, args.overrides, log)
-            ds = load_data(cfg, log=log)
-        world = world_of(ds, log=log)
-        with torch.no_grad():                       # scoring only; main() may be called in-process (tests)
-            policies = load_policies(runs, ds, world, args.seed, log)
-            results, setup = run_abtest(world, ds, policies, args.requests, args.k, args.candidates or None,
-                                        args.control, args.seed, args.bootstrap, progress, log)
-        out = make_run_dir(Path(cfg.run.out_dir), f"{cfg.run.name}-abtest")
-        write_outputs(out, results, setup, {n: str(d) for n, d in runs.items()}, cfg)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+            world_dir = dataset_dir(cfg, log=log)
+        else:                                   # the runs' own world, split as the first run split it
+            world_dir = _run_data_path(first)
+            cfg = load_config(first / "config.yaml") if (first / "config.yaml").exists() else cfg
+        check_same_world(runs, world_dir)
+        ds = load_dataset(world_dir)
+        validate_dataset(ds)
+        ensure_split(ds, cfg.data.val_fraction, cfg.data.test_fraction)
+    else:
+        _check_simulated(cfg)
+        runs = trained_runs(args.cfg, args.overrides, log)
+        ds = load_data(cfg, log=log)
+    world = world_of(ds, log=log)
+    with torch.no_grad():                       # scoring only; main() may be called in-process (tests)
+        policies = load_policies(runs, ds, world, args.seed, log)
+        results, setup = run_abtest(world, ds, policies, args.requests, args.k, args.candidates or None,
+                                    args.control, args.seed, args.bootstrap, progress, log)
+    out = make_run_dir(Path(cfg.run.out_dir), f"{cfg.run.name}-abtest")
+    write_outputs(out, results, setup, {n: str(d) for n, d in runs.items()}, cfg)
     print(markdown_table(results, setup["control"]))
     print(f"A/B test folder: {out}  (report.md, abtest.json, abtest.png; tensorboard --logdir {out})")
     return 0

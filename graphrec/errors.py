@@ -1,8 +1,12 @@
 """Exceptions for mistakes a user can fix (bad config, bad input data).
 
-`graphrec.run` and the `data_prep` commands print these as one readable message and exit
-with status 2 instead of showing a stack trace; anything else is a bug and keeps its trace.
+Every command line (``graphrec.run``, the ``data_prep`` converters, ``launch``, ``serve``, ...) wraps its
+``main`` in :func:`command`, which prints these as one readable line and exits with status 2 instead
+of showing a stack trace; anything else is a bug and keeps its trace.
 """
+import functools
+import sys
+from typing import Callable
 
 
 class UserError(Exception):
@@ -23,3 +27,19 @@ class DownloadError(DataError):
 
 class DataWarning(UserWarning):
     """Input data that differs from the known published copy but can still be used (e.g. a checksum)."""
+
+
+def command(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command's ``main(argv) -> exit status``: a :class:`UserError` becomes ``error: <message>``
+    on stderr and status 2, Ctrl-C becomes ``interrupted`` and status 130."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    return wrapped

@@ -32,7 +32,7 @@ from typing import List, Optional, Sequence, Tuple
 from .config import load_config
 from .dist import lifecycle
 from .dist.lifecycle import die_with_launcher
-from .errors import ConfigError, UserError
+from .errors import ConfigError, UserError, command
 
 DEFAULT_PORT = 30050
 
@@ -268,16 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        code, run_dir = launch(args.cfg, args.overrides, Path(args.ip_config) if args.ip_config else None,
-                               args.num_trainers, args.num_servers, args.machine_rank,
-                               Path(args.resume or args.run_dir) if (args.resume or args.run_dir) else None,
-                               resume=bool(args.resume))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    code, run_dir = launch(args.cfg, args.overrides, Path(args.ip_config) if args.ip_config else None,
+                           args.num_trainers, args.num_servers, args.machine_rank,
+                           Path(args.resume or args.run_dir) if (args.resume or args.run_dir) else None,
+                           resume=bool(args.resume))
     if code == 0:
         print(f"run folder: {run_dir}")
     return code

@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from .config import load_config
-from .errors import UserError
+from .errors import command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     extra = []
@@ -34,14 +35,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra.append(f"dist.part_method={args.part_method}")
     if args.out:
         extra.append(f"dist.part_dir={args.out}")
-    try:
-        from .dist.prepare import prepare
+    from .dist.prepare import prepare
 
-        cfg = load_config(args.cfg, list(args.overrides) + extra)
-        part_dir = prepare(cfg, args.cfg, log=lambda m: print(f"[graphrec] {m}", file=sys.stderr))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.cfg, list(args.overrides) + extra)
+    part_dir = prepare(cfg, args.cfg, log=lambda m: print(f"[graphrec] {m}", file=sys.stderr))
     print(f"partitions: {part_dir}")
     return 0
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import DataError, UserError
+from .errors import DataError, command
 
 
 def _metrics(run_dir: Path) -> Dict:
@@ -238,6 +238,7 @@ def plot_abtest(abtest_dir: Path, out: Path) -> Path:
     return _save(fig, Path(out) / "abtest.png")
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphrec.plots", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", metavar="RUN_DIR", help="a run folder (forecast and training figures)")
@@ -249,18 +250,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.run and not args.ablation and not args.abtest:
         ap.error("give --run, --ablation and/or --abtest")
     out = Path(args.out)
-    try:
-        written = []
-        if args.ablation:
-            written.append(plot_ablation(Path(args.ablation), out))
-        if args.abtest:
-            written.append(plot_abtest(Path(args.abtest), out))
-        if args.run:
-            written.append(plot_forecast(Path(args.run), out, args.room))
-            written.append(plot_training(Path(args.run), out))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    written = []
+    if args.ablation:
+        written.append(plot_ablation(Path(args.ablation), out))
+    if args.abtest:
+        written.append(plot_abtest(Path(args.abtest), out))
+    if args.run:
+        written.append(plot_forecast(Path(args.run), out, args.room))
+        written.append(plot_training(Path(args.run), out))
     for p in written:
         print(p)
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import Config, describe_schema, load_config
-from .errors import ConfigError, UserError
+from .errors import ConfigError, command
 
 
 @dataclass
@@ -344,49 +344,43 @@ def ablation_report(rows, k: int = 20) -> str:
                       "two-stage: LightGCN's top candidates reranked (see README).", ""] + head + [""])
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.help_config:
-            print(describe_schema())
-            return 0
-        if args.list_stages:
-            from .pipeline import STAGES
+    if args.help_config:
+        print(describe_schema())
+        return 0
+    if args.list_stages:
+        from .pipeline import STAGES
 
-            for s in STAGES:
-                print(f"{s.name:12s} {s.summary}")
+        for s in STAGES:
+            print(f"{s.name:12s} {s.summary}")
+        return 0
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+        args.overrides = list(args.overrides) + [f"run.seeds={args.seeds}"]
+    if args.jobs is not None:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+        args.overrides = list(args.overrides) + [f"run.jobs={args.jobs}"]
+    if args.ablate:
+        parent = run_ablation(args.cfg, args.overrides)
+        print(f"ablation report: {parent / 'report.md'}  (tensorboard --logdir {parent})")
+        return 0
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").exists():
+            raise ConfigError(f"--resume {run_dir}: not a run folder (config.yaml missing)")
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        result = run(cfg, config_file=str(run_dir / "config.yaml"), run_dir=run_dir, resume=True)
+    else:
+        cfg = load_config(args.cfg, args.overrides)
+        if cfg.run.seeds > 1:
+            parent = run_seeds(cfg, config_file=args.cfg)
+            print(f"{cfg.run.seeds} seeds: {parent / 'report.md'}  (tensorboard --logdir {parent})")
             return 0
-        if args.seeds is not None:
-            if args.seeds < 1:
-                raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
-            args.overrides = list(args.overrides) + [f"run.seeds={args.seeds}"]
-        if args.jobs is not None:
-            if args.jobs < 1:
-                raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-            args.overrides = list(args.overrides) + [f"run.jobs={args.jobs}"]
-        if args.ablate:
-            parent = run_ablation(args.cfg, args.overrides)
-            print(f"ablation report: {parent / 'report.md'}  (tensorboard --logdir {parent})")
-            return 0
-        if args.resume:
-            run_dir = Path(args.resume)
-            if not (run_dir / "config.yaml").exists():
-                raise ConfigError(f"--resume {run_dir}: not a run folder (config.yaml missing)")
-            cfg = load_config(run_dir / "config.yaml", args.overrides)
-            result = run(cfg, config_file=str(run_dir / "config.yaml"), run_dir=run_dir, resume=True)
-        else:
-            cfg = load_config(args.cfg, args.overrides)
-            if cfg.run.seeds > 1:
-                parent = run_seeds(cfg, config_file=args.cfg)
-                print(f"{cfg.run.seeds} seeds: {parent / 'report.md'}  (tensorboard --logdir {parent})")
-                return 0
-            result = run(cfg, config_file=args.cfg)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        result = run(cfg, config_file=args.cfg)
     print(f"run folder: {result.run_dir}  (tensorboard --logdir {result.run_dir.parent})")
     return 0
 

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .errors import UserError
+from .errors import command
 
 MAX_BODY_BYTES = 1_000_000
 MAX_CANDIDATES = 10_000          # authors in one request
@@ -326,6 +326,7 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+@command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import uvicorn
 
@@ -337,11 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"error: --port {args.port} is not a port number (0-65535)", file=sys.stderr)
         return 2
-    try:
-        scorer = Scorer(Path(args.run))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    scorer = Scorer(Path(args.run))
     try:
         sock = _listen(args.host, args.port)
     except OSError as exc:

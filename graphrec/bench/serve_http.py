@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..errors import command
 from . import write_results
 
 
@@ -149,6 +150,7 @@ def serve_http(run_dir: Path, requests: int = 300, clients: int = 4, candidates:
     return res
 
 
+@command
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphrec.bench serve-http", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="a trained run folder (runs/<name>-<time>)")
@@ -158,18 +160,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--batch", type=int, default=0, help="users per POST /score/batch (default 0: POST /score)")
     ap.add_argument("--out", help="JSON results (default runs/bench/serve_http.json)")
     args = ap.parse_args(argv)
-    from ..errors import UserError
-
     for name in ("requests", "clients", "candidates"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1")
     if not 0 <= args.batch <= 256 or not 1 <= args.candidates <= 10_000:
         ap.error("--batch must be in 0..256 and --candidates in 1..10000 (the server's limits)")
-    try:
-        res = serve_http(Path(args.run), args.requests, args.clients, args.candidates, args.batch)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    res = serve_http(Path(args.run), args.requests, args.clients, args.candidates, args.batch)
     print(f"{res['requests']} requests of {res['users_per_request']} user(s) x {res['candidates']} candidates to "
           f"{res['path']}, {res['clients']} clients: {res['requests_per_s']:.1f} requests/s "
           f"({res['users_per_s']:.1f} users/s), p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "

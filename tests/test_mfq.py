@@ -93,3 +93,28 @@ def test_mfq_from_default_config():
     assert model.dim == 32 and model.query_tokens == 2 and model.modalities == ["frame", "asr"]
     out = model(make_tokens(B=2, spec=(("frame", 4, 16), ("asr", 3, 8))), torch.tensor([0, 2]))
     assert out.shape == (2, 32)
+
+
+def test_build_warns_when_the_other_modalities_span_mfq_dim():
+    """Three modalities of 4 tokens: OP of one against the other 8 leaves nothing when mfq.dim <= 8."""
+    import warnings
+
+    from data_prep.simulate import simulate
+    from graphrec.config import load_config
+    from graphrec.data.split import ensure_split
+    from graphrec.ranking.stage import build_ranker, enabled_modules
+
+    from .conftest import TINY_SIM
+
+    base = TINY_SIM + ["simulate.num_impressions=2000", "simulate.tokens_per_modality=4", "mfq.heads=2"]
+    ds = simulate(load_config(None, base).simulate, seed=0)
+    ensure_split(ds, 0.1, 0.1)
+    for dim, warns in ((8, True), (16, False)):
+        cfg = load_config(None, base + [f"mfq.dim={dim}"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            build_ranker(cfg, ds, enabled_modules(cfg, ds, {}), {})
+        hits = [w for w in caught if "orthogonal projection" in str(w.message)]
+        assert bool(hits) == warns, (dim, [str(w.message) for w in caught])
+        if warns:
+            assert "mfq.dim=8" in str(hits[0].message) and "above 8" in str(hits[0].message)

@@ -171,9 +171,25 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
         product_cats=prod_model.num_cat3 if prod_model is not None else 0,
         product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout,
         fm_dim=sec.fm_dim, attention_hidden=sec.attention_hidden, user_id=sec.user_id)
+    warn_if_op_degenerate(ds, mods["modalities"], int(cfg.mfq["dim"]))
     torch.manual_seed(cfg.run.seed)
     model = Ranker(spec).to(device)
     return model, builder, spec
+
+
+def warn_if_op_degenerate(ds: Dataset, modalities, dim: int) -> None:
+    """MFQ's OP keeps what a modality's tokens say beyond the other modalities' tokens; when those span
+    all ``mfq.dim`` dimensions nothing but rounding noise is left to attend to. Say so, once per build."""
+    import warnings
+
+    if len(modalities) < 2:
+        return
+    tokens = {m: int(ds.tables["segments"][m].shape[1]) for m in modalities}
+    others = max(sum(n for o, n in tokens.items() if o != m) for m in modalities)
+    if others >= dim:
+        warnings.warn(f"mfq.dim={dim} is not above the {others} tokens of the other modalities ({tokens}): MFQ's "
+                      f"orthogonal projection then leaves only rounding noise; set mfq.dim above {others}",
+                      UserWarning, stacklevel=2)
 
 
 def fit_spec(cfg: Config, ds: Dataset):

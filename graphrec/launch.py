@@ -116,25 +116,27 @@ class Launch:
         """Wait for the trainers; 0 when all succeed, 1 (after stopping everything) otherwise."""
         try:
             while True:
-                for i, s in enumerate(self.servers):
-                    # a server ends with 0 once every trainer disconnected: the trainers are finishing
-                    if s.poll() not in (None, 0) and any(t.poll() is None for t in self.trainers):
-                        self.log(f"graph server {i} (pid {s.pid}) exited with code {s.returncode} while trainers "
+                # a server ends with 0 once every trainer disconnected (the trainers are finishing): only a
+                # non-zero server exit is a failure, and only one of them is reported, the cause: a process
+                # killed by a signal (the launcher has sent none yet), then one that failed by itself, then
+                # trainers that saw a peer go (WATCHDOG_EXIT); servers first, as the trainers depend on them
+                trainers_done = all(t.poll() == 0 for t in self.trainers)
+                failed = [] if trainers_done else [("graph server", i, p) for i, p in enumerate(self.servers)
+                                                   if p.poll() not in (None, 0)]
+                failed += [("trainer", i, p) for i, p in enumerate(self.trainers) if p.poll() not in (None, 0)]
+                if failed:
+                    role, i, p = min(failed, key=lambda f: (0 if f[2].returncode < 0 else 2 if f[2].returncode ==
+                                                            lifecycle.WATCHDOG_EXIT else 1, f[0] == "trainer", f[1]))
+                    if role == "graph server":
+                        self.log(f"graph server {i} (pid {p.pid}) exited with code {p.returncode} while trainers "
                                  f"were running; stopping the trainers")
                         self.stop(self.trainers, let_finish_s=3.0)     # their watchdogs say why, then exit
-                        self.stop(self.servers)
-                        return 1
-                failed = [(r, t) for r, t in enumerate(self.trainers) if t.poll() not in (None, 0)]
-                if failed:
-                    # the cause, not a trainer that saw that peer go first: a process killed by a signal (the
-                    # launcher has sent none yet), then one that failed by itself, then the consequences
-                    r, t = min(failed, key=lambda f: (0 if f[1].returncode < 0 else
-                                                      2 if f[1].returncode == lifecycle.WATCHDOG_EXIT else 1, f[0]))
-                    self.log(f"trainer {r} (pid {t.pid}) failed with exit code {t.returncode}; stopping the others")
-                    self.stop(self.trainers)
+                    else:
+                        self.log(f"trainer {i} (pid {p.pid}) failed with exit code {p.returncode}; stopping the others")
+                        self.stop(self.trainers)
                     self.stop(self.servers)
                     return 1
-                if all(t.poll() == 0 for t in self.trainers):
+                if trainers_done:
                     break
                 time.sleep(poll_s)
             deadline = time.monotonic() + server_grace_s

@@ -591,13 +591,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help=f"steps per room sequence (default {DEFAULT_STEPS})")
     args = ap.parse_args(argv)
 
-    def job() -> None:
-        ds = convert(Path(args.src), args.long_view_seconds, args.step_seconds, args.steps,
-                     log=lambda m: print(m, file=sys.stderr))
-        validate_dataset(ds)
-        print_counts(ds, save_dataset(ds, Path(args.out)))
-
-    job()
+    ds = convert(Path(args.src), args.long_view_seconds, args.step_seconds, args.steps,
+                 log=lambda m: print(m, file=sys.stderr))
+    validate_dataset(ds)
+    print_counts(ds, save_dataset(ds, Path(args.out)))
     return 0
 
 

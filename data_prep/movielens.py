@@ -263,15 +263,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--text-dim", type=int, default=64, help="TF-IDF+SVD dimension (default 64)")
     args = ap.parse_args(argv)
 
-    def job() -> None:
-        src = Path(args.src) if args.src else fetch(Path(args.cache_dir), args.url, args.sha256,
-                                                      progress=sys.stderr.isatty())
-        ds = convert(src, args.positive_rating, args.val_fraction, args.test_fraction,
-                     args.text_encoder, args.text_dim)
-        validate_dataset(ds)
-        print_counts(ds, save_dataset(ds, Path(args.out)))
-
-    job()
+    src = Path(args.src) if args.src else fetch(Path(args.cache_dir), args.url, args.sha256,
+                                                  progress=sys.stderr.isatty())
+    ds = convert(src, args.positive_rating, args.val_fraction, args.test_fraction,
+                 args.text_encoder, args.text_dim)
+    validate_dataset(ds)
+    print_counts(ds, save_dataset(ds, Path(args.out)))
     return 0
 
 

@@ -467,15 +467,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="random seed of the world (default: simulate.seed)")
     args = ap.parse_args(argv)
 
-    def job() -> None:
-        cfg = load_config(args.cfg, args.overrides)
-        ds = simulate(cfg.simulate, seed=cfg.simulate.seed if args.seed is None else args.seed,
-                      progress=sys.stderr.isatty(), log=print)
-        validate_dataset(ds)
-        out = save_dataset(ds, args.out)
-        print_counts(ds, out)
-
-    job()
+    cfg = load_config(args.cfg, args.overrides)
+    ds = simulate(cfg.simulate, seed=cfg.simulate.seed if args.seed is None else args.seed,
+                  progress=sys.stderr.isatty(), log=print)
+    validate_dataset(ds)
+    out = save_dataset(ds, args.out)
+    print_counts(ds, out)
     return 0
 
 

@@ -150,12 +150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", required=True, help="output folder for the canonical dataset")
     args = ap.parse_args(argv)
 
-    def job() -> None:
-        ds = convert(Path(args.src))
-        validate_dataset(ds)
-        print_counts(ds, save_dataset(ds, Path(args.out)))
-
-    job()
+    ds = convert(Path(args.src))
+    validate_dataset(ds)
+    print_counts(ds, save_dataset(ds, Path(args.out)))
     return 0
 
 

@@ -33,13 +33,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from .errors import ConfigError, DataError, command
 
-METRICS = {                                     # key -> (title, (numerator, denominator) per user)
+METRICS = {                                     # key -> title (per-user sums: per_user)
     "gifting_users": "share of gifting users",
     "gifts_per_exposure": "gifts / exposure",
     "value_per_exposure": "gift value / exposure",
@@ -124,13 +124,13 @@ def make_traffic(world, ds, requests: int, candidates: Optional[int] = None, see
 
 
 # ----------------------------------------------------------------------------- policies
-class Policy:
+class Policy(Protocol):
     """Scores (user, author, time) triples; a request shows its candidates with the highest scores."""
 
-    name = "policy"
+    name: str
 
     def score(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        ...
 
 
 class RunPolicy(Policy):
@@ -387,7 +387,7 @@ def render_report(results, setup, runs: Mapping[str, str]) -> str:
         f"Seed {s['seed']}; {s['seconds']}s.", ""])
 
 
-def write_outputs(run_dir: Path, results, setup, runs: Mapping[str, str], cfg=None, progress: bool = False) -> Path:
+def write_outputs(run_dir: Path, results, setup, runs: Mapping[str, str], cfg=None) -> Path:
     """``abtest.json``, ``setup.json``, ``report.md``, TensorBoard and the figure in ``run_dir``."""
     from torch.utils.tensorboard import SummaryWriter
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from graphrec.dist.comm import Watchdog, pid_alive
+from graphrec.dist.comm import Watchdog
+from graphrec.dist.lifecycle import pid_alive
 from graphrec.gie.metapath import METAPATHS, PAD, expand
 
 from .conftest import FAST_MODELS, TINY_SIM

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .lifecycle import WATCHDOG_EXIT, pid_alive  # noqa: F401  (pid_alive: also imported from here)
+from .lifecycle import WATCHDOG_EXIT, pid_alive
 
 
 class LocalComm:
@@ -77,12 +77,6 @@ class DDPComm(LocalComm):
         import torch.distributed as dist
 
         dist.barrier()
-
-    def close(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 class Watchdog:

@@ -118,3 +118,33 @@ def test_build_warns_when_the_other_modalities_span_mfq_dim():
         assert bool(hits) == warns, (dim, [str(w.message) for w in caught])
         if warns:
             assert "mfq.dim=8" in str(hits[0].message) and "above 8" in str(hits[0].message)
+
+
+def _op_by_pinv(x, others, mask):
+    o = others * mask.unsqueeze(-1).to(others.dtype)
+    gram = o @ o.transpose(1, 2)
+    return x - (x @ o.transpose(1, 2)) @ torch.linalg.pinv(gram, hermitian=True, rtol=1e-5) @ o
+
+
+def test_op_cholesky_path_equals_the_pseudo_inverse_in_value_and_gradient():
+    """Independent tokens take the Cholesky solve; rows with dependent tokens (the second: a duplicated
+    token; the third: more tokens than dimensions) and padded ones must still equal the pseudo-inverse."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 6, generator=g, dtype=torch.float64)
+    others = torch.randn(4, 7, 6, generator=g, dtype=torch.float64)
+    others[1, 4] = 2.0 * others[1, 0]
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0], [1] * 7, [1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    for op in (orthogonal_projection, _op_by_pinv):
+        xs, os_ = x.clone().requires_grad_(), others.clone().requires_grad_()
+        y = op(xs, os_, mask)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        if op is orthogonal_projection:
+            got = (y.detach(), xs.grad, os_.grad)
+        else:
+            want = (y.detach(), xs.grad, os_.grad)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-8), (a - b).abs().max()
+    # float32, realistic shape (8 other tokens in 32 dimensions): agrees to rounding
+    x32, o32 = torch.randn(64, 4, 32, generator=g), torch.randn(64, 8, 32, generator=g)
+    m32 = torch.rand(64, 8, generator=g) > 0.2
+    assert (orthogonal_projection(x32, o32, m32) - _op_by_pinv(x32, o32, m32)).abs().max() < 1e-4

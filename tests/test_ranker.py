@@ -269,3 +269,50 @@ def test_rows_inside_the_graphs_period_see_no_user_side_graph_features(tiny):
         assert (up.exp[m][hidden] == PAD).all() and torch.equal(up.exp[m][~hidden], seen.exp[m][~hidden])
         assert (up.exp_theta[m][hidden] == 0).all()
         assert (seen.exp[m][hidden] != PAD).any()              # there was something to hide
+
+
+def test_popularity_offset_adds_the_authors_rate_logit_to_the_main_head_only(tiny):
+    """``ranker.popularity_offset``: the main head's logit is the network's plus w·logit(the author's
+    all-time smoothed positive rate before the row); the other heads are untouched; the full ranking
+    still equals pairwise scoring."""
+    import dataclasses
+
+    from graphrec.models.ranker import Ranker
+    from graphrec.ranking.train import RankerScorer
+
+    _, ds, model, builder = tiny
+    h = model.spec.tasks.index(ds.main_label)
+    spec = dataclasses.replace(model.spec, popularity_offset_head=h)
+    with_offset = Ranker(spec)
+    missing = with_offset.load_state_dict(model.state_dict(), strict=False).missing_keys
+    assert missing == ["offset_weight"]
+    with torch.no_grad():
+        with_offset.offset_weight.fill_(0.7)
+    model.eval(), with_offset.eval()
+    idx = np.arange(50)
+    batch = builder.impressions(idx)
+    rate = torch.from_numpy(builder.activity.features(ds.impressions["author"][idx], ds.impressions["time"][idx]))[:, -1]
+    diff = (with_offset(batch) - model(batch)).detach()[:, 0, :]
+    expected = 0.7 * torch.logit(rate.clamp(1e-4, 1 - 1e-4))
+    assert torch.allclose(diff[:, h], expected, atol=1e-5)
+    assert diff[:, [i for i in range(diff.shape[1]) if i != h]].abs().max() < 1e-6
+    assert expected.std() > 0.05                                   # the test has teeth: rates differ
+    scorer = RankerScorer(with_offset, builder, pair_chunk=61)
+    users, t = np.array([2, 9]), int(ds.impressions["time"][-1])
+    A = ds.num_authors
+    pairwise = scorer.pair_scores(np.repeat(users, A), np.tile(np.arange(A), 2), np.full(2 * A, t))
+    assert np.allclose(scorer.rank(users, t).numpy().ravel(), pairwise, atol=1e-4)
+
+
+def test_popularity_offset_refuses_implicit_data_and_missing_activity():
+    from types import SimpleNamespace
+
+    from graphrec.errors import UserError
+    from graphrec.ranking.stage import offset_head
+
+    sec = SimpleNamespace(popularity_offset=True)
+    with pytest.raises(UserError, match="implicit data"):
+        offset_head(sec, SimpleNamespace(implicit=True), {"activity": True}, ["gift"])
+    with pytest.raises(UserError, match="use_activity"):
+        offset_head(sec, SimpleNamespace(implicit=False), {"activity": False}, ["gift"])
+    assert offset_head(SimpleNamespace(popularity_offset=False), None, {}, []) == -1

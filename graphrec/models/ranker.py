@@ -69,6 +69,7 @@ class RankerSpec:
     fm_dim: int = 32                                              # width of the shared FM product (0 = off)
     attention_hidden: int = 32                                    # hidden units of DIN's attention MLP
     user_id: bool = True                                          # learn an embedding per user id
+    popularity_offset_head: int = -1                              # head that gets w·logit(author rate); -1 = none
 
 
 class UserRep(NamedTuple):
@@ -84,6 +85,7 @@ class AuthorRep(NamedTuple):
     emb: torch.Tensor                    # [N, d] id embedding (DIN target)
     theta: Optional[torch.Tensor]        # [N, td] Θ (GIE target)
     author: torch.Tensor                 # [N] ids
+    offset: Optional[torch.Tensor] = None   # [N] logit of the author's positive rate so far (popularity offset)
 
 
 def pair_user_seqs(metapaths: List[str]) -> List[str]:
@@ -155,6 +157,10 @@ class Ranker(nn.Module):
             self.fm_user = nn.Linear(user_w, spec.fm_dim)
             self.fm_author = nn.Linear(author_w, spec.fm_dim)
             self.fm_weight = nn.Parameter(torch.ones(len(spec.tasks), spec.fm_dim))
+        if spec.popularity_offset_head >= 0:
+            if not spec.popularity_dim:
+                raise ValueError("ranker.popularity_offset needs the author activity features (ranker.use_activity)")
+            self.offset_weight = nn.Parameter(torch.ones(()))
 
     # ------------------------------------------------------------------ Θ
     def _theta(self, kind: str, ids: torch.Tensor) -> torch.Tensor:
@@ -223,7 +229,10 @@ class Ranker(nn.Module):
             room.append(proj(getattr(rp, name)))
         if self.spec.product_cats:
             room += [self.cat_table(rp.prod_probs), self.prod_proj(rp.prod_enc)]
-        return AuthorRep(torch.cat(room, dim=1), e_a[inv], None if t_a is None else t_a[inv], rp.author)
+        offset = None
+        if self.spec.popularity_offset_head >= 0:                   # all-time smoothed rate: the last column
+            offset = torch.logit(rp.popularity[:, -1].float().clamp(1e-4, 1 - 1e-4))
+        return AuthorRep(torch.cat(room, dim=1), e_a[inv], None if t_a is None else t_a[inv], rp.author, offset)
 
     def logits(self, ur: UserRep, ar: AuthorRep, cand: Optional[torch.Tensor]) -> torch.Tensor:
         """Logits ``[B, C, heads]`` of user row ``b`` against its candidates ``cand[b]`` (rows of ``ar``);
@@ -246,6 +255,11 @@ class Ranker(nn.Module):
         out = self.heads(self.tower(self.drop(F.relu(x))))
         if self.fm_user is not None:
             out = out + (self.fm_user(ur.fields).unsqueeze(1) * at(self.fm_author(ar.fields), cand)) @ self.fm_weight.T
+        if ar.offset is not None:
+            h = self.spec.popularity_offset_head
+            bump = torch.zeros(out.shape[-1], dtype=out.dtype, device=out.device)
+            bump[h] = 1.0
+            out = out + (self.offset_weight * at(ar.offset, cand)).unsqueeze(-1) * bump
         return out
 
     def forward(self, batch: Batch) -> torch.Tensor:

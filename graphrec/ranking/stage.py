@@ -15,6 +15,7 @@ import torch
 from ..config import Config
 from ..data.dataset import SPLITS, Dataset
 from ..data.split import graph_period
+from ..errors import UserError
 from ..schema import METAPATHS
 from ..stage import RunContext, Stage
 from .batches import BatchBuilder, BatchConfig, PairSet, side_features
@@ -170,11 +171,24 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
         user_activity_dim=user_activity.dim if user_activity is not None else 0,
         product_cats=prod_model.num_cat3 if prod_model is not None else 0,
         product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout,
-        fm_dim=sec.fm_dim, attention_hidden=sec.attention_hidden, user_id=sec.user_id)
+        fm_dim=sec.fm_dim, attention_hidden=sec.attention_hidden, user_id=sec.user_id,
+        popularity_offset_head=offset_head(sec, ds, mods, heads))
     warn_if_op_degenerate(ds, mods["modalities"], int(cfg.mfq["dim"]))
     torch.manual_seed(cfg.run.seed)
     model = Ranker(spec).to(device)
     return model, builder, spec
+
+
+def offset_head(sec, ds: Dataset, mods: Mapping[str, Any], heads: List[str]) -> int:
+    """The head that gets ``ranker.popularity_offset`` (the main label's), or -1."""
+    if not sec.popularity_offset:
+        return -1
+    if ds.implicit:
+        raise UserError("ranker.popularity_offset: implicit data has no positive rate (every impression is a "
+                        "positive); set it false")
+    if not mods["activity"]:
+        raise UserError("ranker.popularity_offset needs the author activity features: set ranker.use_activity true")
+    return heads.index(ds.main_label)
 
 
 def warn_if_op_degenerate(ds: Dataset, modalities, dim: int) -> None:

@@ -148,3 +148,34 @@ def test_op_cholesky_path_equals_the_pseudo_inverse_in_value_and_gradient():
     x32, o32 = torch.randn(64, 4, 32, generator=g), torch.randn(64, 8, 32, generator=g)
     m32 = torch.rand(64, 8, generator=g) > 0.2
     assert (orthogonal_projection(x32, o32, m32) - _op_by_pinv(x32, o32, m32)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_attention_blocks_equal_torchs_multihead_attention(self_attention):
+    """MFQ's attention (explicit softmax on a CPU) is nn.MultiheadAttention's, in value and gradient,
+    with padded keys, rows whose keys are all padded, and attention on itself (one input projection)."""
+    from graphrec.models.mfq import _Attend
+
+    torch.manual_seed(0)
+    block = _Attend(16, 4, 0.0).double()
+    q = torch.randn(6, 3, 16, dtype=torch.float64)
+    kv = q if self_attention else torch.randn(6, 5, 16, dtype=torch.float64)
+    mask = torch.rand(6, kv.shape[1]) > 0.4
+    mask[0] = False                                             # nothing to attend
+    mask[1, 0] = True
+    got = block.attention(q, kv, _pad(mask))
+    want = block.attn(q, kv, kv, key_padding_mask=_pad(mask), need_weights=False)[0]
+    assert torch.allclose(got, want, atol=1e-12)
+    g1 = torch.autograd.grad(got.square().sum(), block.attn.in_proj_weight)[0]
+    want = block.attn(q, kv, kv, key_padding_mask=_pad(mask), need_weights=False)[0]
+    g2 = torch.autograd.grad(want.square().sum(), block.attn.in_proj_weight)[0]
+    assert torch.allclose(g1, g2, atol=1e-10)
+    out = block(q, kv, mask)                                    # the empty row's attention output is zeroed
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[0], block.norm2(block.norm1(q[0]) + block.ff(block.norm1(q[0]))), atol=1e-12)
+
+
+def _pad(mask):
+    pad = ~mask
+    pad[~mask.any(1), 0] = False                                # as _Attend does for rows with no key
+    return pad

@@ -62,8 +62,8 @@ def toy_store(tmp_path):
     from graphrec.dist.store import FeatureStore, partition_features
 
     g = toy_graph()
-    orig = partition_features(g, 5, 4, None, {"user": {"x": torch.zeros(5, 1)}}, tmp_path, "toywalk")
-    return g, FeatureStore(tmp_path / "toywalk.json", "toywalk", orig, {"user": {"x"}})
+    orig, layouts = partition_features(g, 5, 4, None, {"user": {"x": torch.zeros(5, 1)}}, tmp_path, "toywalk")
+    return g, FeatureStore(tmp_path / "toywalk.json", "toywalk", orig, layouts)
 
 
 @pytest.mark.parametrize("name", list(METAPATHS))
@@ -119,7 +119,8 @@ def test_partition_keeps_features_and_the_id_mapping(tmp_path):
     from graphrec.config import load_config
     from graphrec.data.dataset import load_dataset
     from graphrec.data.sources import dataset_dir
-    from graphrec.dist.prepare import load_orig_ids, load_prepared, part_dir_of, prepare
+    from graphrec.dist.packed import unpack
+    from graphrec.dist.prepare import PARTITION_FORMAT, load_orig_ids, load_prepared, part_dir_of, prepare
     from graphrec.errors import ConfigError
 
     overrides = [x for x in sets(tmp_path) if x != "--set"] + ["dist.num_parts=2", "dist.part_method=random"]
@@ -127,7 +128,7 @@ def test_partition_keeps_features_and_the_id_mapping(tmp_path):
     part_dir = prepare(cfg, log=lambda m: None)
     assert part_dir == part_dir_of(cfg) and not list(part_dir.parent.glob(".*tmp*"))
     prepared = load_prepared(part_dir, cfg)
-    assert prepared["num_parts"] == 2 and prepared["modules"]["metapaths"]
+    assert prepared["num_parts"] == 2 and prepared["modules"]["metapaths"] and prepared["format"] == PARTITION_FORMAT
     orig = load_orig_ids(part_dir)
     ds = load_dataset(dataset_dir(cfg))
     assert sorted(orig["user"].tolist()) == list(range(ds.num_users))
@@ -138,8 +139,11 @@ def test_partition_keeps_features_and_the_id_mapping(tmp_path):
     for part in range(2):
         _, node_feats, _, gpb, _, _, _ = dgl.distributed.load_partition(part_dir / prepared["part_config"], part)
         local = gpb.partid2nids(part, "author")                       # new ids owned by this part
-        got = node_feats["author/exp_a2a"].numpy()
+        got = unpack(node_feats["author/packed"], prepared["features"]["author"], ["exp_a2a"])["exp_a2a"].numpy()
         np.testing.assert_array_equal(got, a2a[orig["author"][local].numpy()])
+        np.testing.assert_array_equal(                                  # Θ also on its own, for the second hop
+            node_feats["author/theta"].numpy(),
+            unpack(node_feats["author/packed"], prepared["features"]["author"], ["theta"])["theta"].numpy())
         seen += len(local)
     assert seen == ds.num_authors
     other = load_config(None, overrides + ["run.seed=5"])

@@ -191,7 +191,7 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
                         launcher_pid=int(launcher) if launcher else None, peers=peers,
                         on_stall=lambda: unreachable_servers(machines)).start()
     store = FeatureStore(part_dir / prepared["part_config"], prepared["graph_name"], load_orig_ids(part_dir),
-                         {nt: set(v) for nt, v in prepared["names"].items()}, on_read=watchdog.kick)
+                         prepared["features"], on_read=watchdog.kick)
     walked = {}
     if cfg.dist.expansion == "walk" and mods["metapaths"]:
         t0 = time.perf_counter()

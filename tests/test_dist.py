@@ -390,6 +390,13 @@ def test_two_machines_one_server_one_trainer_each(tmp_path, two_machines):
     assert codes == [0, 0], "\n".join(e[-3000:] for e in errs)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dist"]["world_size"] == 2 and m["dist"]["num_parts"] == 2
+    # a batch pulls each node type at most twice (users, authors: the batch's rows, then the Θ of the
+    # expansions' endpoints) and the segments once: 5 with every module (it was 20, one per feature)
+    reads = m["dist"]["feature_reads"]
+    assert 4.5 <= reads["pulls_per_batch"] <= 5.0, reads
+    assert reads["remote_kb_per_batch"] > 0                  # half the rows live on the other machine
+    assert [len(r) for r in reads["per_rank"]] == [4, 4]
+    assert "pulls/batch" in (run_dir / "trainer-0.log").read_text()
     auc, data, _ = _standalone_val_auc(tmp_path, world=2)
     _assert_disjoint_and_complete(_shares(run_dir, 2), data["impressions"])
     assert abs(_last_epoch_auc(m) - auc) < 0.05, (_last_epoch_auc(m), auc)

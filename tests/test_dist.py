@@ -62,7 +62,9 @@ def toy_store(tmp_path):
     from graphrec.dist.store import FeatureStore, partition_features
 
     g = toy_graph()
-    orig, layouts = partition_features(g, 5, 4, None, {"user": {"x": torch.zeros(5, 1)}}, tmp_path, "toywalk")
+    data = {"user": {"x": torch.zeros(5, 1), "exp_u2a2u": torch.zeros(5, 8, dtype=torch.int32)},
+            "author": {"exp_a2u2a": torch.zeros(4, 6, dtype=torch.int32)}}      # the columns walks write
+    orig, layouts = partition_features(g, 5, 4, None, data, tmp_path, "toywalk")
     return g, FeatureStore(tmp_path / "toywalk.json", "toywalk", orig, layouts)
 
 
@@ -101,15 +103,18 @@ def test_dist_walker_exclusions_and_owned_expansions(toy_store):
     orig_u, orig_a = store.orig_of_new["user"], store.orig_of_new["author"]
     for s in range(5):
         assert all((int(orig_u[s]), int(orig_a[x])) not in gifted for x in new[s].tolist() if x != PAD)
-    tables, mine = walk_owned_expansions(store, {"u2a2u": 8, "a2u2a": 6, "a2a": 0})
+    mine = walk_owned_expansions(store, {"u2a2u": 8, "a2u2a": 6, "a2a": 0})
     assert sorted(mine["u2a2u"][0].tolist()) == list(range(5))        # one trainer owns every seed
-    assert sorted(tables) == ["a2u2a", "u2a2u"]                       # k = 0 is not walked
-    sim = tables["u2a2u"][torch.arange(5)]
-    assert sim.shape == (5, 8)
+    assert sorted(mine) == ["a2u2a", "u2a2u"]                         # k = 0 is not walked
+    sim = store.rows("user", torch.arange(5), ["exp_u2a2u", "x"])     # written into the packed table
+    assert sim["exp_u2a2u"].shape == (5, 8) and torch.equal(sim["x"], torch.zeros(5, 1))   # the rest intact
+    seeds, walks = mine["u2a2u"]
+    assert torch.equal(sim["exp_u2a2u"][seeds].long(), walks)
     for s in range(5):
-        seed = int(orig_u[s])
-        assert all(x != seed for x in sim[s].tolist())                  # never the seed itself (original ids)
-    assert (tables["a2u2a"][store.new_of_orig["author"][3].view(1)] == PAD).all()   # author 3 has no gifters
+        assert all(x != s for x in sim["exp_u2a2u"][s].tolist())       # never the seed itself (original ids)
+    assert (store.rows("author", torch.tensor([3]), ["exp_a2u2a"])["exp_a2u2a"] == PAD).all()   # no gifters
+    with pytest.raises(ValueError, match="re-run graphrec.partition"):
+        store.write("user", torch.arange(5), {"exp_u2a2u": torch.zeros(5, 3, dtype=torch.long)})
 
 
 # ----------------------------------------------------------------------------- partition

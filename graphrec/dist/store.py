@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..schema import REVERSE_ETYPES
-from .packed import layout_of, pack, unpack
+from .packed import DTYPES, layout_of, pack, unpack
 
 PACKED = "packed"          # node data: every feature of a node type, as bytes (graphrec.dist.packed)
 ALONE = ("theta",)         # features also kept as node data of their own (the second hop reads only these)
@@ -102,7 +102,6 @@ class FeatureStore:
         from dgl.distributed import kvstore
 
         self.layouts = {nt: dict(layout) for nt, layout in layouts.items()}
-        self.overrides: Dict[Tuple[str, str], object] = {}
         self.on_read = on_read
         self.pulls = 0
         self.remote_bytes = 0
@@ -122,34 +121,44 @@ class FeatureStore:
             inv[orig] = torch.arange(len(orig))
             self.new_of_orig[nt] = inv
 
-    def names(self, ntype: str) -> set:
-        layout = self.layouts.get(ntype, {})
-        return set(layout.get("columns", {})) | {n for nt, n in self.overrides if nt == ntype}
-
-    def override(self, ntype: str, name: str, tensor) -> None:
-        """Serve ``name`` from ``tensor`` (indexed by new ids, e.g. a ``DistTensor``) instead of node data:
-        one more pull whenever it is read."""
-        self.overrides[(ntype, name)] = tensor
+    def _columns(self, ntype: str, names: Sequence[str]) -> Dict[str, Dict[str, object]]:
+        columns = self.layouts.get(ntype, {}).get("columns", {})
+        missing = [n for n in names if n not in columns]
+        if missing:
+            raise KeyError(f"feature store has no {ntype} feature(s) {missing} (it has {sorted(columns)})")
+        return columns
 
     def rows(self, ntype: str, ids: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
         """``{name: tensor [len(ids), ...]}``: the features ``names`` of nodes ``ids`` (original ids) in one
-        pull of the packed table (or of Θ alone, when only Θ is asked for), plus one per overridden name."""
-        missing = [n for n in names if n not in self.names(ntype)]
-        if missing:
-            raise KeyError(f"feature store has no {ntype} feature(s) {missing} (it has {sorted(self.names(ntype))})")
+        pull of the packed table (of Θ alone, when only Θ is asked for)."""
+        self._columns(ntype, names)
+        layout = self.layouts[ntype]
         uniq, inv = torch.unique(self.new_of_orig[ntype][ids.long()], return_inverse=True)
-        out: Dict[str, torch.Tensor] = {}
-        stored = [n for n in names if (ntype, n) not in self.overrides]
-        layout = self.layouts.get(ntype, {})
-        if len(stored) == 1 and stored[0] in layout.get("alone", ()):
-            out[stored[0]] = self._pull(self.graph.nodes[ntype].data[stored[0]], ntype, uniq)[inv]
-        elif stored:
-            packed = self._pull(self.graph.nodes[ntype].data[PACKED], ntype, uniq)
-            out.update(unpack(packed[inv], layout, stored))
-        for n in names:
-            if (ntype, n) in self.overrides:
-                out[n] = self._pull(self.overrides[(ntype, n)], ntype, uniq)[inv]
-        return {n: out[n] for n in names}
+        if len(names) == 1 and names[0] in layout["alone"]:
+            return {names[0]: self._pull(self.graph.nodes[ntype].data[names[0]], ntype, uniq)[inv]}
+        packed = self._pull(self.graph.nodes[ntype].data[PACKED], ntype, uniq)
+        return unpack(packed[inv], layout, names)
+
+    def write(self, ntype: str, ids: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite features ``{name: [len(ids), ...]}`` of nodes ``ids`` (original ids, distinct) in the
+        packed table, where every trainer reads them (the walked expansions, ``dist.expansion=walk``).
+        Whole rows are pulled, patched and pushed back: trainers must write disjoint rows."""
+        columns = self._columns(ntype, list(values))
+        for name, v in values.items():
+            want = tuple(columns[name]["shape"])
+            if name in self.layouts[ntype]["alone"]:
+                raise ValueError(f"{ntype} feature '{name}' is also stored on its own; it cannot be rewritten")
+            if tuple(v.shape) != (len(ids),) + want:
+                raise ValueError(f"{ntype} feature '{name}': writing {tuple(v.shape)} into rows of {want} per node "
+                                 f"(were the partitions made with other expansion settings? re-run graphrec.partition)")
+        new = self.new_of_orig[ntype][ids.long()]
+        table = self.graph.nodes[ntype].data[PACKED]
+        rows = self._pull(table, ntype, new)
+        for name, v in values.items():
+            col = columns[name]
+            piece = v.to(DTYPES[col["dtype"]]).contiguous().reshape(len(new), -1).view(torch.uint8)
+            rows[:, col["offset"]:col["offset"] + piece.shape[1]] = piece
+        table[new] = rows
 
     def _pull(self, source, ntype: str, new_ids: torch.Tensor) -> torch.Tensor:
         """``source[new_ids]``, counted (see the class docstring)."""

@@ -183,7 +183,6 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     from ..models.stat_forecaster import StatForecaster
     from ..ranking.stage import build_ranker, model_name, train_ranker
     from ..ranking.train import RankerScorer
-    from ..schema import METAPATHS
     from .comm import DDPComm, Watchdog
     from .prepare import load_orig_ids, load_prepared
     from .store import FeatureStore
@@ -229,12 +228,9 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     if cfg.dist.expansion == "walk" and mods["metapaths"]:
         t0 = time.perf_counter()
         ks = {m: cfg.expansion[f"k_{m}"] for m in mods["metapaths"]}
-        tables, mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, comm.rank,
-                                             log=log.info)
+        mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, comm.rank, log=log.info)
         store.graph.barrier()               # every trainer's walks are written before anyone reads them
-        for m, table in tables.items():
-            store.override(METAPATHS[m].seed, f"exp_{m}", table)
-        walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(tables),
+        walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(mine),
                   "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0
                                    for m, (_, e) in mine.items()}}
         _save_npz(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids

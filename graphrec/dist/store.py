@@ -151,6 +151,8 @@ class FeatureStore:
             if tuple(v.shape) != (len(ids),) + want:
                 raise ValueError(f"{ntype} feature '{name}': writing {tuple(v.shape)} into rows of {want} per node "
                                  f"(were the partitions made with other expansion settings? re-run graphrec.partition)")
+        if len(ids) == 0:
+            return
         new = self.new_of_orig[ntype][ids.long()]
         table = self.graph.nodes[ntype].data[PACKED]
         rows = self._pull(table, ntype, new)

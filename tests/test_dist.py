@@ -62,8 +62,10 @@ def toy_store(tmp_path):
     from graphrec.dist.store import FeatureStore, partition_features
 
     g = toy_graph()
-    orig = partition_features(g, 5, 4, None, {"user": {"x": torch.zeros(5, 1)}}, tmp_path, "toywalk")
-    return g, FeatureStore(tmp_path / "toywalk.json", "toywalk", orig, {"user": {"x"}})
+    data = {"user": {"x": torch.zeros(5, 1), "exp_u2a2u": torch.zeros(5, 8, dtype=torch.int32)},
+            "author": {"exp_a2u2a": torch.zeros(4, 6, dtype=torch.int32)}}      # the columns walks write
+    orig, layouts = partition_features(g, 5, 4, None, data, tmp_path, "toywalk")
+    return g, FeatureStore(tmp_path / "toywalk.json", "toywalk", orig, layouts)
 
 
 @pytest.mark.parametrize("name", list(METAPATHS))
@@ -101,15 +103,18 @@ def test_dist_walker_exclusions_and_owned_expansions(toy_store):
     orig_u, orig_a = store.orig_of_new["user"], store.orig_of_new["author"]
     for s in range(5):
         assert all((int(orig_u[s]), int(orig_a[x])) not in gifted for x in new[s].tolist() if x != PAD)
-    tables, mine = walk_owned_expansions(store, {"u2a2u": 8, "a2u2a": 6, "a2a": 0})
+    mine = walk_owned_expansions(store, {"u2a2u": 8, "a2u2a": 6, "a2a": 0})
     assert sorted(mine["u2a2u"][0].tolist()) == list(range(5))        # one trainer owns every seed
-    assert sorted(tables) == ["a2u2a", "u2a2u"]                       # k = 0 is not walked
-    sim = tables["u2a2u"][torch.arange(5)]
-    assert sim.shape == (5, 8)
+    assert sorted(mine) == ["a2u2a", "u2a2u"]                         # k = 0 is not walked
+    sim = store.rows("user", torch.arange(5), ["exp_u2a2u", "x"])     # written into the packed table
+    assert sim["exp_u2a2u"].shape == (5, 8) and torch.equal(sim["x"], torch.zeros(5, 1))   # the rest intact
+    seeds, walks = mine["u2a2u"]
+    assert torch.equal(sim["exp_u2a2u"][seeds].long(), walks)
     for s in range(5):
-        seed = int(orig_u[s])
-        assert all(x != seed for x in sim[s].tolist())                  # never the seed itself (original ids)
-    assert (tables["a2u2a"][store.new_of_orig["author"][3].view(1)] == PAD).all()   # author 3 has no gifters
+        assert all(x != s for x in sim["exp_u2a2u"][s].tolist())       # never the seed itself (original ids)
+    assert (store.rows("author", torch.tensor([3]), ["exp_a2u2a"])["exp_a2u2a"] == PAD).all()   # no gifters
+    with pytest.raises(ValueError, match="re-run graphrec.partition"):
+        store.write("user", torch.arange(5), {"exp_u2a2u": torch.zeros(5, 3, dtype=torch.long)})
 
 
 # ----------------------------------------------------------------------------- partition
@@ -119,7 +124,8 @@ def test_partition_keeps_features_and_the_id_mapping(tmp_path):
     from graphrec.config import load_config
     from graphrec.data.dataset import load_dataset
     from graphrec.data.sources import dataset_dir
-    from graphrec.dist.prepare import load_orig_ids, load_prepared, part_dir_of, prepare
+    from graphrec.dist.packed import unpack
+    from graphrec.dist.prepare import PARTITION_FORMAT, load_orig_ids, load_prepared, part_dir_of, prepare
     from graphrec.errors import ConfigError
 
     overrides = [x for x in sets(tmp_path) if x != "--set"] + ["dist.num_parts=2", "dist.part_method=random"]
@@ -127,7 +133,7 @@ def test_partition_keeps_features_and_the_id_mapping(tmp_path):
     part_dir = prepare(cfg, log=lambda m: None)
     assert part_dir == part_dir_of(cfg) and not list(part_dir.parent.glob(".*tmp*"))
     prepared = load_prepared(part_dir, cfg)
-    assert prepared["num_parts"] == 2 and prepared["modules"]["metapaths"]
+    assert prepared["num_parts"] == 2 and prepared["modules"]["metapaths"] and prepared["format"] == PARTITION_FORMAT
     orig = load_orig_ids(part_dir)
     ds = load_dataset(dataset_dir(cfg))
     assert sorted(orig["user"].tolist()) == list(range(ds.num_users))
@@ -138,8 +144,11 @@ def test_partition_keeps_features_and_the_id_mapping(tmp_path):
     for part in range(2):
         _, node_feats, _, gpb, _, _, _ = dgl.distributed.load_partition(part_dir / prepared["part_config"], part)
         local = gpb.partid2nids(part, "author")                       # new ids owned by this part
-        got = node_feats["author/exp_a2a"].numpy()
+        got = unpack(node_feats["author/packed"], prepared["features"]["author"], ["exp_a2a"])["exp_a2a"].numpy()
         np.testing.assert_array_equal(got, a2a[orig["author"][local].numpy()])
+        np.testing.assert_array_equal(                                  # Θ also on its own, for the second hop
+            node_feats["author/theta"].numpy(),
+            unpack(node_feats["author/packed"], prepared["features"]["author"], ["theta"])["theta"].numpy())
         seen += len(local)
     assert seen == ds.num_authors
     other = load_config(None, overrides + ["run.seed=5"])
@@ -386,6 +395,13 @@ def test_two_machines_one_server_one_trainer_each(tmp_path, two_machines):
     assert codes == [0, 0], "\n".join(e[-3000:] for e in errs)
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["dist"]["world_size"] == 2 and m["dist"]["num_parts"] == 2
+    # a batch pulls each node type at most twice (users, authors: the batch's rows, then the Θ of the
+    # expansions' endpoints) and the segments once: 5 with every module (it was 20, one per feature)
+    reads = m["dist"]["feature_reads"]
+    assert 4.5 <= reads["pulls_per_batch"] <= 5.0, reads
+    assert reads["remote_kb_per_batch"] > 0                  # half the rows live on the other machine
+    assert [len(r) for r in reads["per_rank"]] == [4, 4]
+    assert "pulls/batch" in (run_dir / "trainer-0.log").read_text()
     auc, data, _ = _standalone_val_auc(tmp_path, world=2)
     _assert_disjoint_and_complete(_shares(run_dir, 2), data["impressions"])
     assert abs(_last_epoch_auc(m) - auc) < 0.05, (_last_epoch_auc(m), auc)

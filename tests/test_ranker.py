@@ -212,7 +212,7 @@ def test_the_candidate_is_never_evidence_for_itself(tiny):
     batch = builder.pairs(u, a, t)
     for m in ("u2a2u2a", "u2a2a"):
         batch.users.exp[m][0, 0] = 7                          # the candidate shows up in its own user's expansion
-        batch.users.exp_theta[m][0, 0] = builder.store.get("author", "theta", torch.tensor([7]))[0]
+        batch.users.exp_theta[m][0, 0] = builder.store.rows("author", torch.tensor([7]), ["theta"])["theta"][0]
     with torch.no_grad():
         with_target = model(batch)
         for m in ("u2a2u2a", "u2a2a"):

@@ -2,7 +2,9 @@
 trainers, and on two simulated machines (network namespaces, root only), side by side.
 
 Reports per setup the ranker's training wall time, the trainers' whole wall time (connect, load,
-train, evaluate) and the main task's validation/test AUC. Every setup uses the same data, seed and
+train, evaluate), the main task's validation/test AUC and, for the distributed setups, the feature
+store's pulls and the KB read from the other machine's server per batch (``metrics.json``'s
+``dist.feature_reads``, over every trainer's training and validation batches). Every setup uses the same data, seed and
 hyper-parameters; DDP averages the gradients of ``world`` batches per step, so a distributed epoch
 takes ``world`` times fewer optimizer steps than a standalone one.
 """
@@ -41,12 +43,14 @@ def _run(argv: List[str], env=None, timeout: float = 3600) -> subprocess.Complet
 
 def _row(setup: str, processes: str, main: str, metrics: Dict, train_s: float, wall_s: float) -> Dict:
     ev, model = metrics["eval"], metrics["ranker"]["model"]
+    reads = metrics.get("dist", {}).get("feature_reads", {})
 
     def pick(split: str) -> Dict:
         return ev[split][model].get(main, {})
     return {"setup": setup, "processes": processes, "train_seconds": train_s, "wall_seconds": wall_s,
             "val_auc": pick("val").get("auc"), "val_gauc": pick("val").get("gauc"), "test_auc": pick("test").get("auc"),
-            "epochs": len(metrics["ranker"]["history"])}
+            "epochs": len(metrics["ranker"]["history"]), "pulls_per_batch": reads.get("pulls_per_batch"),
+            "remote_kb_per_batch": reads.get("remote_kb_per_batch")}
 
 
 def run(cfg: Optional[str], overrides: List[str], trainers: int, workdir: Path, log=print) -> Dict:
@@ -103,13 +107,17 @@ def run(cfg: Optional[str], overrides: List[str], trainers: int, workdir: Path, 
 def format_table(res: Dict) -> str:
     lines = [f"main task: {res['main_label']}   ({res['cpus']} CPU cores)",
              f"{'setup':18s} {'processes':28s} {'epochs':>6s} {'train s':>8s} {'wall s':>8s} {'val AUC':>8s} "
-             f"{'val GAUC':>8s} {'test AUC':>8s}"]
+             f"{'val GAUC':>8s} {'test AUC':>8s} {'pulls/batch':>11s} {'remote KB/batch':>15s}"]
+
+    def num(x, width: int, fmt: str) -> str:
+        return f"{'-':>{width}s}" if x is None else f"{x:{width}{fmt}}"
     for r in res["rows"]:
         if "skipped" in r:
             lines.append(f"{r['setup']:18s} skipped: {r['skipped']}")
             continue
         lines.append(f"{r['setup']:18s} {r['processes']:28s} {r['epochs']:6d} {r['train_seconds']:8.1f} "
-                     f"{r['wall_seconds']:8.1f} {r['val_auc']:8.4f} {r['val_gauc']:8.4f} {r['test_auc']:8.4f}")
+                     f"{r['wall_seconds']:8.1f} {r['val_auc']:8.4f} {r['val_gauc']:8.4f} {r['test_auc']:8.4f} "
+                     f"{num(r.get('pulls_per_batch'), 11, '.2f')} {num(r.get('remote_kb_per_batch'), 15, '.1f')}")
     return "\n".join(lines)
 
 

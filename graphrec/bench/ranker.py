@@ -119,15 +119,17 @@ class OnlineExpansions:
         self.gifted = GiftedLookup(graph)
         self.gen = torch.Generator().manual_seed(seed)
 
-    def get(self, ntype: str, name: str, ids: torch.Tensor) -> torch.Tensor:
+    def rows(self, ntype: str, ids: torch.Tensor, names) -> Dict[str, torch.Tensor]:
         from ..gie.metapath import expand
 
-        if not name.startswith("exp_"):
-            return self.store.get(ntype, name, ids)
-        m = name[4:]
+        out = self.store.rows(ntype, ids, [n for n in names if not n.startswith("exp_")])
         uniq, inverse = torch.unique(ids.long(), return_inverse=True)
-        walked = expand(self.walker, self.graph, m, uniq, self.ks[m], generator=self.gen, gifted=self.gifted)
-        return walked[inverse]
+        for name in names:
+            if name.startswith("exp_"):
+                m = name[4:]
+                walked = expand(self.walker, self.graph, m, uniq, self.ks[m], generator=self.gen, gifted=self.gifted)
+                out[name] = walked[inverse]
+        return {n: out[n] for n in names}
 
 
 def serve_latency(ctx, requests: int, candidates: int, seed: int = 0) -> Dict:

@@ -2,10 +2,11 @@
 
 ``prepare`` runs the pipeline up to the ranker (data, graph, expansions, GraphCL, forecasters),
 then partitions the heterograph with every ranker feature as node data (Θ, the expansion cache,
-statistic and product sequences, segment tokens) with ``dgl.distributed.partition_graph``, and
-writes beside the partitions: ``orig_ids.npz`` (original id of every new id, per node type), the
-forecaster checkpoints, and ``prepared.json`` (graph name, modules, feature names and a signature
-of the configuration the partitions were made with). The folder is built under a temporary name
+statistic and product sequences, segment tokens) packed into one table per node type
+(:mod:`graphrec.dist.store`) with ``dgl.distributed.partition_graph``, and writes beside the
+partitions: ``orig_ids.npz`` (original id of every new id, per node type), the forecaster checkpoints,
+and ``prepared.json`` (format version, graph name, modules, the packed layout of every node type and a
+signature of the configuration the partitions were made with). The folder is built under a temporary name
 and renamed into place, so a failed run never leaves a half-written one.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ from ..data.dataset import atomic_write_text
 from ..errors import ConfigError, DataError
 
 PREPARED = "prepared.json"
+# 1: one node data tensor per feature; 2: one packed byte table per node type ("features": layouts)
+PARTITION_FORMAT = 2
 STAGES_AFTER_PARTITION = ["lightgcn", "ranker", "evaluation", "report"]
 # the configuration a partition folder depends on: a launch with other values here must re-partition
 SIGNATURE_SECTIONS = ("data", "simulate", "graph", "expansion", "graphcl", "stat_forecast", "product_forecast")
@@ -68,6 +71,11 @@ def load_prepared(part_dir: Path, cfg: Optional[Config] = None) -> Dict[str, Any
         prepared = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    found = prepared.get("format", 1)
+    if found != PARTITION_FORMAT:
+        raise DataError(f"{path}: partitions in format {found}, but this graphrec reads format {PARTITION_FORMAT} "
+                        f"(each node type's features packed into one table); re-run `python -m graphrec.partition "
+                        f"--cfg ... --num-parts N` to write them again")
     if cfg is not None:
         mine, theirs = _flatten(signature(cfg)), _flatten(prepared["signature"])
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -120,10 +128,13 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
     tmp = part_dir.parent / f".{part_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     orig: Dict[str, torch.Tensor] = {}
+    layouts: Dict[str, Dict[str, Any]] = {}
 
     def part(out: Path, name: str, n: int, method: str) -> None:
-        orig.update(partition_features(result.state.get("graph"), ds.num_users, ds.num_authors, seg_author, data,
-                                       out, name, num_parts=n, part_method=method))
+        ids, packed = partition_features(result.state.get("graph"), ds.num_users, ds.num_authors, seg_author, data,
+                                         out, name, num_parts=n, part_method=method)
+        orig.update(ids)
+        layouts.update(packed)
     try:
         method = _partition(part, tmp, graph_name, cfg.dist.num_parts, cfg.dist.part_method, log)
         np.savez(tmp / "orig_ids.npz", **{nt: ids.numpy() for nt, ids in orig.items()})
@@ -133,9 +144,9 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
             if mods[key]:
                 shutil.copy2(result.run_dir / "checkpoints" / fname, tmp / "checkpoints" / fname)
                 checkpoints[key] = f"checkpoints/{fname}"
-        prepared = {"graph_name": graph_name, "part_config": f"{graph_name}.json", "num_parts": cfg.dist.num_parts,
+        prepared = {"format": PARTITION_FORMAT, "graph_name": graph_name, "part_config": f"{graph_name}.json", "num_parts": cfg.dist.num_parts,
                     "part_method": method, "modules": mods, "checkpoints": checkpoints,
-                    "names": {nt: sorted(feats) for nt, feats in data.items()},
+                    "features": layouts,
                     "num_nodes": {nt: int(len(ids)) for nt, ids in orig.items()},
                     "prepared_by": str(result.run_dir), "signature": signature(cfg)}
         atomic_write_text(tmp / PREPARED, json.dumps(prepared, indent=2))

@@ -1,23 +1,31 @@
 """The ranker's features as node data of a DGL ``DistGraph``, for runs on DGL's distributed engine.
 
-Θ, the offline expansions, each author's product tables and each segment's multimodal tokens are
-node data of the gifting heterograph (node types ``user``, ``author``, ``segment``; ``s2a`` links a
+Θ, the offline expansions, each author's product tables and each segment's multimodal tokens live on
+the nodes of the gifting heterograph (node types ``user``, ``author``, ``segment``; ``s2a`` links a
 segment to its author). ``python -m graphrec.partition`` partitions it with
-``dgl.distributed.partition_graph``; the trainers open it as a ``DistGraph`` against the graph
-servers. :class:`FeatureStore` has the ``get`` of the standalone
-:class:`~graphrec.ranking.features.TensorStore`: lookups take original node ids; the partition's id
-mapping is applied here.
+``dgl.distributed.partition_graph``; the trainers open it as a ``DistGraph`` against the graph servers.
+
+Each node type's features are packed into one byte table, node data ``packed``
+(:mod:`graphrec.dist.packed`; the layout is returned by :func:`partition_features` and kept in
+``prepared.json``), so that :meth:`FeatureStore.rows` reads every feature a batch needs of one node
+type with one pull. Θ is also kept on its own (node data ``theta``): the second hop reads the Θ of
+expansion endpoints only, and pulling whole packed rows for it would move every other feature too.
+Lookups take original node ids; the partition's id mapping is applied here.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..schema import REVERSE_ETYPES
+from .packed import DTYPES, layout_of, pack, unpack
+
+PACKED = "packed"          # node data: every feature of a node type, as bytes (graphrec.dist.packed)
+ALONE = ("theta",)         # features also kept as node data of their own (the second hop reads only these)
 
 _INITIALIZED = False
 
@@ -36,8 +44,11 @@ def _initialize(ip_config: Path) -> None:
 
 def partition_features(graph, num_users: int, num_authors: int, segment_author: Optional[np.ndarray],
                        node_data: Mapping[str, Mapping[str, torch.Tensor]], out_dir: Path, graph_name: str,
-                       num_parts: int = 1, part_method: str = "random") -> Dict[str, torch.Tensor]:
-    """Partition the heterograph with ``node_data``; returns ``{ntype: original ids in new-id order}``."""
+                       num_parts: int = 1, part_method: str = "random"
+                       ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Dict[str, object]]]:
+    """Partition the heterograph with ``node_data`` packed per node type; returns ``{ntype: original ids
+    in new-id order}`` and ``{ntype: layout}`` (:func:`graphrec.dist.packed.layout_of` plus ``alone``: the
+    features also stored on their own), which :class:`FeatureStore` needs to unpack."""
     import dgl
 
     edges = {}
@@ -56,34 +67,44 @@ def partition_features(graph, num_users: int, num_authors: int, segment_author: 
     if not edges:                                # nothing links anything: a self-loop keeps DGL happy
         edges[("author", "self", "author")] = (torch.arange(num_authors), torch.arange(num_authors))
     g = dgl.heterograph(edges, num_nodes_dict=nodes)
+    layouts = {}
     for nt, feats in node_data.items():
-        for name, value in feats.items():
-            g.nodes[nt].data[name] = value
+        if not feats:
+            continue
+        g.nodes[nt].data[PACKED] = pack(feats)
+        layouts[nt] = {**layout_of(feats), "alone": [n for n in ALONE if n in feats]}
+        for name in layouts[nt]["alone"]:
+            g.nodes[nt].data[name] = feats[name]
     orig, _ = dgl.distributed.partition_graph(g, graph_name, num_parts, str(out_dir), part_method=part_method,
                                               return_mapping=True)
     if not isinstance(orig, dict):
         orig = {g.ntypes[0]: orig}
-    return orig
+    return orig, layouts
 
 
 class FeatureStore:
-    """Reads node data of a ``DistGraph`` by original node id.
+    """Reads node data of a ``DistGraph`` by original node id, several features of one node type per pull.
 
-    In standalone mode DGL keeps node data in one process-wide store where a later graph overwrites
-    equally named data but never removes data an earlier graph had; ``names`` (what this store's
-    graph was partitioned with) is therefore the authority on what exists. In distributed mode
-    (``DGL_DIST_MODE=distributed``, after ``dgl.distributed.initialize``) the same reads go to the
-    graph servers. ``on_read`` is called on every read (the trainers' progress watchdog).
+    ``layouts`` (from :func:`partition_features`, kept in ``prepared.json``) is the authority on what
+    exists: in standalone mode DGL keeps node data in one process-wide store where a later graph
+    overwrites equally named data but never removes what an earlier graph had. In distributed mode
+    (``DGL_DIST_MODE=distributed``, after ``dgl.distributed.initialize``) the same reads go to the graph
+    servers. ``on_read`` is called on every pull (the trainers' progress watchdog).
+
+    ``pulls`` counts pulls (one per node data tensor read, whatever the number of rows); ``remote_bytes``
+    the bytes of the rows read whose owner is another partition (another machine's server), by DGL's
+    partition book.
     """
 
     def __init__(self, part_config: Path, graph_name: str, orig_ids: Mapping[str, torch.Tensor],
-                 names: Mapping[str, set], on_read: Optional[Callable[[], None]] = None) -> None:
+                 layouts: Mapping[str, Mapping[str, object]], on_read: Optional[Callable[[], None]] = None) -> None:
         import dgl
         from dgl.distributed import kvstore
 
-        self.names = {nt: set(v) for nt, v in names.items()}
-        self.overrides: Dict[Tuple[str, str], object] = {}
+        self.layouts = {nt: dict(layout) for nt, layout in layouts.items()}
         self.on_read = on_read
+        self.pulls = 0
+        self.remote_bytes = 0
         if os.environ.get("DGL_DIST_MODE", "standalone") == "standalone":
             _initialize(Path(part_config).parent / "ip_config.txt")
             # the standalone store is process-wide and keeps the partition policies (node counts) of
@@ -91,6 +112,8 @@ class FeatureStore:
             kvstore.close_kvstore()
             kvstore.init_kvstore(None, 0, "default")
         self.graph = dgl.distributed.DistGraph(graph_name, part_config=str(part_config))
+        self.book = self.graph.get_partition_book()
+        self.here = self.book.partid                     # this machine's partition
         self.orig_of_new = {nt: torch.as_tensor(orig) for nt, orig in orig_ids.items()}
         self.new_of_orig = {}
         for nt, orig in self.orig_of_new.items():
@@ -98,22 +121,59 @@ class FeatureStore:
             inv[orig] = torch.arange(len(orig))
             self.new_of_orig[nt] = inv
 
-    def has(self, ntype: str, name: str) -> bool:
-        return name in self.names.get(ntype, ()) or (ntype, name) in self.overrides
+    def _columns(self, ntype: str, names: Sequence[str]) -> Dict[str, Dict[str, object]]:
+        columns = self.layouts.get(ntype, {}).get("columns", {})
+        missing = [n for n in names if n not in columns]
+        if missing:
+            raise KeyError(f"feature store has no {ntype} feature(s) {missing} (it has {sorted(columns)})")
+        return columns
 
-    def override(self, ntype: str, name: str, tensor) -> None:
-        """Serve ``name`` from ``tensor`` (indexed by new ids, e.g. a ``DistTensor``) instead of node data."""
-        self.overrides[(ntype, name)] = tensor
+    def rows(self, ntype: str, ids: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """``{name: tensor [len(ids), ...]}``: the features ``names`` of nodes ``ids`` (original ids) in one
+        pull of the packed table (of Θ alone, when only Θ is asked for)."""
+        self._columns(ntype, names)
+        layout = self.layouts[ntype]
+        uniq, inv = torch.unique(self.new_of_orig[ntype][ids.long()], return_inverse=True)
+        if len(names) == 1 and names[0] in layout["alone"]:
+            return {names[0]: self._pull(self.graph.nodes[ntype].data[names[0]], ntype, uniq)[inv]}
+        packed = self._pull(self.graph.nodes[ntype].data[PACKED], ntype, uniq)
+        return unpack(packed[inv], layout, names)
 
-    def get(self, ntype: str, name: str, ids: torch.Tensor) -> torch.Tensor:
-        if not self.has(ntype, name):
-            raise KeyError(f"feature store has no {ntype} feature '{name}' (it has {sorted(self.names.get(ntype, ()))})")
+    def write(self, ntype: str, ids: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite features ``{name: [len(ids), ...]}`` of nodes ``ids`` (original ids, distinct) in the
+        packed table, where every trainer reads them (the walked expansions, ``dist.expansion=walk``).
+        Whole rows are pulled, patched and pushed back: trainers must write disjoint rows."""
+        columns = self._columns(ntype, list(values))
+        for name, v in values.items():
+            want = tuple(columns[name]["shape"])
+            if name in self.layouts[ntype]["alone"]:
+                raise ValueError(f"{ntype} feature '{name}' is also stored on its own; it cannot be rewritten")
+            if tuple(v.shape) != (len(ids),) + want:
+                raise ValueError(f"{ntype} feature '{name}': writing {tuple(v.shape)} into rows of {want} per node "
+                                 f"(were the partitions made with other expansion settings? re-run graphrec.partition)")
+        if len(ids) == 0:
+            return
+        new = self.new_of_orig[ntype][ids.long()]
+        table = self.graph.nodes[ntype].data[PACKED]
+        rows = self._pull(table, ntype, new)
+        for name, v in values.items():
+            col = columns[name]
+            piece = v.to(DTYPES[col["dtype"]]).contiguous().reshape(len(new), -1).view(torch.uint8)
+            rows[:, col["offset"]:col["offset"] + piece.shape[1]] = piece
+        table[new] = rows
+
+    def _pull(self, source, ntype: str, new_ids: torch.Tensor) -> torch.Tensor:
+        """``source[new_ids]``, counted (see the class docstring)."""
+        if len(new_ids) == 0:
+            return torch.empty((0, *source.shape[1:]), dtype=source.dtype)
         if self.on_read is not None:
             self.on_read()
-        source = self.overrides.get((ntype, name))
-        if source is None:
-            source = self.graph.nodes[ntype].data[name]
-        return source[self.new_of_orig[ntype][ids.long()]]
+        self.pulls += 1
+        remote = int((self.book.nid2partid(new_ids, ntype) != self.here).sum())
+        if remote:
+            self.remote_bytes += remote * int(np.prod(source.shape[1:], dtype=np.int64)) * \
+                torch.empty((), dtype=source.dtype).element_size()
+        return source[new_ids]
 
 
 def open_store(graph, num_users: int, num_authors: int, segment_author: Optional[np.ndarray],
@@ -121,9 +181,8 @@ def open_store(graph, num_users: int, num_authors: int, segment_author: Optional
     """Partition (one part) and open the standalone ``DistGraph`` feature store under ``workdir``."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    orig = partition_features(graph, num_users, num_authors, segment_author, node_data, workdir, graph_name)
-    return FeatureStore(workdir / f"{graph_name}.json", graph_name, orig,
-                        {nt: set(feats) for nt, feats in node_data.items()})
+    orig, layouts = partition_features(graph, num_users, num_authors, segment_author, node_data, workdir, graph_name)
+    return FeatureStore(workdir / f"{graph_name}.json", graph_name, orig, layouts)
 
 
 def graph_name_for(folder: Path) -> str:

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -139,6 +139,39 @@ def unreachable_servers(machines, timeout_s: float = 2.0) -> str:
             if gone else "")
 
 
+class FeatureReads:
+    """Feature store pulls and bytes read from other machines' servers per batch, per training epoch
+    (its batches and its validation's), logged at each epoch end: what a batch costs on the network."""
+
+    def __init__(self, store, builder, log) -> None:
+        self.store, self.builder, self.log = store, builder, log
+        self.epochs: List[Dict[str, float]] = []
+        self._last = self._now()
+
+    def _now(self):
+        return self.builder.built_batches, self.store.pulls, self.store.remote_bytes
+
+    def epoch_end(self, epoch: int, h: Dict[str, float]) -> None:
+        now = self._now()
+        batches, pulls, remote = (a - b for a, b in zip(now, self._last))
+        self._last = now
+        entry = {"epoch": epoch + 1, "batches": batches, "pulls": pulls, "remote_bytes": remote,
+                 "pulls_per_batch": pulls / max(batches, 1), "remote_kb_per_batch": remote / 1024 / max(batches, 1)}
+        self.epochs.append(entry)
+        self.log(f"feature reads, epoch {epoch + 1}: {entry['pulls_per_batch']:.2f} pulls/batch, "
+                 f"{entry['remote_kb_per_batch']:.1f} KB/batch from other machines ({batches} batches, "
+                 f"training and validation)")
+
+    @staticmethod
+    def summary(per_rank: List[List[Dict[str, float]]]) -> Dict[str, Any]:
+        """Every rank's epochs, and pulls and remote KB per batch over all of them."""
+        entries = [e for rank in per_rank for e in rank]
+        batches = max(sum(e["batches"] for e in entries), 1)
+        return {"pulls_per_batch": sum(e["pulls"] for e in entries) / batches,
+                "remote_kb_per_batch": sum(e["remote_bytes"] for e in entries) / 1024 / batches,
+                "per_rank": per_rank}
+
+
 def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False) -> Dict[str, Any]:
     """The body of one trainer; every rank returns the same metrics (rank 0 also writes them)."""
     import dgl
@@ -150,7 +183,6 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     from ..models.stat_forecaster import StatForecaster
     from ..ranking.stage import build_ranker, model_name, train_ranker
     from ..ranking.train import RankerScorer
-    from ..schema import METAPATHS
     from .comm import DDPComm, Watchdog
     from .prepare import load_orig_ids, load_prepared
     from .store import FeatureStore
@@ -191,17 +223,14 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
                         launcher_pid=int(launcher) if launcher else None, peers=peers,
                         on_stall=lambda: unreachable_servers(machines)).start()
     store = FeatureStore(part_dir / prepared["part_config"], prepared["graph_name"], load_orig_ids(part_dir),
-                         {nt: set(v) for nt, v in prepared["names"].items()}, on_read=watchdog.kick)
+                         prepared["features"], on_read=watchdog.kick)
     walked = {}
     if cfg.dist.expansion == "walk" and mods["metapaths"]:
         t0 = time.perf_counter()
         ks = {m: cfg.expansion[f"k_{m}"] for m in mods["metapaths"]}
-        tables, mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, comm.rank,
-                                             log=log.info)
+        mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, comm.rank, log=log.info)
         store.graph.barrier()               # every trainer's walks are written before anyone reads them
-        for m, table in tables.items():
-            store.override(METAPATHS[m].seed, f"exp_{m}", table)
-        walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(tables),
+        walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(mine),
                   "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0
                                    for m, (_, e) in mine.items()}}
         _save_npz(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids
@@ -216,10 +245,11 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     log.info("share: %s impressions (%s)", f"{int(mine.sum()):,}",
              ", ".join(f"{s} {len(v):,}" for s, v in share.items()))
 
+    reads = FeatureReads(store, builder, log.info)
     t_train = time.perf_counter()
     result = train_ranker(cfg, ds, model, builder, share["train"], share["val"], "cpu",
                           run_dir / "checkpoints" / "ranker_last.pt", resume=resume, writer=writer, log=log.info,
-                          comm=comm)
+                          comm=comm, on_epoch_end=reads.epoch_end)
     train_seconds = time.perf_counter() - t_train
     name = model_name(mods)
     evals: Dict[str, Any] = {}
@@ -230,12 +260,14 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         for key, r in entry.items():
             log.info("%s %s: %s", split_name, key, r)
     counts = comm.gather({s: int(len(v)) for s, v in share.items()})
+    feature_reads = FeatureReads.summary(comm.gather(reads.epochs))
     watchdog.stop()
     metrics = {"run": {"dir": str(run_dir), "seed": cfg.run.seed, "distributed": True},
                "data": {"path": str(ds.path), "name": ds.name, "main_label": ds.main_label},
                "dist": {"world_size": comm.world, "num_parts": prepared["num_parts"],
                         "part_method": prepared["part_method"], "part_dir": str(part_dir),
                         "expansion": cfg.dist.expansion, "walked": walked, "shares": counts,
+                        "feature_reads": feature_reads,
                         "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t_start},
                "ranker": {"model": name, "modules": mods, "history": result.history,
                           "best_epoch": result.best_epoch, "best_val": result.best,

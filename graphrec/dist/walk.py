@@ -9,7 +9,9 @@ Each hop samples, for every distinct node the walkers stand on, as many out-neig
 walkers any node holds; walker ``j`` on node ``v`` takes ``v``'s ``j``-th draw. Draws with replacement
 are independent and uniform over ``v``'s out-edges, so every walker takes a uniform step, as
 :class:`graphrec.gie.metapath.CSRWalker` does (tested against it). :func:`walk_owned_expansions`
-walks the seeds a trainer owns (``node_split``) and publishes them as a ``DistTensor``.
+walks the seeds a trainer owns (``node_split``) and writes them over the offline cache's columns of the
+packed node data (:meth:`graphrec.dist.store.FeatureStore.write`), so a batch still reads each node
+type in one pull.
 """
 from __future__ import annotations
 
@@ -91,20 +93,18 @@ class DistWalker:
 
 def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: int = 3, rank: int = 0,
                           batch_size: int = 65536, log: Callable[[str], None] = lambda m: None
-                          ) -> Tuple[Dict[str, object], Dict[str, Tuple[torch.Tensor, torch.Tensor]]]:
+                          ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     """Walk every metapath with ``ks[name] > 0`` for the seeds this trainer owns (``node_split``) and
-    write them, in original ids, into a ``DistTensor`` per metapath that every trainer can read.
-
-    Returns ``{name: DistTensor [num seed-type nodes, K]}`` indexed by new ids (the caller passes
-    them to ``FeatureStore.override`` after a barrier) and ``{name: (seeds, expansions)}``, this
-    trainer's own walks in original ids."""
+    write them, in original ids, into ``store``'s ``exp_<name>`` (every trainer reads them there after
+    a barrier, which is the caller's). Returns ``{name: (seeds, expansions)}``, this trainer's own walks
+    in original ids."""
     import dgl
 
     g = store.graph
     walker = DistWalker(g, on_hop=store.on_read)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + rank)
     owned = {}
-    out, mine = {}, {}
+    mine = {}
     for name, k in ks.items():
         if k <= 0:
             continue
@@ -115,17 +115,14 @@ def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: 
                                                           force_even=True, rank=rank)
         seeds = owned[seed_type]
         end = METAPATHS[name].endpoint
-        table = dgl.distributed.DistTensor((g.num_nodes(seed_type), k), torch.int64, name=f"walked_{name}",
-                                           part_policy=g.get_node_partition_policy(seed_type))
         parts = []
         for s in range(0, len(seeds), batch_size):
             batch = seeds[s:s + batch_size]
             gifted = walker.gifted(batch) if name == "u2a2u2a" else None
             ids = expand(walker, g, name, batch, k, retries, gen, gifted)
             orig = torch.where(ids >= 0, store.orig_of_new[end][ids.clamp(min=0)], torch.full_like(ids, PAD))
-            table[batch] = orig
+            store.write(seed_type, store.orig_of_new[seed_type][batch], {f"exp_{name}": orig})
             parts.append(orig)
         log(f"walked {name}: {len(seeds):,} {seed_type} seeds x {k} on this trainer")
-        out[name] = table
         mine[name] = (store.orig_of_new[seed_type][seeds], torch.cat(parts) if parts else torch.zeros(0, k).long())
-    return out, mine
+    return mine

@@ -111,11 +111,45 @@ class BatchBuilder:
         # in-batch negatives follow the authors of the training rows (the softmax positives)
         counts = np.bincount(self.authors[self.is_train], minlength=ds.num_authors).astype(np.float64)
         self.positive_share = counts / max(counts.sum(), 1.0)
+        self.built_batches = 0      # batches (or full-ranking sides) built: the denominator of pulls per batch
 
     # ------------------------------------------------------------------ pieces
+    # Feature store reads, per batch: hop 1, one read per node type for the batch's users, authors
+    # (with their product tables) and segments on air; hop 2, one read per node type for the Θ of the
+    # expansions' endpoints (distinct ids over every metapath of the user and the room side). In a
+    # distributed run each read is one pull (graphrec.dist.store), so a batch makes at most five.
     def user_part(self, users: np.ndarray, times: np.ndarray, exclude: Optional[np.ndarray] = None) -> UserPart:
         """The user side of rows ``(users, times)``; ``exclude``: each row's own target (untimed training
         rows, ``PAD`` elsewhere), kept out of its history and its activity counts."""
+        up, hide = self._user_side(users, times, exclude)
+        self._endpoint_theta(up)
+        self._hide_graph(up, hide)
+        self.built_batches += 1
+        return up
+
+    def room_part(self, authors: np.ndarray, times: np.ndarray, own: Optional[np.ndarray] = None,
+                  segments: Optional[np.ndarray] = None) -> RoomPart:
+        """The author side of candidates ``(authors, times)``: author-only pieces once per distinct author,
+        tokens once per distinct segment on air. ``own``: 1 where the candidate is the row's own training
+        interaction (kept out of the untimed activity counts); ``segments``: known segment rows."""
+        rp = self._room_side(authors, times, own, segments)
+        self._endpoint_theta(rp)
+        self.built_batches += 1
+        return rp
+
+    def _both_sides(self, users: np.ndarray, user_times: np.ndarray, exclude: Optional[np.ndarray],
+                    authors: np.ndarray, room_times: np.ndarray, own: Optional[np.ndarray] = None,
+                    segments: Optional[np.ndarray] = None):
+        """``user_part`` and ``room_part`` of one batch, sharing the second hop (one Θ read per node type)."""
+        up, hide = self._user_side(users, user_times, exclude)
+        rp = self._room_side(authors, room_times, own, segments)
+        self._endpoint_theta(up, rp)
+        self._hide_graph(up, hide)
+        self.built_batches += 1
+        return up, rp
+
+    def _user_side(self, users: np.ndarray, times: np.ndarray, exclude: Optional[np.ndarray]):
+        """The user side without the endpoints' Θ (hop 1), and the rows whose graph features are hidden."""
         cfg = self.cfg
         ut = torch.from_numpy(users)
         hist = {name: torch.from_numpy(trim(h.lookup(users, times, cfg.hist_len, exclude)))
@@ -126,19 +160,17 @@ class BatchBuilder:
         if cfg.user_activity and self.user_activity is not None:
             own = None if exclude is None else (np.asarray(exclude) != PAD).astype(np.float64)
             up.activity = torch.from_numpy(self.user_activity.features(users, times, own))
-        if cfg.metapaths:
-            if cfg.theta_pretrained:
-                up.theta = self.store.get("user", "theta", ut)
-            self._expansions(up, "user", ut)
-            if self.graph_cutoff is not None:
-                self._hide_graph(up, np.asarray(times) < self.graph_cutoff)
-        return up
+        self._node_features(up, "user", ut)
+        hide = None
+        if cfg.metapaths and self.graph_cutoff is not None:
+            hide = np.asarray(times) < self.graph_cutoff
+        return up, hide
 
     @staticmethod
-    def _hide_graph(up: UserPart, hide: np.ndarray) -> None:
+    def _hide_graph(up: UserPart, hide: Optional[np.ndarray]) -> None:
         """Rows inside the graph's own period see the user side as a user without gifts would: zero Θ, no
         expansions (``graphrec.data.split.graph_period``)."""
-        if not hide.any():
+        if hide is None or not hide.any():
             return
         rows = torch.from_numpy(hide)
         if up.theta is not None:
@@ -148,31 +180,50 @@ class BatchBuilder:
             if m in up.exp_theta:
                 up.exp_theta[m] = up.exp_theta[m].masked_fill(rows.to(up.exp_theta[m].device)[:, None, None], 0.0)
 
-    def _expansions(self, part, seed: str, ids: torch.Tensor) -> None:
-        for m in self.cfg.metapaths:
-            if METAPATHS[m].seed != seed:
-                continue
-            e = self.store.get(seed, f"exp_{m}", ids).long()
-            part.exp[m] = e
-            if self.cfg.theta_pretrained:
-                part.exp_theta[m] = self.store.get(METAPATHS[m].endpoint, "theta",
-                                                   e.clamp(min=0).reshape(-1)).view(*e.shape, -1)
+    def _node_features(self, part, ntype: str, ids: torch.Tensor, extra: List[str] = ()) -> Dict[str, torch.Tensor]:
+        """Hop 1 of one node type, one read: Θ and the expansions seeded there (into ``part``), and ``extra``."""
+        cfg = self.cfg
+        seeded = [m for m in cfg.metapaths if METAPATHS[m].seed == ntype]
+        names = (["theta"] if cfg.metapaths and cfg.theta_pretrained else []) + [f"exp_{m}" for m in seeded]
+        names += list(extra)
+        if not names:
+            return {}
+        got = self.store.rows(ntype, ids, names)
+        if "theta" in got:
+            part.theta = got["theta"]
+        for m in seeded:
+            part.exp[m] = got[f"exp_{m}"].long()
+        return got
 
-    def room_part(self, authors: np.ndarray, times: np.ndarray, own: Optional[np.ndarray] = None,
-                  segments: Optional[np.ndarray] = None) -> RoomPart:
-        """The author side of candidates ``(authors, times)``: author-only pieces once per distinct author,
-        tokens once per distinct segment on air. ``own``: 1 where the candidate is the row's own training
-        interaction (kept out of the untimed activity counts); ``segments``: known segment rows."""
+    def _endpoint_theta(self, *parts) -> None:
+        """Hop 2: the Θ of every expansion endpoint of ``parts``, one read per endpoint node type (the
+        distinct ids over every metapath), gathered back per metapath."""
+        if not self.cfg.theta_pretrained:
+            return
+        uses: Dict[str, list] = {}
+        for part in parts:
+            for m in part.exp:
+                uses.setdefault(METAPATHS[m].endpoint, []).append((part, m))
+        found = {}
+        for ntype, pm in uses.items():
+            flat = [part.exp[m].clamp(min=0).reshape(-1) for part, m in pm]
+            uniq, inv = torch.unique(torch.cat(flat), return_inverse=True)
+            theta = self.store.rows(ntype, uniq, ["theta"])["theta"]
+            for (part, m), idx in zip(pm, torch.split(inv, [len(f) for f in flat])):
+                found[(id(part), m)] = theta[idx].view(*part.exp[m].shape, theta.shape[-1])
+        for part in parts:                                   # in the order of the expansions
+            part.exp_theta = {m: found[(id(part), m)] for m in part.exp}
+
+    def _room_side(self, authors: np.ndarray, times: np.ndarray, own: Optional[np.ndarray] = None,
+                   segments: Optional[np.ndarray] = None) -> RoomPart:
+        """The author side without the endpoints' Θ (hop 1)."""
         cfg = self.cfg
         uniq, inv = np.unique(authors, return_inverse=True)
         ut = torch.from_numpy(uniq)
         rp = RoomPart(author=torch.from_numpy(authors), uniq=ut, inv=torch.from_numpy(inv.astype(np.int64)),
                       cats={k: torch.from_numpy(v[0][uniq]) for k, v in self.author_cats.items()},
                       dense=None if self.author_dense is None else torch.from_numpy(self.author_dense[uniq]))
-        if cfg.metapaths:
-            if cfg.theta_pretrained:
-                rp.theta = self.store.get("author", "theta", ut)
-            self._expansions(rp, "author", ut)
+        got = self._node_features(rp, "author", ut, ["prod_time", "prod_feat"] if cfg.product_cats else [])
         if cfg.modalities:
             seg = self.segments.rows(authors, times) if segments is None else segments
             # a room with no segment on air keeps a key of its own (its author's query, no tokens)
@@ -183,10 +234,11 @@ class BatchBuilder:
             rp.seg_inv = torch.from_numpy(sinv.astype(np.int64))
             rp.seg_key = torch.from_numpy(ukey)
             on_air = torch.from_numpy(ukey >= 0)
-            st = torch.from_numpy(rows)
+            tokens = self.store.rows("segment", torch.from_numpy(rows),
+                                     [n for m in cfg.modalities for n in (m, f"{m}_len")])
             for m in cfg.modalities:
-                x = self.store.get("segment", m, st)
-                n = self.store.get("segment", f"{m}_len", st).long().masked_fill(~on_air.to(x.device), 0)
+                x = tokens[m]
+                n = tokens[f"{m}_len"].long().masked_fill(~on_air.to(x.device), 0)
                 rp.tokens[m] = (x.float(), torch.arange(x.shape[1], device=x.device)[None, :] < n[:, None])
         if self.room_stats is not None and (cfg.stat_forecast or cfg.realtime):
             steps = self.room_stats.steps(authors, times)
@@ -197,19 +249,17 @@ class BatchBuilder:
         if cfg.activity and self.activity is not None:
             rp.popularity = torch.from_numpy(self.activity.features(authors, times, own))
         if cfg.product_cats:
-            rp.prod_probs, rp.prod_enc = self._product_features(authors, times)
+            rp.prod_probs, rp.prod_enc = self._product_features(got["prod_time"], got["prod_feat"], rp.inv, times)
         return rp
 
-    def _product_features(self, authors: np.ndarray, times: np.ndarray):
+    def _product_features(self, ptime: torch.Tensor, pfeat: torch.Tensor, inv: torch.Tensor, times: np.ndarray):
         """The product forecaster's output after the products on sale up to the time (an offline table
-        row per author and prefix length; see ``ProductForecaster.prefix_table``), read per distinct author."""
-        uniq, inv = np.unique(authors, return_inverse=True)
-        ut = torch.from_numpy(uniq)
-        ptime = self.store.get("author", "prod_time", ut)                     # [Au, P], padded with int64 max
-        inv_t = torch.from_numpy(inv.astype(np.int64)).to(ptime.device)
+        row per author and prefix length; see ``ProductForecaster.prefix_table``). ``ptime [Au, P]`` (padded
+        with int64 max) and ``pfeat`` are the distinct authors' tables, ``inv`` each candidate's author."""
+        inv_t = inv.to(ptime.device)
         t = torch.from_numpy(np.asarray(times, dtype=np.int64)).to(ptime.device)
         count = (ptime[inv_t] <= t[:, None]).sum(1)
-        row = self.store.get("author", "prod_feat", ut)[inv_t, count]        # [N, K3 + D]
+        row = pfeat[inv_t, count]                                              # [N, K3 + D]
         k = self.cfg.product_cats
         return row[:, :k], row[:, k:]
 
@@ -226,14 +276,14 @@ class BatchBuilder:
         u, a, t = self.users[idx], self.authors[idx], self.times[idx]
         own = (self.is_train[idx] & ~self.timed).astype(np.float64) if self.cfg.activity else None
         seg = self.imp_segment[idx] if self.segments is not None and self.imp_segment is not None else None
-        return Batch(users=self.user_part(u, t, self._exclude(idx)), rooms=self.room_part(a, t, own, seg),
-                     cand=torch.arange(len(idx))[:, None], labels=torch.from_numpy(self.labels[idx]))
+        up, rp = self._both_sides(u, t, self._exclude(idx), a, t, own, seg)
+        return Batch(users=up, rooms=rp, cand=torch.arange(len(idx))[:, None], labels=torch.from_numpy(self.labels[idx]))
 
     def pairs(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> Batch:
         """One candidate per row for arbitrary (user, author, time) triples (serving, sampled evaluation)."""
         users, authors = np.asarray(users, dtype=np.int64), np.asarray(authors, dtype=np.int64)
-        return Batch(users=self.user_part(users, times), rooms=self.room_part(authors, times),
-                     cand=torch.arange(len(users))[:, None])
+        up, rp = self._both_sides(users, times, None, authors, times)
+        return Batch(users=up, rooms=rp, cand=torch.arange(len(users))[:, None])
 
     def sample_negatives(self, idx: np.ndarray, rng: np.random.Generator):
         """``(candidates [B, 1 + M], valid [B, 1 + M], logq [B, 1 + M])`` for training rows ``idx``."""
@@ -265,9 +315,8 @@ class BatchBuilder:
             own = np.zeros((B, C))
             own[:, 0] = self.is_train[idx]
             own = own.reshape(-1)
-        batch = Batch(users=self.user_part(self.users[idx], t, self._exclude(idx)),
-                      rooms=self.room_part(flat_a, flat_t, own),
-                      cand=torch.arange(B * C).view(B, C), labels=torch.from_numpy(self.labels[idx]),
+        up, rp = self._both_sides(self.users[idx], t, self._exclude(idx), flat_a, flat_t, own)
+        batch = Batch(users=up, rooms=rp, cand=torch.arange(B * C).view(B, C), labels=torch.from_numpy(self.labels[idx]),
                       valid=torch.from_numpy(valid))
         if self.cfg.logq:
             batch.logq = torch.from_numpy(logq)

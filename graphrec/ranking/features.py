@@ -2,7 +2,7 @@
 
 * :class:`TensorStore` — node data (Θ, expansions, segment tokens, product tables) as plain tensors,
   looked up by node id, on any device. The distributed trainers use a DGL ``DistGraph`` store with the
-  same ``get`` (``graphrec.dist.store``).
+  same ``rows`` (``graphrec.dist.store``), where each call is one pull per node type.
 * :class:`History` — a user's behaviour history under one rule, used for training, evaluation, full
   ranking and serving alike: with real timestamps, the positives strictly before the row's time;
   without (rows carry only their split, as in TikTok), the user's *training* positives, minus the
@@ -31,13 +31,14 @@ class TensorStore:
         self.device = torch.device(device)
         self.data = {nt: {k: v.to(self.device) for k, v in feats.items()} for nt, feats in data.items()}
 
-    def has(self, ntype: str, name: str) -> bool:
-        return name in self.data.get(ntype, {})
-
-    def get(self, ntype: str, name: str, ids: torch.Tensor) -> torch.Tensor:
-        if not self.has(ntype, name):
-            raise KeyError(f"feature store has no {ntype} feature '{name}' (it has {sorted(self.data.get(ntype, {}))})")
-        return self.data[ntype][name][ids.to(self.device).long()]
+    def rows(self, ntype: str, ids: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """``{name: tensor [len(ids), ...]}``: the features ``names`` of nodes ``ids``."""
+        feats = self.data.get(ntype, {})
+        missing = [n for n in names if n not in feats]
+        if missing:
+            raise KeyError(f"feature store has no {ntype} feature(s) {missing} (it has {sorted(feats)})")
+        idx = ids.to(self.device).long()
+        return {n: feats[n][idx] for n in names}
 
     def swap(self, tables: Mapping[str, torch.Tensor]):
         """Serve ``{name: tensor}`` instead of the node data of that name (whatever its node type) until

@@ -230,9 +230,9 @@ def expansion_redraws(cfg: Config, graph, metapaths, device: str):
 
 def train_ranker(cfg: Config, ds: Dataset, model, builder, train_idx: np.ndarray, val_idx: np.ndarray,
                  device: str, checkpoint, resume: bool = False, writer=None, log=print, progress: bool = False,
-                 comm=None, redraw=None):
+                 comm=None, redraw=None, on_epoch_end=None):
     """Train with :func:`graphrec.fit.fit` (``train_idx``/``val_idx``: this trainer's shares; ``redraw``: see
-    :func:`expansion_redraws`)."""
+    :func:`expansion_redraws`; ``on_epoch_end(epoch, history entry)``: called after each epoch's validation)."""
     from ..fit import fit
     from .train import RankerObjective, RankerScorer, RankerTask, validation
 
@@ -250,7 +250,8 @@ def train_ranker(cfg: Config, ds: Dataset, model, builder, train_idx: np.ndarray
     groups = [{"params": embeddings, "weight_decay": sec.embedding_decay},
               {"params": [p for p in model.parameters() if id(p) not in ids]}]
     return fit(model, task, fit_spec(cfg, ds), device, checkpoint=checkpoint, resume=resume, writer=writer, log=log,
-               progress=progress, comm=comm, validate=validate, parameters=groups)
+               progress=progress, comm=comm, validate=validate, parameters=groups,
+               on_epoch_end=on_epoch_end or (lambda epoch, h: None))
 
 
 class RankerStage(Stage):

@@ -1,0 +1,212 @@
+"""Packed node data (graphrec.dist.packed): one byte table per node type, unpacked exactly; the feature
+stores' ``rows`` (one read per node type); the batch builder's reads per batch (at most two per node
+type, one for segments) and its batches, checked against the node data directly; old partition folders
+refused."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from graphrec.dist.packed import layout_of, pack, unpack
+from graphrec.ranking.features import PAD
+from graphrec.schema import METAPATHS
+
+INT64_MAX = torch.iinfo(torch.int64).max
+
+
+def every_dtype(n: int = 7):
+    g = torch.Generator().manual_seed(0)
+    f32 = torch.randn(n, 3, generator=g)
+    f32[0, 0], f32[1, 1], f32[2, 2] = float("nan"), -0.0, float("inf")
+    return {
+        "theta": f32,
+        "exp": torch.randint(-1, 1000, (n, 5), generator=g, dtype=torch.int32),
+        "tokens": torch.randn(n, 2, 4, generator=g),                             # [N, T, D]
+        "lengths": torch.randint(0, 3, (n,), generator=g),                        # int64, 1-D
+        "prod_time": torch.tensor([[INT64_MAX, -5, 0]] * n),                        # int64 max padding
+        "half": torch.randn(n, 2, generator=g).half(),
+        "double": torch.randn(n, 1, generator=g, dtype=torch.float64),
+        "flags": torch.rand(n, 3, generator=g) > 0.5,
+        "small": torch.randint(-128, 127, (n, 3), generator=g, dtype=torch.int8),
+    }
+
+
+def test_packing_round_trips_every_dtype_exactly():
+    feats = every_dtype()
+    layout = layout_of(feats)
+    assert json.loads(json.dumps(layout)) == layout                      # kept in prepared.json
+    table = pack(feats)
+    assert table.dtype == torch.uint8 and table.shape == (7, layout["row_bytes"])
+    ids = torch.tensor([6, 0, 0, 3])
+    back = unpack(table[ids], layout, list(feats))
+    for name, t in feats.items():
+        got = back[name]
+        assert got.dtype == t.dtype and got.shape == t[ids].shape, name
+        assert torch.equal(got.view(torch.uint8), t[ids].view(torch.uint8)), name   # bit for bit (NaN, -0.0 too)
+    assert back["prod_time"][0, 0] == INT64_MAX
+    assert list(unpack(table[:2], layout, ["lengths"])) == ["lengths"]
+    with pytest.raises(ValueError, match="one row per node"):
+        pack({"a": torch.zeros(3, 1), "b": torch.zeros(4, 1)})
+    with pytest.raises(TypeError, match="complex64"):
+        pack({"c": torch.zeros(3, 1, dtype=torch.complex64)})
+
+
+# ----------------------------------------------------------------------------- a tiny world, both stores
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny world with every module (hand-made Θ and expansions), its ranker built on the standalone
+    TensorStore and again on a one-part DistGraph FeatureStore."""
+    from data_prep.simulate import simulate
+    from graphrec.config import load_config
+    from graphrec.data.split import ensure_split
+    from graphrec.dist.store import open_store
+    from graphrec.models.product_forecaster import ProductForecaster
+    from graphrec.models.stat_forecaster import StatForecaster
+    from graphrec.ranking.stage import build_ranker, enabled_modules, node_data
+
+    from .conftest import TINY_SIM
+
+    cfg = load_config(None, TINY_SIM + ["simulate.num_impressions=3000", "mfq.dim=16", "mfq.heads=2",
+                                        "mfq.query_tokens=2", "ranker.mlp=[16]", "stat_forecast.dim=8",
+                                        "stat_forecast.heads=2", "ranker.dropout=0.0", "product_forecast.dim=8",
+                                        "product_forecast.heads=2", "graph.past_fraction=0.3",
+                                        "ranker.exposure_head=true", "ranker.negatives=8"])
+    ds = simulate(cfg.simulate, seed=0)
+    ensure_split(ds, 0.1, 0.1)
+    rng = np.random.default_rng(0)
+    n = {"user": ds.num_users, "author": ds.num_authors}
+    exp = {m: np.where(rng.random((n[p.seed], 4)) < 0.8, rng.integers(0, n[p.endpoint], (n[p.seed], 4)), PAD)
+           for m, p in METAPATHS.items()}
+    torch.manual_seed(0)
+    art = {"expansions": exp, "theta": torch.randn(ds.num_users + ds.num_authors, cfg.graphcl.dim),
+           "stat_forecaster": StatForecaster.from_config(cfg.stat_forecast, 8),
+           "product_forecaster": ProductForecaster.from_config(cfg.product_forecast, ds.meta["products"]).eval()}
+    mods = enabled_modules(cfg, ds, art)
+    assert all(mods[k] for k in ("metapaths", "theta_pretrained", "modalities", "product_forecast"))
+    data = node_data(ds, mods, art)
+    model, local, _ = build_ranker(cfg, ds, mods, art)
+    store = open_store(None, ds.num_users, ds.num_authors, ds.tables["segments"]["author"], data,
+                       tmp_path_factory.mktemp("packed"), "packedtest")
+    dist_model, remote, _ = build_ranker(cfg, ds, mods, art, store=store)
+    return ds, data, (model, local), (dist_model, remote)
+
+
+def _tensors(obj, prefix=""):
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    if dataclasses.is_dataclass(obj):
+        return {k: v for f in dataclasses.fields(obj) for k, v in _tensors(getattr(obj, f.name), f"{prefix}.{f.name}").items()}
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _tensors(val, f"{prefix}.{key}").items()}
+    if isinstance(obj, (tuple, list)):
+        return {k: v for i, val in enumerate(obj) for k, v in _tensors(val, f"{prefix}.{i}").items()}
+    return {}
+
+
+def _batches(builder, ds):
+    t = ds.impressions["time"]
+    return {"impressions": builder.impressions(np.arange(0, 3000, 7)),
+            "training": builder.training(np.arange(5, 2000, 3), np.random.default_rng(1)),
+            "pairs": builder.pairs(np.arange(50), np.arange(50) % ds.num_authors, np.full(50, int(t[-1]))),
+            "rank_users": builder.rank_users(np.arange(30), int(t[1500])),
+            "all_rooms": builder.all_rooms(int(t[1500]))}
+
+
+def test_batches_match_the_node_data_and_both_stores_agree(world):
+    ds, data, (model, local), (dist_model, remote) = world
+    mine, theirs = _batches(local, ds), _batches(remote, ds)
+    for name, batch in mine.items():
+        a, b = _tensors(batch), _tensors(theirs[name])
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (name, k)
+    model.eval(), dist_model.eval()
+    with torch.no_grad():
+        for name in ("impressions", "training", "pairs"):
+            assert torch.equal(model(mine[name]), dist_model(theirs[name]))
+
+    # every feature against the node data, read directly (an independent reference)
+    batch, idx = mine["impressions"], np.arange(0, 3000, 7)
+    users, times = ds.impressions["user"][idx], ds.impressions["time"][idx]
+    hide = torch.from_numpy(times < local.graph_cutoff)
+    assert hide.any() and not hide.all()
+    theta = {"user": data["user"]["theta"], "author": data["author"]["theta"]}
+    up = batch.users
+    assert torch.equal(up.theta, theta["user"][users].masked_fill(hide[:, None], 0.0))
+    for m, p in METAPATHS.items():
+        part, ids = (up, users) if p.seed == "user" else (batch.rooms, batch.rooms.uniq.numpy())
+        e = data[p.seed][f"exp_{m}"][ids].long()
+        want = theta[p.endpoint][e.clamp(min=0)]
+        if part is up:
+            e, want = e.masked_fill(hide[:, None], PAD), want.masked_fill(hide[:, None, None], 0.0)
+        assert torch.equal(part.exp[m], e) and torch.equal(part.exp_theta[m], want), m
+    rp = batch.rooms
+    assert torch.equal(rp.theta, theta["author"][rp.uniq])
+    rows, on_air = rp.seg_key.clamp(min=0), rp.seg_key >= 0
+    for m in ds.modalities():
+        x, mask = rp.tokens[m]
+        length = data["segment"][f"{m}_len"][rows].masked_fill(~on_air, 0)
+        assert torch.equal(x, data["segment"][m][rows].float())
+        assert torch.equal(mask, torch.arange(x.shape[1])[None, :] < length[:, None])
+    ptime, pfeat = data["author"]["prod_time"], data["author"]["prod_feat"]
+    authors = torch.from_numpy(ds.impressions["author"][idx])
+    count = (ptime[authors] <= torch.from_numpy(times)[:, None]).sum(1)
+    assert (ptime == INT64_MAX).any() and rp.prod_probs.shape[1] == local.cfg.product_cats > 0
+    assert torch.equal(torch.cat([rp.prod_probs, rp.prod_enc], 1), pfeat[authors, count])
+
+
+def test_a_batch_reads_at_most_two_pulls_per_node_type(world, monkeypatch):
+    ds, _, _, (_, builder) = world
+    store = builder.store
+    pulled = []
+    real = store._pull
+
+    def spy(source, ntype, ids):
+        pulled.append(ntype)
+        return real(source, ntype, ids)
+
+    monkeypatch.setattr(store, "_pull", spy)
+    for name, make in [("impressions", lambda: builder.impressions(np.arange(256))),
+                       ("training", lambda: builder.training(np.arange(256), np.random.default_rng(0))),
+                       ("pairs", lambda: builder.pairs(np.arange(20), np.arange(20) % ds.num_authors,
+                                                       np.full(20, int(ds.impressions["time"][-1]))))]:
+        pulled.clear()
+        pulls, built = store.pulls, builder.built_batches
+        make()
+        assert builder.built_batches == built + 1
+        assert store.pulls - pulls == len(pulled) == 5, (name, pulled)      # was 20: one per feature name
+        assert sorted(pulled) == ["author", "author", "segment", "user", "user"], name
+
+
+def test_rows_reads_one_pull_and_counts_remote_bytes(world):
+    _, data, _, (_, builder) = world
+    store = builder.store
+    ids = torch.tensor([3, 1, 3, 0])
+    pulls, remote = store.pulls, store.remote_bytes
+    got = store.rows("author", ids, ["prod_time", "exp_a2a", "theta"])
+    assert list(got) == ["prod_time", "exp_a2a", "theta"]
+    for name, t in got.items():
+        assert torch.equal(t, data["author"][name][ids]), name
+    assert store.pulls == pulls + 1 and store.remote_bytes == remote        # one part: everything is local
+    row_bytes = store.layouts["author"]["row_bytes"]
+    here, store.here = store.here, 1                                      # as if this machine owned none of them
+    try:
+        store.rows("author", ids, ["prod_time"])
+        assert store.remote_bytes - remote == 3 * row_bytes                 # the distinct rows, whole
+        store.rows("author", ids, ["theta"])                                # Θ alone: its own, narrower tensor
+        assert store.remote_bytes - remote == 3 * row_bytes + 3 * data["author"]["theta"].shape[1] * 4
+    finally:
+        store.here = here
+    with pytest.raises(KeyError, match=r"no author feature\(s\) \['nope'\]"):
+        store.rows("author", ids, ["nope"])
+
+
+def test_an_old_partition_folder_is_refused(tmp_path):
+    from graphrec.dist.prepare import PREPARED, load_prepared
+    from graphrec.errors import DataError
+
+    (tmp_path / PREPARED).write_text(json.dumps({"graph_name": "g", "names": {"user": ["theta"]}, "signature": {}}))
+    with pytest.raises(DataError, match=r"format 1.*re-run `python -m graphrec.partition"):
+        load_prepared(tmp_path)

@@ -196,8 +196,8 @@ class BatchBuilder:
         return got
 
     def _endpoint_theta(self, *parts) -> None:
-        """Hop 2: the Θ of every expansion endpoint of ``parts``, one read per endpoint node type (the
-        distinct ids over every metapath), gathered back per metapath."""
+        """Hop 2: the Θ of every expansion endpoint of ``parts``, one read per endpoint node type (the ids
+        over every metapath; a distributed store pulls each distinct row once), split back per metapath."""
         if not self.cfg.theta_pretrained:
             return
         uses: Dict[str, list] = {}
@@ -207,10 +207,9 @@ class BatchBuilder:
         found = {}
         for ntype, pm in uses.items():
             flat = [part.exp[m].clamp(min=0).reshape(-1) for part, m in pm]
-            uniq, inv = torch.unique(torch.cat(flat), return_inverse=True)
-            theta = self.store.rows(ntype, uniq, ["theta"])["theta"]
-            for (part, m), idx in zip(pm, torch.split(inv, [len(f) for f in flat])):
-                found[(id(part), m)] = theta[idx].view(*part.exp[m].shape, theta.shape[-1])
+            theta = self.store.rows(ntype, torch.cat(flat), ["theta"])["theta"]
+            for (part, m), rows in zip(pm, torch.split(theta, [len(f) for f in flat])):
+                found[(id(part), m)] = rows.view(*part.exp[m].shape, theta.shape[-1])
         for part in parts:                                   # in the order of the expansions
             part.exp_theta = {m: found[(id(part), m)] for m in part.exp}
 

@@ -93,7 +93,9 @@ class TargetAttention(nn.Module):
 
 
 class DotTargetAttention(nn.Module):
-    """``softmax(<W_q t, W_k h_i> / sqrt(k))``-weighted sum of the ``h_i``."""
+    """``softmax(<W_q t, W_k h_i> / sqrt(k))``-weighted sum of the ``h_i``, computed as
+    ``<W_k^T W_q t, h_i>``: the same function, but the projection runs on the targets, not on each
+    sequence element (a training batch has one target per row and ``K`` elements)."""
 
     def __init__(self, dim: int, key_dim: int = 32) -> None:
         super().__init__()
@@ -106,9 +108,10 @@ class DotTargetAttention(nn.Module):
         C = _width(target, cand)
         if seq.shape[1] == 0:
             return target.new_zeros(len(seq), C, self.dim)
-        q = at(self.query(target) / math.sqrt(self.key_dim), cand)   # [B|1, C, k] once per target
-        k = self.key(seq)                                             # [B, L, k] once per sequence
-        scores = torch.matmul(q, k.transpose(1, 2))                   # [B, C, L]
+        # <W_q t, W_k h_i> = <W_k^T W_q t, h_i>: project the targets (one per candidate) instead of every
+        # sequence element; with a frozen sequence (pretrained Θ) nothing flows back into [B, L, d] at all
+        q = self.query(target) @ (self.key.weight / math.sqrt(self.key_dim))   # [N, d] once per target
+        scores = torch.matmul(at(q, cand), seq.transpose(1, 2))       # [B, C, L]
         return _pool(scores, seq, _grid_mask(seq_mask, pair_mask, C))
 
     def forward(self, target: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

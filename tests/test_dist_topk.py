@@ -7,7 +7,8 @@ shuffled (a one-part partition keeps them in order, and a forgotten or inverted 
 mapping would go unnoticed; METIS over several parts reorders them too). The checkpoint is then reloaded
 with :func:`graphrec.load_run` (standalone ``TensorStore``) and scored beside a ranker on the partition's
 ``FeatureStore``: the same score matrices, the same top-K lists, and the same metrics entry as the
-trainer's.
+trainer's (one-stage and two-stage top-K, per-impression AUCs); a standalone run's ``metrics.json`` has the
+same ``eval`` keys.
 """
 import json
 import os
@@ -60,10 +61,12 @@ def test_distributed_topk_equals_the_standalone_topk(tmp_path, monkeypatch):
     from graphrec.dist.prepare import load_orig_ids, load_prepared, prepare
     from graphrec.dist.store import FeatureStore
     from graphrec.evaluation import evaluate, positives_matrix, ranking_time, split_mask
-    from graphrec.ranking.stage import build_ranker
+    from graphrec.ranking.stage import build_ranker, two_stage
     from graphrec.ranking.train import RankerScorer
+    from graphrec.run import run as run_pipeline
 
-    extra = ["dist.num_parts=1", "dist.part_method=random", "ranker.epochs=2"]
+    # two-stage on (DIST_SETS turns it off): a standalone run reports it for the ranker, so must a distributed one
+    extra = ["dist.num_parts=1", "dist.part_method=random", "ranker.epochs=2", "eval.two_stage_candidates=20"]
     overrides = sets(tmp_path, extra)
     cfg = load_config(None, [x for x in overrides if x != "--set"])
     monkeypatch.setattr(dgl.distributed, "partition_graph", _shuffled_partition_graph(dgl.distributed.partition_graph))
@@ -87,6 +90,11 @@ def test_distributed_topk_equals_the_standalone_topk(tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr[-4000:]
     dist_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert dist_metrics["run"]["distributed"] and dist_metrics["dist"]["num_parts"] == 1
+    standalone = run_pipeline(cfg).metrics              # its own weights: compared for the schema only
+    name = dist_metrics["ranker"]["model"]
+    for split in ("val", "test"):                       # one metrics schema, topk entries included
+        assert _keys(dist_metrics["eval"][split][name]) == _keys(standalone["eval"][split][name]), split
+        assert {"topk", "topk_two_stage"} <= set(dist_metrics["eval"][split][name]), split
 
     # the same weights, standalone: the partition's preparing run plus the trainer's checkpoint, reloaded
     alone = tmp_path / "runs" / "standalone"
@@ -104,7 +112,7 @@ def test_distributed_topk_equals_the_standalone_topk(tmp_path, monkeypatch):
     model.load_state_dict(run.ranker.state_dict())
     remote = RankerScorer(model, builder)
 
-    name, k = dist_metrics["ranker"]["model"], cfg.eval.k
+    k = cfg.eval.k
     train_pos = positives_matrix(ds, ds.main_label, split_mask(ds, "train"))
     for split in ("val", "test"):
         test_pos = positives_matrix(ds, ds.main_label, split_mask(ds, split))
@@ -121,14 +129,17 @@ def test_distributed_topk_equals_the_standalone_topk(tmp_path, monkeypatch):
         assert torch.equal(top_a.indices, top_b.indices), split
 
         # the trainer's metrics entry (rank 0's top-K through the DistGraph) is the standalone evaluation's
-        want = evaluate(local, ds, split, k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk)
+        want = evaluate(local, ds, split, k, cfg.eval.negatives, cfg.run.seed + 1, two_stage=two_stage(cfg, ds, local),
+                        topk=cfg.eval.topk)
         got = dist_metrics["eval"][split][name]
-        assert _keys(got) == _keys(want), (split, _keys(got), _keys(want))     # one schema, topk included
-        assert got["topk"]["users"] == want["topk"]["users"] == len(users)
-        assert got["topk"]["label"] == want["topk"]["label"] and got["topk"]["k"] == want["topk"]["k"]
-        for metric in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}"):
-            assert got["topk"][metric] == pytest.approx(want["topk"][metric], abs=1e-6), (split, metric)
+        assert _keys(got) == _keys(want), (split, _keys(got), _keys(want))
+        for key in ("topk", "topk_two_stage"):
+            assert got[key]["users"] == want[key]["users"] == len(users)
+            for field in ("label", "k", "candidates", "retriever"):
+                assert got[key].get(field) == want[key].get(field), (split, key, field)
+            for metric in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}"):
+                assert got[key][metric] == pytest.approx(want[key][metric], abs=1e-6), (split, key, metric)
         for label, rep in want.items():
-            if label != "topk":
+            if not label.startswith("topk"):
                 for m, v in rep.items():
                     assert got[label][m] == pytest.approx(v, abs=1e-5), (split, label, m)

@@ -82,15 +82,19 @@ def owned_impressions(store, users: np.ndarray, rank: int) -> np.ndarray:
 def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config, comm) -> Dict[str, Any]:
     """The standalone metrics entry of one split (:func:`graphrec.evaluation.evaluate`), computed across
     trainers: per-impression scores on each trainer's share, gathered; sampled-negative AUC (implicit
-    data) and the full-ranking top-K on rank 0, which reads every partition through the DistGraph."""
+    data) and the full-ranking top-K on rank 0, which reads every partition through the DistGraph, with
+    the two-stage top-K of a standalone run (``eval.two_stage_candidates``; a distributed run has no LightGCN,
+    so popularity retrieves the candidates)."""
     from ..evaluation import evaluate, gathered_scores, impression_metrics
+    from ..ranking.stage import two_stage
 
     entry: Dict[str, Any] = {}
     if not ds.implicit:
         entry.update(impression_metrics(gathered_scores(scorer, share, comm), ds, split, cfg.eval.negatives,
                                         cfg.run.seed + 1))
     if comm.is_main:
-        rest = evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk)
+        rest = evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1,
+                        two_stage=two_stage(cfg, ds, scorer), topk=cfg.eval.topk)
         entry.update({k: v for k, v in rest.items() if ds.implicit or k.startswith("topk")})
     return comm.gather(entry)[0]
 

@@ -306,15 +306,19 @@ class RankerStage(Stage):
     @staticmethod
     def _two_stage(ctx: RunContext, scorer, name: str):
         """LightGCN's (popularity's when LightGCN is off) top ``eval.two_stage_candidates``, reranked."""
-        from ..evaluation import Popularity, TwoStage, positives_matrix, split_mask
+        return two_stage(ctx.cfg, ctx.dataset, scorer, ctx.state.get("lightgcn"))
 
-        n = ctx.cfg.eval.two_stage_candidates
-        if n <= 0:
-            return None
-        ds = ctx.dataset
-        train = split_mask(ds, "train")
-        retriever = ctx.state.get("lightgcn")
-        label = "lightgcn"
-        if retriever is None:
-            retriever, label = Popularity(ds, ds.main_label, train), "popularity"
-        return TwoStage(retriever, scorer, n, positives_matrix(ds, ds.main_label, train), label)
+
+def two_stage(cfg: Config, ds: Dataset, scorer, retriever=None):
+    """The two-stage top-K of ``scorer`` (:class:`graphrec.evaluation.TwoStage`): ``retriever``'s (LightGCN's;
+    popularity's when None) top ``eval.two_stage_candidates`` per user, reranked; None when that is 0."""
+    from ..evaluation import Popularity, TwoStage, positives_matrix, split_mask
+
+    n = cfg.eval.two_stage_candidates
+    if n <= 0:
+        return None
+    train = split_mask(ds, "train")
+    label = "lightgcn"
+    if retriever is None:
+        retriever, label = Popularity(ds, ds.main_label, train), "popularity"
+    return TwoStage(retriever, scorer, n, positives_matrix(ds, ds.main_label, train), label)

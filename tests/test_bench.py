@@ -62,15 +62,16 @@ def test_online_expansions_walk_the_same_metapaths():
     g = build_graph(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 2]), 3, 3)
 
     class Store:
-        def get(self, ntype, name, ids):
-            return torch.zeros(len(ids))
+        def rows(self, ntype, ids, names):
+            return {n: torch.zeros(len(ids)) for n in names}
 
     online = OnlineExpansions(Store(), g, {"u2a2u": 4, "a2u2a": 4})
-    sim = online.get("user", "exp_u2a2u", torch.tensor([0, 0, 2]))
+    got = online.rows("user", torch.tensor([0, 0, 2]), ["theta", "exp_u2a2u"])
+    sim = got["exp_u2a2u"]
     assert sim.shape == (3, 4)
     assert 1 in sim[0].tolist() and set(sim[0].tolist()) <= {1, PAD}   # never the seed itself
     assert set(sim[2].tolist()) == {PAD}                                 # user 2 shares no author
-    assert torch.equal(online.get("user", "theta", torch.tensor([1, 2])), torch.zeros(2))
+    assert torch.equal(got["theta"], torch.zeros(3))                      # other features from the store
 
 
 def test_scale_benchmark_reports_time_and_memory_per_stage(tmp_path, capsys):

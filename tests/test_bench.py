@@ -45,6 +45,8 @@ def test_train_and_serve_benchmarks_on_a_tiny_world(tmp_path, capsys):
     assert res["mmbee"]["impressions_per_s"] > 0 and res["din"]["impressions_per_s"] > 0
     assert res["mmbee"]["parameters"] > res["din"]["parameters"]
     assert res["cost_ratio"] == res["din"]["impressions_per_s"] / res["mmbee"]["impressions_per_s"]
+    assert len(res["mmbee"]["epoch_seconds"]) == len(res["din"]["epoch_seconds"]) == 3     # default --repeats
+    assert res["cost_ratio_per_round"] == [a / b for a, b in zip(res["mmbee"]["epoch_seconds"], res["din"]["epoch_seconds"])]
     assert main(["serve", "--requests", "5", "--candidates", "20", "--out", str(tmp_path / "s.json")] + sets) == 0
     res = json.loads((tmp_path / "s.json").read_text())
     assert res["room_cache"]["hits"] > 0

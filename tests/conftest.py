@@ -55,3 +55,27 @@ def _autograd_stays_on():
     if not torch.is_grad_enabled():
         torch.set_grad_enabled(True)
         pytest.fail("autograd was left disabled (torch.set_grad_enabled(False) outside a `with` block)")
+
+
+def ranker_world(overrides, seed: int = 0):
+    """A tiny simulated world split 80/10/10, with random expansions (20% padding) and random Θ in place
+    of the graph stages (no DGL): ``(cfg, ds, artifacts)`` for building a ranker on it."""
+    import numpy as np
+    import torch
+
+    from data_prep.simulate import simulate
+    from graphrec.config import load_config
+    from graphrec.data.split import ensure_split
+    from graphrec.ranking.features import PAD
+    from graphrec.schema import METAPATHS
+
+    cfg = load_config(None, TINY_SIM + ["simulate.num_impressions=3000"] + list(overrides))
+    ds = simulate(cfg.simulate, seed=seed)
+    ensure_split(ds, 0.1, 0.1)
+    rng = np.random.default_rng(seed)
+    n = {"user": ds.num_users, "author": ds.num_authors}
+    exp = {m: np.where(rng.random((n[p.seed], 4)) < 0.8, rng.integers(0, n[p.endpoint], (n[p.seed], 4)), PAD)
+           for m, p in METAPATHS.items()}
+    torch.manual_seed(seed)
+    art = {"expansions": exp, "theta": torch.randn(ds.num_users + ds.num_authors, cfg.graphcl.dim)}
+    return cfg, ds, art

@@ -58,31 +58,19 @@ def test_packing_round_trips_every_dtype_exactly():
 def world(tmp_path_factory):
     """A tiny world with every module (hand-made Θ and expansions), its ranker built on the standalone
     TensorStore and again on a one-part DistGraph FeatureStore."""
-    from data_prep.simulate import simulate
-    from graphrec.config import load_config
-    from graphrec.data.split import ensure_split
     from graphrec.dist.store import open_store
     from graphrec.models.product_forecaster import ProductForecaster
     from graphrec.models.stat_forecaster import StatForecaster
     from graphrec.ranking.stage import build_ranker, enabled_modules, node_data
 
-    from .conftest import TINY_SIM
+    from .conftest import ranker_world
 
-    cfg = load_config(None, TINY_SIM + ["simulate.num_impressions=3000", "mfq.dim=16", "mfq.heads=2",
-                                        "mfq.query_tokens=2", "ranker.mlp=[16]", "stat_forecast.dim=8",
-                                        "stat_forecast.heads=2", "ranker.dropout=0.0", "product_forecast.dim=8",
-                                        "product_forecast.heads=2", "graph.past_fraction=0.3",
-                                        "ranker.exposure_head=true", "ranker.negatives=8"])
-    ds = simulate(cfg.simulate, seed=0)
-    ensure_split(ds, 0.1, 0.1)
-    rng = np.random.default_rng(0)
-    n = {"user": ds.num_users, "author": ds.num_authors}
-    exp = {m: np.where(rng.random((n[p.seed], 4)) < 0.8, rng.integers(0, n[p.endpoint], (n[p.seed], 4)), PAD)
-           for m, p in METAPATHS.items()}
-    torch.manual_seed(0)
-    art = {"expansions": exp, "theta": torch.randn(ds.num_users + ds.num_authors, cfg.graphcl.dim),
-           "stat_forecaster": StatForecaster.from_config(cfg.stat_forecast, 8),
-           "product_forecaster": ProductForecaster.from_config(cfg.product_forecast, ds.meta["products"]).eval()}
+    cfg, ds, art = ranker_world(["mfq.dim=16", "mfq.heads=2", "mfq.query_tokens=2", "ranker.mlp=[16]",
+                                 "stat_forecast.dim=8", "stat_forecast.heads=2", "ranker.dropout=0.0",
+                                 "product_forecast.dim=8", "product_forecast.heads=2", "graph.past_fraction=0.3",
+                                 "ranker.exposure_head=true", "ranker.negatives=8"])
+    art["stat_forecaster"] = StatForecaster.from_config(cfg.stat_forecast, 8)
+    art["product_forecaster"] = ProductForecaster.from_config(cfg.product_forecast, ds.meta["products"]).eval()
     mods = enabled_modules(cfg, ds, art)
     assert all(mods[k] for k in ("metapaths", "theta_pretrained", "modalities", "product_forecast"))
     data = node_data(ds, mods, art)

@@ -93,27 +93,14 @@ def test_side_features_skip_truth_and_ids():
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny simulated world with hand-made expansions and Θ (no DGL), and its built ranker."""
-    from data_prep.simulate import simulate
-    from graphrec.config import load_config
-    from graphrec.data.split import ensure_split
     from graphrec.models.stat_forecaster import StatForecaster
     from graphrec.ranking.stage import build_ranker, enabled_modules
-    from graphrec.schema import METAPATHS
 
-    from .conftest import TINY_SIM
+    from .conftest import ranker_world
 
-    cfg = load_config(None, TINY_SIM + ["simulate.num_impressions=3000", "mfq.dim=8", "mfq.heads=2",
-                                        "mfq.query_tokens=2", "ranker.mlp=[16]", "stat_forecast.dim=8",
-                                        "stat_forecast.heads=2", "ranker.dropout=0.0"])
-    ds = simulate(cfg.simulate, seed=0)
-    ensure_split(ds, 0.1, 0.1)
-    rng = np.random.default_rng(0)
-    n = {"user": ds.num_users, "author": ds.num_authors}
-    exp = {m: np.where(rng.random((n[p.seed], 4)) < 0.8, rng.integers(0, n[p.endpoint], (n[p.seed], 4)), PAD)
-           for m, p in METAPATHS.items()}
-    torch.manual_seed(0)
-    art = {"expansions": exp, "theta": torch.randn(ds.num_users + ds.num_authors, cfg.graphcl.dim),
-           "stat_forecaster": StatForecaster.from_config(cfg.stat_forecast, 8)}
+    cfg, ds, art = ranker_world(["mfq.dim=8", "mfq.heads=2", "mfq.query_tokens=2", "ranker.mlp=[16]",
+                                 "stat_forecast.dim=8", "stat_forecast.heads=2", "ranker.dropout=0.0"])
+    art["stat_forecaster"] = StatForecaster.from_config(cfg.stat_forecast, 8)
     mods = enabled_modules(cfg, ds, art)
     model, builder, spec = build_ranker(cfg, ds, mods, art)
     return cfg, ds, model, builder

@@ -132,13 +132,14 @@ class OnlineExpansions:
     def rows(self, ntype: str, ids: torch.Tensor, names) -> Dict[str, torch.Tensor]:
         from ..gie.metapath import expand
 
-        out = self.store.rows(ntype, ids, [n for n in names if not n.startswith("exp_")])
-        uniq, inverse = torch.unique(ids.long(), return_inverse=True)
-        for name in names:
-            if name.startswith("exp_"):
+        walk = [n for n in names if n.startswith("exp_")]
+        out = self.store.rows(ntype, ids, [n for n in names if n not in walk])
+        if walk:
+            uniq, inverse = torch.unique(ids.long(), return_inverse=True)
+            for name in walk:
                 m = name[4:]
-                walked = expand(self.walker, self.graph, m, uniq, self.ks[m], generator=self.gen, gifted=self.gifted)
-                out[name] = walked[inverse]
+                out[name] = expand(self.walker, self.graph, m, uniq, self.ks[m], generator=self.gen,
+                                   gifted=self.gifted)[inverse]
         return {n: out[n] for n in names}
 
 

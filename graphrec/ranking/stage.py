@@ -293,7 +293,7 @@ class RankerStage(Stage):
             if not (split == SPLITS[split_name]).any():
                 continue
             entry = evaluate(scorer, ds, split_name, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1,
-                             two_stage=self._two_stage(ctx, scorer, name), topk=cfg.eval.topk)
+                             two_stage=two_stage(cfg, ds, scorer, ctx.state.get("lightgcn")), topk=cfg.eval.topk)
             record(ctx.metrics, split_name, name, entry, ctx.writer, ctx.log.info)
         test_idx = np.flatnonzero(split == SPLITS["test"])
         if len(test_idx) and not ds.implicit:
@@ -302,11 +302,6 @@ class RankerStage(Stage):
                                     torch.from_numpy(ds.impressions[ds.main_label][test_idx].astype(np.int64)), scores, 0)
         ctx.state["ranker"] = model
         ctx.state["ranker_builder"] = builder
-
-    @staticmethod
-    def _two_stage(ctx: RunContext, scorer, name: str):
-        """LightGCN's (popularity's when LightGCN is off) top ``eval.two_stage_candidates``, reranked."""
-        return two_stage(ctx.cfg, ctx.dataset, scorer, ctx.state.get("lightgcn"))
 
 
 def two_stage(cfg: Config, ds: Dataset, scorer, retriever=None):

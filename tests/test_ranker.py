@@ -237,6 +237,34 @@ def test_user_activity_counts_the_users_past_impressions_and_gifts(tiny):
     assert n_all.max() > 0 and g_all.max() > 0                  # the check is not vacuous
 
 
+def test_skipped_history_holds_the_users_earlier_impressions_without_a_gift():
+    """``ranker.histories: [gift, skipped]``: the second sequence is what the viewer saw strictly before
+    the row and did not gift (the latest ``hist_len``), so gifted and passed-over rooms are told apart."""
+    from graphrec.errors import ConfigError
+    from graphrec.ranking.stage import build_ranker, enabled_modules, history_names
+
+    from .conftest import ranker_world
+
+    cfg, ds, art = ranker_world(["ranker.histories=[main, skipped]", "ranker.hist_len=6", "ranker.use_mfq=false",
+                                 "ranker.mlp=[16]"])
+    model, builder, _ = build_ranker(cfg, ds, enabled_modules(cfg, ds, art), art)
+    assert list(model.hist_att) == ["gift", "skipped"]
+    imp = ds.impressions
+    idx = np.arange(len(imp["user"]))[::37]
+    hist = builder.impressions(idx).users.hist
+    for i, r in enumerate(idx):
+        before = (imp["user"] == imp["user"][r]) & (imp["time"] < imp["time"][r])
+        for name, label in (("gift", 1), ("skipped", 0)):
+            rows = np.flatnonzero(before & (imp["gift"] == label))
+            rows = rows[np.lexsort((rows, imp["time"][rows]))][-6:]          # the latest six, oldest first
+            got = hist[name][i].numpy()
+            assert sorted(got[got != PAD].tolist()) == sorted(imp["author"][rows].tolist())
+    assert (hist["skipped"] != PAD).sum() > (hist["gift"] != PAD).sum() > 0     # not vacuous
+    implicit = type("D", (), {"main_label": "click", "labels": ["click"], "implicit": True})()
+    with pytest.raises(ConfigError, match="skipped.*implicit"):
+        history_names(["main", "skipped"], implicit)
+
+
 def test_rows_inside_the_graphs_period_see_no_user_side_graph_features(tiny):
     """``graph.past_fraction``: before the cutoff a row's user side is that of a user without gifts."""
     _, ds, model, builder = tiny
@@ -286,6 +314,40 @@ def test_popularity_offset_adds_the_authors_rate_logit_to_the_main_head_only(tin
     assert expected.std() > 0.05                                   # the test has teeth: rates differ
     scorer = RankerScorer(with_offset, builder, pair_chunk=61)
     users, t = np.array([2, 9]), int(ds.impressions["time"][-1])
+    A = ds.num_authors
+    pairwise = scorer.pair_scores(np.repeat(users, A), np.tile(np.arange(A), 2), np.full(2 * A, t))
+    assert np.allclose(scorer.rank(users, t).numpy().ravel(), pairwise, atol=1e-4)
+
+
+def test_user_activity_as_a_bias_shifts_all_of_a_users_candidates_alike(tiny):
+    """``ranker.user_activity_bias``: the user activity leaves the tower and becomes a per-head bias, so
+    changing it moves every candidate of a user by the same logit (the per-user order cannot change),
+    while in the tower it moves candidates differently; the full ranking still equals pairwise scoring."""
+    import dataclasses
+
+    from graphrec.models.ranker import Ranker
+    from graphrec.ranking.train import RankerScorer
+
+    _, ds, model, builder = tiny
+    torch.manual_seed(0)
+    biased = Ranker(dataclasses.replace(model.spec, user_activity_bias=True)).eval()
+    model.eval()
+    assert biased.user_activity is None and biased.user_bias is not None
+    assert biased.widths[0] == model.widths[0] - model.spec.id_dim     # the activity left the tower's input
+    users, t = np.array([2, 9]), int(ds.impressions["time"][-1])
+    up, rooms = builder.rank_users(users, t), builder.all_rooms(t)
+    other = dataclasses.replace(up, activity=up.activity + torch.rand(up.activity.shape, generator=torch.Generator().manual_seed(0)))
+
+    def shift(m):                             # every author's logits: changed activity minus the real one
+        with torch.no_grad():
+            ar = m.author_side(rooms)
+            return m.logits(m.user_side(other), ar, None) - m.logits(m.user_side(up), ar, None)
+
+    d_b, d_t = shift(biased), shift(model)
+    assert d_b.abs().max() > 1e-3                                     # the bias does move the logits
+    assert (d_b - d_b[:, :1]).abs().max() < 1e-5                       # ... all of a user's authors alike
+    assert (d_t - d_t[:, :1]).abs().max() > 1e-3                       # in the tower it reorders them
+    scorer = RankerScorer(biased, builder, pair_chunk=61)
     A = ds.num_authors
     pairwise = scorer.pair_scores(np.repeat(users, A), np.tile(np.arange(A), 2), np.full(2 * A, t))
     assert np.allclose(scorer.rank(users, t).numpy().ravel(), pairwise, atol=1e-4)

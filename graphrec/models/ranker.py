@@ -70,6 +70,7 @@ class RankerSpec:
     attention_hidden: int = 32                                    # hidden units of DIN's attention MLP
     user_id: bool = True                                          # learn an embedding per user id
     popularity_offset_head: int = -1                              # head that gets w·logit(author rate); -1 = none
+    user_activity_bias: bool = False                              # user activity as an additive per-head bias only
 
 
 class UserRep(NamedTuple):
@@ -78,6 +79,7 @@ class UserRep(NamedTuple):
     hist_ids: Dict[str, torch.Tensor]    # [B, L]
     seqs: Dict[str, torch.Tensor]        # user-seeded author expansions as Θ, [B, K, td]
     seq_ids: Dict[str, torch.Tensor]     # their ids [B, K]
+    bias: Optional[torch.Tensor] = None  # [B, heads] additive user-level logit (ranker.user_activity_bias)
 
 
 class AuthorRep(NamedTuple):
@@ -109,10 +111,15 @@ class Ranker(nn.Module):
         self.author_dense = nn.Linear(spec.author_dense, d) if spec.author_dense else None
         self.hist_att = nn.ModuleDict({h: TargetAttention(d, (spec.attention_hidden,)) for h in spec.histories})
         H = len(spec.histories)
+        in_tower = bool(spec.user_activity_dim) and not spec.user_activity_bias
         user_w = d * (spec.user_id + H + len(spec.user_cats) + bool(spec.user_dense)    # id, history means, side,
-                      + bool(spec.user_activity_dim))                                    # activity
+                      + in_tower)                                                        # activity
         self.user_activity = (nn.Sequential(nn.LayerNorm(spec.user_activity_dim), nn.Linear(spec.user_activity_dim, d))
-                              if spec.user_activity_dim else None)
+                              if in_tower else None)
+        # ranker.user_activity_bias: the activity only shifts all of a user's logits alike (per head)
+        self.user_bias = (nn.Sequential(nn.LayerNorm(spec.user_activity_dim), nn.Linear(spec.user_activity_dim, d),
+                                        nn.ReLU(), nn.Linear(d, len(spec.tasks)))
+                          if spec.user_activity_dim and spec.user_activity_bias else None)
         author_w = d * (1 + len(spec.author_cats) + bool(spec.author_dense))    # id, side
         pair_w = d * H                                                          # DIN history pools
         self.pair_seqs = pair_user_seqs(spec.metapaths)
@@ -199,7 +206,8 @@ class Ranker(nn.Module):
                     seqs[m], seq_ids[m] = seq, ids
                 else:                                               # similar users, against the user's Θ
                     parts.append(self.exp_att[m](t_u, seq, ids >= 0))
-        return UserRep(torch.cat(parts, dim=1), hist_emb, up.hist, seqs, seq_ids)
+        bias = self.user_bias(up.activity) if self.user_bias is not None else None
+        return UserRep(torch.cat(parts, dim=1), hist_emb, up.hist, seqs, seq_ids, bias)
 
     def author_side(self, rp: RoomPart) -> AuthorRep:
         uniq, inv = rp.uniq, rp.inv
@@ -260,6 +268,8 @@ class Ranker(nn.Module):
             bump = torch.zeros(out.shape[-1], dtype=out.dtype, device=out.device)
             bump[h] = 1.0
             out = out + (self.offset_weight * at(ar.offset, cand)).unsqueeze(-1) * bump
+        if ur.bias is not None:
+            out = out + ur.bias.unsqueeze(1)
         return out
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -44,15 +44,19 @@ def enabled_modules(cfg: Config, ds: Dataset, artifacts: Mapping[str, Any]) -> D
 
 def history_names(names, ds: Dataset) -> List[str]:
     """``ranker.histories`` resolved: ``main`` is the dataset's main label, ``impression`` every impression,
-    any other name a label of the dataset; in order, without repeats."""
+    ``skipped`` every impression without a positive of the main label, any other name a label of the
+    dataset; in order, without repeats."""
     from ..errors import ConfigError
 
     out: List[str] = []
     for n in names:
         name = ds.main_label if n == "main" else n
-        if name != "impression" and name not in ds.labels:
-            raise ConfigError(f"ranker.histories: {n!r} is not a behaviour of this dataset; use main, impression or "
-                              f"one of its labels {ds.labels}")
+        if name not in ("impression", "skipped") and name not in ds.labels:
+            raise ConfigError(f"ranker.histories: {n!r} is not a behaviour of this dataset; use main, impression, "
+                              f"skipped or one of its labels {ds.labels}")
+        if name == "skipped" and ds.implicit:
+            raise ConfigError("ranker.histories: 'skipped' needs impression logs; this dataset is implicit "
+                              "feedback (every impression is a positive, nothing is skipped)")
         if name not in out:
             out.append(name)
     return out
@@ -117,7 +121,8 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
     train = imp["split"] == SPLITS["train"]
     histories = {}
     for name in history_names(sec.histories, ds):
-        rows = np.ones(len(imp["user"]), bool) if name == "impression" else imp[name] == 1
+        rows = (np.ones(len(imp["user"]), bool) if name == "impression" else
+                imp[main] == 0 if name == "skipped" else imp[name] == 1)
         if not ds.timed:
             rows &= train
         histories[name] = History(imp["user"][rows], imp["author"][rows], imp["time"][rows], ds.num_users, ds.timed)
@@ -172,7 +177,7 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
         product_cats=prod_model.num_cat3 if prod_model is not None else 0,
         product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout,
         fm_dim=sec.fm_dim, attention_hidden=sec.attention_hidden, user_id=sec.user_id,
-        popularity_offset_head=offset_head(sec, ds, mods, heads))
+        popularity_offset_head=offset_head(sec, ds, mods, heads), user_activity_bias=bool(sec.user_activity_bias))
     warn_if_op_degenerate(ds, mods["modalities"], int(cfg.mfq["dim"]))
     torch.manual_seed(cfg.run.seed)
     model = Ranker(spec).to(device)

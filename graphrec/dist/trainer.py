@@ -3,7 +3,8 @@
 It connects to the graph servers (``dgl.distributed.initialize``), joins the DDP group, opens the
 partitioned features as a ``DistGraph``, takes its share of the impressions (the impressions of the
 users ``dgl.distributed.node_split`` gives it, so user features are mostly local), optionally walks
-the expansions of the seeds it owns, and trains the ranker with :func:`graphrec.ranking.train.train_ranker`.
+the expansions of the seeds it owns, with ``graphcl.distributed`` pre-trains Θ on the DistGraph
+(:mod:`graphrec.dist.graphcl`), and trains the ranker with :func:`graphrec.ranking.train.train_ranker`.
 Rank 0 writes the checkpoints, ``metrics.json`` and TensorBoard; every rank writes its log and its
 share (``shares/rank<r>.npz``) to the run folder.
 """
@@ -240,6 +241,11 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         _save_npz(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids
                   {**{f"{m}_seeds": s.numpy() for m, (s, _) in mine.items()},
                    **{m: e.numpy().astype(np.int32) for m, (_, e) in mine.items()}})
+    graphcl: Dict[str, Any] = {}
+    if prepared.get("graphcl") == "distributed":      # Θ first, into the node data the ranker reads
+        from .graphcl import train_dist_graphcl
+
+        graphcl = train_dist_graphcl(cfg, ds, store, comm, run_dir, resume, log.info, writer, kick=watchdog.kick)
     model, builder, spec = build_ranker(cfg, ds, mods, artifacts, store=store)
 
     imp = ds.impressions
@@ -278,6 +284,9 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
                           "stopped_early": result.stopped_early, "epochs_run": len(result.history),
                           "resumed_from_epoch": result.resumed_from},
                "eval": evals}
+    if graphcl:
+        metrics["graphcl"] = graphcl
+        metrics["dist"]["graphcl_seconds"] = graphcl["seconds"]
     if comm.is_main:
         import dataclasses
 

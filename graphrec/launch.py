@@ -8,6 +8,10 @@ ip config: one line per machine, ``<ip> [<port>]`` (port of its first graph serv
 server ``s`` listens on port + s). The first machine also hosts the DDP rendezvous
 (``dist.master_port``). Without ``--ip-config``: one machine on 127.0.0.1.
 
+With partitions made with ``graphcl.distributed: true`` the trainers first pre-train Θ on the
+DistGraph (:mod:`graphrec.dist.graphcl`), then train the ranker on it; ``--stage graphcl`` stops after
+the pre-training.
+
 The launcher fails fast and never hangs: a graph server that exits while trainers run stops them,
 a trainer that fails stops the others and the servers, and a trainer that cannot reach a server
 fails after ``dist.connect_timeout_s``. The servers and trainers end when the launcher ends, however it

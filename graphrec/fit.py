@@ -15,6 +15,7 @@ may add in another order and differ in the last bits). Plain PyTorch: importing 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
         log: Callable[[str], None] = lambda s: None, progress: bool = False, comm: Any = None,
         validate: Optional[Callable[[torch.nn.Module, int], Dict[str, float]]] = None,
         on_epoch_end: Callable[[int, Dict[str, float]], None] = lambda e, h: None,
-        parameters: Optional[Iterable[torch.nn.Parameter]] = None) -> FitResult:
+        parameters: Optional[Iterable[torch.nn.Parameter]] = None, optimizer: Any = None) -> FitResult:
     """Train ``model`` on ``task`` as ``spec`` says; returns the history and the best epoch.
 
     ``validate(model, epoch)`` (default: ``task.validate`` when the task has one) returns metrics;
@@ -105,7 +106,10 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
     stops after ``spec.patience`` epochs without improvement. ``checkpoint``: written after every
     epoch (rank 0 only); with ``resume`` and an existing file, training continues after its epoch.
     ``parameters``: what the optimizer updates (default: every parameter of ``model``), or parameter groups
-    (dicts, e.g. with their own ``weight_decay``)."""
+    (dicts, e.g. with their own ``weight_decay``). ``optimizer``: one built by the caller instead of Adam over
+    ``parameters`` (DGL's sparse optimizer of a ``DistEmbedding``, :mod:`graphrec.dist.graphcl`), with torch's
+    interface (``zero_grad``, ``step``, ``param_groups``, ``state_dict``, ``load_state_dict``); a model without
+    dense trainable parameters is then not wrapped in DDP (its optimizer synchronises the trainers)."""
     from tqdm import tqdm
 
     from .dist.comm import LocalComm
@@ -113,13 +117,14 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
     comm = comm or LocalComm()
     device = torch.device(device)
     model.to(device)
-    net = comm.wrap(model)
     groups = list(parameters) if parameters is not None else [{"params": list(model.parameters())}]
     if groups and not isinstance(groups[0], dict):
         groups = [{"params": groups}]
     groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
     params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=spec.lr, weight_decay=spec.weight_decay)
+    net = comm.wrap(model) if params or optimizer is None else model
+    opt = optimizer or torch.optim.Adam([g for g in groups if g["params"]], lr=spec.lr,
+                                        weight_decay=spec.weight_decay)
     validate = validate or getattr(task, "validate", None)
     amp = spec.amp and device.type == "cuda"
     history: List[Dict[str, float]] = []
@@ -151,7 +156,7 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
         batches = task.batches(epoch, rng)
         steps = len(batches) if hasattr(batches, "__len__") else None
         step = epoch * steps if steps is not None else None
-        with comm.join(net):
+        with comm.join(net) if net is not model else contextlib.nullcontext():
             for i, batch in enumerate(tqdm(batches, total=steps, desc=f"{spec.tag} {epoch + 1}/{spec.epochs}",
                                            disable=not progress, leave=False)):
                 batch = to_device(batch, device)

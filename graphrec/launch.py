@@ -8,6 +8,10 @@ ip config: one line per machine, ``<ip> [<port>]`` (port of its first graph serv
 server ``s`` listens on port + s). The first machine also hosts the DDP rendezvous
 (``dist.master_port``). Without ``--ip-config``: one machine on 127.0.0.1.
 
+With partitions made with ``graphcl.distributed: true`` the trainers first pre-train Θ on the
+DistGraph (:mod:`graphrec.dist.graphcl`), then train the ranker on it; ``--stage graphcl`` stops after
+the pre-training.
+
 The launcher fails fast and never hangs: a graph server that exits while trainers run stops them,
 a trainer that fails stops the others and the servers, and a trainer that cannot reach a server
 fails after ``dist.connect_timeout_s``. The servers and trainers end when the launcher ends, however it
@@ -178,7 +182,7 @@ def refuse_if_running(run_dir: Path, machine_rank: int, resume: bool) -> None:
 
 def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optional[Path], num_trainers: int,
            num_servers: int = 1, machine_rank: Optional[int] = None, run_dir: Optional[Path] = None,
-           resume: bool = False) -> Tuple[int, Path]:
+           resume: bool = False, stage: str = "all") -> Tuple[int, Path]:
     """Start this machine's servers and trainers and wait for them; returns ``(exit code, run folder)``."""
     from .data.dataset import atomic_write_text
     from .dist.prepare import load_prepared, part_dir_of
@@ -241,6 +245,7 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
         for o in overrides:
             args += ["--set", o]
         args += ["--resume"] if resume else []
+        args += ["--stage", stage] if stage != "all" else []
         proc.trainers.append(subprocess.Popen(args, env=env, preexec_fn=die_with_launcher()))
     atomic_write_text(run_dir / f"processes-{machine_rank}.json", json.dumps(
         lifecycle.record(os.getpid(), [p.pid for p in proc.servers], [p.pid for p in proc.trainers])))
@@ -267,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--run-dir", metavar="DIR", help="run folder (default <run.out_dir>/<run.name>-dist-<time>; "
                     "required with several machines: the same shared path on each)")
     ap.add_argument("--resume", metavar="RUN_DIR", help="restart every trainer from RUN_DIR's last epoch checkpoint")
+    ap.add_argument("--stage", choices=["all", "graphcl"], default="all",
+                    help="graphcl: stop after the distributed GraphCL pre-training (graphcl.distributed partitions), "
+                         "before the ranker; all (default): GraphCL if the partitions leave it to the trainers, "
+                         "then the ranker")
     return ap
 
 
@@ -276,7 +285,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     code, run_dir = launch(args.cfg, args.overrides, Path(args.ip_config) if args.ip_config else None,
                            args.num_trainers, args.num_servers, args.machine_rank,
                            Path(args.resume or args.run_dir) if (args.resume or args.run_dir) else None,
-                           resume=bool(args.resume))
+                           resume=bool(args.resume), stage=args.stage)
     if code == 0:
         print(f"run folder: {run_dir}")
     return code

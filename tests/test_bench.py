@@ -99,13 +99,17 @@ def test_dist_benchmark_table_reads_the_one_metrics_schema():
 
     standalone = {"eval": {"val": {"mmbee": {"gift": {"auc": 0.71, "gauc": 0.70}}},
                            "test": {"mmbee": {"gift": {"auc": 0.72}}}},
-                  "ranker": {"model": "mmbee", "history": [{}, {}]}}
+                  "ranker": {"model": "mmbee", "history": [{}, {}]},
+                  "graphcl": {"link_prediction": {"trained": {"auc": 0.81}}}, "stages": [{"name": "graphcl", "seconds": 3.5}]}
     dist = {"dist": {}, "eval": {"val": {"mmbee": {"gift": {"auc": 0.69, "gauc": 0.68}}},
                                  "test": {"mmbee": {"gift": {"auc": 0.70}}}},
-            "ranker": {"model": "mmbee", "history": [{}, {}, {}]}}
+            "ranker": {"model": "mmbee", "history": [{}, {}, {}]},
+            "graphcl": {"mode": "distributed", "seconds": 2.25, "link_prediction": {"trained": {"auc": 0.79}}}}
     rows = [_row("standalone", "1 process", "gift", standalone, 10.0, 12.0),
             _row("1 machine x 2", "1 server + 2 trainers", "gift", dist, 8.0, 9.5),
             {"setup": "2 machines x 1", "skipped": "network namespaces need root"}]
     assert rows[0]["val_auc"] == 0.71 and rows[0]["epochs"] == 2 and rows[1]["test_auc"] == 0.70
     table = format_table({"main_label": "gift", "rows": rows, "cpus": 2})
     assert "0.6900" in table and "skipped: network namespaces need root" in table
+    assert (rows[0]["graphcl_seconds"], rows[0]["graphcl_mode"], rows[1]["graphcl_seconds"]) == (3.5, "standalone", 2.25)
+    assert "distributed" in table and "0.7900" in table and "3.5" in table

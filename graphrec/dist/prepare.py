@@ -1,6 +1,7 @@
 """Everything a distributed run needs before its trainers start, in one folder (``dist.part_dir``).
 
-``prepare`` runs the pipeline up to the ranker (data, graph, expansions, GraphCL, forecasters),
+``prepare`` runs the pipeline up to the ranker (data, graph, expansions, GraphCL unless
+``graphcl.distributed`` leaves it to the launched trainers (:mod:`graphrec.dist.graphcl`), forecasters),
 then partitions the heterograph with every ranker feature as node data (Θ, the expansion cache,
 statistic and product sequences, segment tokens) packed into one table per node type
 (:mod:`graphrec.dist.store`) with ``dgl.distributed.partition_graph``, and writes beside the
@@ -35,6 +36,11 @@ SIGNATURE_KEYS = (("run", "seed"), ("ranker", "use_gie"), ("ranker", "use_mfq"),
                   ("ranker", "use_u2a2a"), ("ranker", "use_a2a"), ("ranker", "use_a2u2a"), ("ranker", "realtime_steps"),
                   ("ranker", "use_activity"), ("ranker", "use_user_activity"), ("ranker", "exposure_head"))
 CHECKPOINTS = {"stat_forecast": "stat_forecast.pt", "product_forecast": "product_forecast.pt"}
+
+
+def distributed_graphcl(cfg: Config) -> bool:
+    """Whether the launched trainers train Θ (``graphcl.distributed``) instead of the partition step."""
+    return bool(cfg.graphcl.enabled and cfg.graphcl.distributed and "graphcl" not in cfg.run.skip_stages)
 
 
 def part_dir_of(cfg: Config, num_parts: Optional[int] = None) -> Path:
@@ -114,14 +120,23 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
     if not cfg.ranker.enabled:
         raise ConfigError("ranker.enabled is false: there is nothing to train distributed")
     part_dir = part_dir_of(cfg)
-    skip = sorted(set(cfg.run.skip_stages) | set(STAGES_AFTER_PARTITION))
+    dist_graphcl = distributed_graphcl(cfg)
+    skip = sorted(set(cfg.run.skip_stages) | set(STAGES_AFTER_PARTITION) | ({"graphcl"} if dist_graphcl else set()))
     prep_cfg = Config({s: Section(dict(v)) for s, v in cfg.items()})
     prep_cfg.run["skip_stages"] = skip
     prep_cfg.run["name"] = f"{cfg.run.name}-partition"
     result = run(prep_cfg, config_file=config_file)
     ds = result.state["dataset"]
-    mods = enabled_modules(cfg, ds, result.state)
-    data = node_data(ds, mods, result.state)
+    state = dict(result.state)
+    if dist_graphcl and "expansions" in state:      # a Θ column for the trainers to fill (graphrec.dist.graphcl)
+        state["theta"] = torch.zeros(ds.num_users + ds.num_authors, cfg.graphcl.dim)
+    mods = enabled_modules(cfg, ds, state)
+    data = node_data(ds, mods, state)
+    dist_graphcl = dist_graphcl and mods["theta_pretrained"]
+    if dist_graphcl:                                # its positives, whether the ranker reads them or not
+        for nt, m in (("user", "u2a2u"), ("author", "a2u2a")):
+            data.setdefault(nt, {}).setdefault(f"exp_{m}", torch.from_numpy(
+                np.ascontiguousarray(state["expansions"][m], dtype=np.int32)))
     seg_author = ds.tables["segments"]["author"] if mods["modalities"] else None
     graph_name = graph_name_for(part_dir)
     part_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +161,7 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
                 checkpoints[key] = f"checkpoints/{fname}"
         prepared = {"format": PARTITION_FORMAT, "graph_name": graph_name, "part_config": f"{graph_name}.json", "num_parts": cfg.dist.num_parts,
                     "part_method": method, "modules": mods, "checkpoints": checkpoints,
-                    "features": layouts,
+                    "features": layouts, "graphcl": "distributed" if dist_graphcl else "standalone",
                     "num_nodes": {nt: int(len(ids)) for nt, ids in orig.items()},
                     "prepared_by": str(result.run_dir), "signature": signature(cfg)}
         atomic_write_text(tmp / PREPARED, json.dumps(prepared, indent=2))

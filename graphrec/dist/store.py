@@ -141,13 +141,12 @@ class FeatureStore:
 
     def write(self, ntype: str, ids: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
         """Overwrite features ``{name: [len(ids), ...]}`` of nodes ``ids`` (original ids, distinct) in the
-        packed table, where every trainer reads them (the walked expansions, ``dist.expansion=walk``).
+        packed table (and on their own, for a feature also stored alone), where every trainer reads them (the
+        walked expansions of ``dist.expansion=walk``, the distributed GraphCL's Θ).
         Whole rows are pulled, patched and pushed back: trainers must write disjoint rows."""
         columns = self._columns(ntype, list(values))
         for name, v in values.items():
             want = tuple(columns[name]["shape"])
-            if name in self.layouts[ntype]["alone"]:
-                raise ValueError(f"{ntype} feature '{name}' is also stored on its own; it cannot be rewritten")
             if tuple(v.shape) != (len(ids),) + want:
                 raise ValueError(f"{ntype} feature '{name}': writing {tuple(v.shape)} into rows of {want} per node "
                                  f"(were the partitions made with other expansion settings? re-run graphrec.partition)")
@@ -161,6 +160,9 @@ class FeatureStore:
             piece = v.to(DTYPES[col["dtype"]]).contiguous().reshape(len(new), -1).view(torch.uint8)
             rows[:, col["offset"]:col["offset"] + piece.shape[1]] = piece
         table[new] = rows
+        for name in self.layouts[ntype]["alone"]:          # kept equal to its column of the packed table
+            if name in values:
+                self.graph.nodes[ntype].data[name][new] = values[name].to(DTYPES[columns[name]["dtype"]])
 
     def _pull(self, source, ntype: str, new_ids: torch.Tensor) -> torch.Tensor:
         """``source[new_ids]``, counted (see the class docstring)."""

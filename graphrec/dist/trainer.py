@@ -3,7 +3,8 @@
 It connects to the graph servers (``dgl.distributed.initialize``), joins the DDP group, opens the
 partitioned features as a ``DistGraph``, takes its share of the impressions (the impressions of the
 users ``dgl.distributed.node_split`` gives it, so user features are mostly local), optionally walks
-the expansions of the seeds it owns, and trains the ranker with :func:`graphrec.ranking.train.train_ranker`.
+the expansions of the seeds it owns, with ``graphcl.distributed`` pre-trains Θ on the DistGraph
+(:mod:`graphrec.dist.graphcl`), and trains the ranker with :func:`graphrec.ranking.train.train_ranker`.
 Rank 0 writes the checkpoints, ``metrics.json`` and TensorBoard; every rank writes its log and its
 share (``shares/rank<r>.npz``) to the run folder.
 """
@@ -176,8 +177,10 @@ class FeatureReads:
                 "per_rank": per_rank}
 
 
-def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False) -> Dict[str, Any]:
-    """The body of one trainer; every rank returns the same metrics (rank 0 also writes them)."""
+def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False,
+          stage: str = "all") -> Dict[str, Any]:
+    """The body of one trainer; every rank returns the same metrics (rank 0 also writes them). ``stage``
+    ``graphcl``: stop after the distributed GraphCL pre-training (metrics: its entry only)."""
     import dgl
 
     from ..checkpoint import save_checkpoint
@@ -240,6 +243,22 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         _save_npz(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids
                   {**{f"{m}_seeds": s.numpy() for m, (s, _) in mine.items()},
                    **{m: e.numpy().astype(np.int32) for m, (_, e) in mine.items()}})
+    graphcl: Dict[str, Any] = {}
+    if prepared.get("graphcl") == "distributed":      # Θ first, into the node data the ranker reads
+        from .graphcl import train_dist_graphcl
+
+        graphcl = train_dist_graphcl(cfg, ds, store, comm, run_dir, resume, log.info, writer, kick=watchdog.kick)
+    elif stage == "graphcl":
+        raise UserError(f"--stage graphcl: the partitions in {part_dir} hold a Θ trained by graphrec.partition; "
+                        f"partition with --set graphcl.distributed=true to pre-train on the trainers")
+    if stage == "graphcl":
+        watchdog.stop()
+        metrics = {"run": {"dir": str(run_dir), "seed": cfg.run.seed, "distributed": True, "stage": stage},
+                   "dist": {"world_size": comm.world, "num_parts": prepared["num_parts"], "part_dir": str(part_dir),
+                            "graphcl_seconds": graphcl["seconds"], "wall_seconds": time.perf_counter() - t_start},
+                   "graphcl": graphcl}
+        _write_metrics(run_dir, metrics, writer, comm)
+        return metrics
     model, builder, spec = build_ranker(cfg, ds, mods, artifacts, store=store)
 
     imp = ds.impressions
@@ -278,21 +297,30 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
                           "stopped_early": result.stopped_early, "epochs_run": len(result.history),
                           "resumed_from_epoch": result.resumed_from},
                "eval": evals}
+    if graphcl:
+        metrics["graphcl"] = graphcl
+        metrics["dist"]["graphcl_seconds"] = graphcl["seconds"]
     if comm.is_main:
         import dataclasses
 
-        from ..data.dataset import atomic_write_text
-        from ..stage import jsonable
-
         save_checkpoint(run_dir / "checkpoints" / "ranker.pt",
                         {"state_dict": model.state_dict(), "spec": dataclasses.asdict(spec)})
-        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=jsonable))
-        writer.close()
-    comm.barrier()
+    _write_metrics(run_dir, metrics, writer, comm)
     # the process group is not destroyed: ProcessGroupGloo's destructor joins its worker threads while
     # holding the GIL, and a worker still freeing the tensors of the last collective waits for the GIL (a
     # deadlock, seen in about 1 of 10 runs). The process leaves with os._exit instead (see __main__).
     return metrics
+
+
+def _write_metrics(run_dir: Path, metrics: Dict[str, Any], writer, comm) -> None:
+    """Rank 0 writes ``metrics.json`` and closes TensorBoard; then every rank waits for it."""
+    if comm.is_main:
+        from ..data.dataset import atomic_write_text
+        from ..stage import jsonable
+
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=jsonable))
+        writer.close()
+    comm.barrier()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -304,6 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--ip-config", required=True)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--stage", choices=["all", "graphcl"], default="all")
     args = ap.parse_args(argv)
     rank = os.environ.get("RANK", "?")
 
@@ -315,7 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         cfg = load_config(args.cfg, args.overrides)
-        train(cfg, Path(args.part_dir), Path(args.run_dir), Path(args.ip_config), args.resume)
+        train(cfg, Path(args.part_dir), Path(args.run_dir), Path(args.ip_config), args.resume, args.stage)
     except UserError as exc:
         print(f"error: trainer {rank}: {exc}", file=sys.stderr, flush=True)
         return 2

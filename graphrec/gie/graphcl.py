@@ -30,6 +30,21 @@ from torch import nn
 from .metapath import PAD
 
 
+def graphcl_loss(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor, temperature: float,
+                 nce_weight: float) -> Dict[str, torch.Tensor]:
+    """``L_CE + λ·L_NCE`` of the embeddings of anchors ``a [B, d]``, their positives ``p [B, d]`` and
+    negatives ``n [B, M, d]``: the one loss of Algorithm 1, whether Θ is a local table (:class:`GraphCL`)
+    or a ``DistEmbedding`` (:mod:`graphrec.dist.graphcl`)."""
+    pos_dot = (a * p).sum(-1)
+    neg_dot = torch.einsum("bd,bmd->bm", a, n)
+    l_ce = F.binary_cross_entropy_with_logits(pos_dot, torch.ones_like(pos_dot)) + \
+        F.binary_cross_entropy_with_logits(neg_dot, torch.zeros_like(neg_dot))
+    an, pn, nn_ = F.normalize(a, dim=-1), F.normalize(p, dim=-1), F.normalize(n, dim=-1)
+    logits = torch.cat([(an * pn).sum(-1, keepdim=True), torch.einsum("bd,bmd->bm", an, nn_)], dim=1)
+    l_nce = F.cross_entropy(logits / temperature, torch.zeros(len(a), dtype=torch.long, device=a.device))
+    return {"loss": l_ce + nce_weight * l_nce, "ce": l_ce, "nce": l_nce}
+
+
 class GraphCL(nn.Module):
     """The embedding table Θ (``[num_users + num_authors, dim]``) and the GraphCL loss."""
 
@@ -45,18 +60,8 @@ class GraphCL(nn.Module):
     def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``L_CE + λ·L_NCE`` of ``anchor [B]``, ``positive [B]``, ``negatives [B, M]`` (global node ids,
         authors offset by ``num_users``)."""
-        a = self.theta(anchor)
-        p = self.theta(positive)
-        n = self.theta(negatives)
-        pos_dot = (a * p).sum(-1)
-        neg_dot = torch.einsum("bd,bmd->bm", a, n)
-        l_ce = F.binary_cross_entropy_with_logits(pos_dot, torch.ones_like(pos_dot)) + \
-            F.binary_cross_entropy_with_logits(neg_dot, torch.zeros_like(neg_dot))
-        an, pn, nn_ = F.normalize(a, dim=-1), F.normalize(p, dim=-1), F.normalize(n, dim=-1)
-        logits = torch.cat([(an * pn).sum(-1, keepdim=True), torch.einsum("bd,bmd->bm", an, nn_)], dim=1)
-        l_nce = F.cross_entropy(logits / self.temperature, torch.zeros(len(anchor), dtype=torch.long,
-                                                                       device=anchor.device))
-        return {"loss": l_ce + self.nce_weight * l_nce, "ce": l_ce, "nce": l_nce}
+        return graphcl_loss(self.theta(anchor), self.theta(positive), self.theta(negatives), self.temperature,
+                            self.nce_weight)
 
     def author_embeddings(self) -> torch.Tensor:
         return self.theta.weight[self.num_users:].detach()
@@ -92,9 +97,13 @@ class GraphCLTask:
         order = self.nodes[torch.randperm(len(self.nodes), device=self.nodes.device)]
         return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
 
+    def candidates(self, anchor: torch.Tensor) -> torch.Tensor:
+        """``[B, K]`` positives of each anchor (global ids, ``PAD`` = none)."""
+        return self.pos[anchor]
+
     def loss(self, model, anchor: torch.Tensor):
         dev = anchor.device
-        cand = self.pos[anchor]
+        cand = self.candidates(anchor)
         valid = cand >= 0
         # one random valid positive per anchor: argmax of random keys over valid slots
         pick = torch.where(valid, torch.rand(cand.shape, device=dev), -1.0).argmax(dim=1)

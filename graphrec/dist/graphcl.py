@@ -1,0 +1,271 @@
+"""GraphCL pre-training of Θ on DGL's distributed engine (``graphcl.distributed: true``).
+
+The partitions are made Θ-less (:mod:`graphrec.dist.prepare` skips the standalone graphcl stage and
+stores a zero Θ column), and every trainer of ``python -m graphrec.launch`` trains Θ as its first phase,
+before the ranker:
+
+* Θ is two ``dgl.distributed.DistEmbedding`` tables (users, authors), sharded like the nodes of the
+  DistGraph and updated by ``dgl.distributed.optim.SparseAdam``; there are no dense parameters, so there
+  is nothing for DDP to synchronise (the sparse optimizer exchanges the gradients itself).
+* Anchors: each trainer's ``dgl.distributed.node_split`` share of users and of authors (the same split as the
+  ranker's impressions), kept where the node has a positive, iterated with ``DistDataLoader``. Every trainer
+  makes the same number of steps per epoch (the sparse optimizer's step is a collective): the one with fewer
+  anchors makes slightly smaller batches, and pads with empty steps if that is not enough.
+* Positives: a random valid entry of the node's ``u2a2u`` / ``a2u2a`` expansion, read from the node data
+  (the offline cache, or what the distributed walker wrote); negatives uniform of the same type.
+* The loss is :func:`graphrec.gie.graphcl.graphcl_loss`, the standalone one, over the gathered rows, and the
+  loop is :func:`graphrec.fit.fit` with the sparse optimizer: early stopping on the link prediction of the
+  validation gifts, the best epoch's Θ kept, a checkpoint after every epoch (rank 0 writes the whole Θ and
+  optimizer tables, every trainer loads its slice back on ``--resume``).
+* Θ starts from the standalone stage's initial table (same seed), and the trained Θ (zero for nodes without
+  a positive, as standalone) is written into the DistGraph's node data the ranker reads (the packed table
+  and Θ alone), by each trainer for its own share: no copy through one machine.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..gie.graphcl import GraphCL, GraphCLTask, graphcl_loss, link_prediction
+from ..gie.metapath import PAD
+
+NTYPES = ("user", "author")
+POSITIVES = {"user": "exp_u2a2u", "author": "exp_a2u2a"}      # node data holding each type's positives
+
+
+def owned_nodes(store, ntype: str, rank: int) -> torch.Tensor:
+    """Original ids of the ``ntype`` nodes ``dgl.distributed.node_split`` gives trainer ``rank`` (disjoint and
+    covering across trainers; mostly nodes of this machine's partition)."""
+    import dgl
+
+    g = store.graph
+    mask = torch.ones(g.num_nodes(ntype), dtype=torch.bool)
+    new = dgl.distributed.node_split(mask, g.get_partition_book(), ntype=ntype, force_even=True, rank=rank)
+    return store.orig_of_new[ntype][new]
+
+
+def _chunk(n: int, rank: int, world: int) -> torch.Tensor:
+    """The rows ``[rank*n/world, (rank+1)*n/world)``: which slice of a whole table each trainer writes back."""
+    return torch.arange(n * rank // world, n * (rank + 1) // world)
+
+
+class DistTheta(nn.Module):
+    """Θ as one ``DistEmbedding`` per node type, addressed with the standalone global ids (users, then
+    authors offset by ``num_users``); ``forward`` is :class:`GraphCL`'s loss over the gathered rows.
+    ``state_dict`` is the whole table (new-id order), ``load_state_dict`` writes it back, each trainer its slice."""
+
+    def __init__(self, store, num_users: int, num_authors: int, dim: int, temperature: float, nce_weight: float,
+                 comm, name: str, on_read: Callable[[], None] = lambda: None) -> None:
+        from dgl.distributed import DistEmbedding
+
+        super().__init__()
+        self.store, self.comm, self.on_read = store, comm, on_read
+        self.num_users, self.num_authors = num_users, num_authors
+        self.temperature, self.nce_weight = temperature, nce_weight
+        g = store.graph
+        self.emb = {nt: DistEmbedding(g.num_nodes(nt), dim, name=f"{name}_{nt}",
+                                      part_policy=g.get_node_partition_policy(nt)) for nt in NTYPES}
+
+    def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> Dict[str, torch.Tensor]:
+        self.on_read()
+        B = len(anchor)
+        ids = torch.cat([anchor, positive, negatives.reshape(-1)])
+        uniq, inv = torch.unique(ids, return_inverse=True)        # sorted: the users, then the authors
+        is_user = uniq < self.num_users
+        parts = []
+        for nt, orig in (("user", uniq[is_user]), ("author", uniq[~is_user] - self.num_users)):
+            if len(orig):                  # an empty pull would leave a gradient-less trace
+                parts.append(self.emb[nt](self.store.new_of_orig[nt][orig]))
+        rows = torch.cat(parts)[inv]
+        a, p, n = rows[:B], rows[B:2 * B], rows[2 * B:].view(B, negatives.shape[1], -1)
+        return graphcl_loss(a, p, n, self.temperature, self.nce_weight)
+
+    def table(self, ntype: str, orig: torch.Tensor) -> torch.Tensor:
+        """Θ rows of ``ntype`` nodes ``orig`` (original ids)."""
+        self.on_read()
+        return self.emb[ntype].weight[self.store.new_of_orig[ntype][orig.long()]]
+
+    def author_embeddings(self) -> torch.Tensor:
+        return self.table("author", torch.arange(self.num_authors))
+
+    def state_dict(self, *args, **kwargs) -> Dict[str, torch.Tensor]:      # type: ignore[override]
+        self.on_read()
+        return {nt: e.weight[torch.arange(e.num_embeddings)] for nt, e in self.emb.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True):   # type: ignore[override]
+        for nt, e in self.emb.items():
+            rows = _chunk(e.num_embeddings, self.comm.rank, self.comm.world)
+            if len(rows):
+                e.weight[rows] = state[nt][rows]
+        self.comm.barrier()
+        self.on_read()
+
+
+class SparseOptimizer:
+    """``dgl.distributed.optim.SparseAdam`` behind torch's optimizer interface, for :func:`graphrec.fit.fit`.
+    ``state_dict``: the whole state tables (every trainer can read them); ``load_state_dict``: each trainer
+    writes its slice back."""
+
+    def __init__(self, theta: DistTheta, lr: float) -> None:
+        from dgl.distributed.optim import SparseAdam
+
+        self.theta = theta
+        self.opt = SparseAdam(list(theta.emb.values()), lr=lr)
+        self.param_groups = [{"lr": lr}]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.opt.zero_grad()
+
+    def step(self) -> None:
+        self.opt.step()
+
+    def state_dict(self) -> Dict[str, List[torch.Tensor]]:
+        return {nt: [t[torch.arange(e.num_embeddings)] for t in self.opt._state[e.name]]
+                for nt, e in self.theta.emb.items()}
+
+    def load_state_dict(self, state: Mapping[str, List[torch.Tensor]]) -> None:
+        comm = self.theta.comm
+        for nt, e in self.theta.emb.items():
+            rows = _chunk(e.num_embeddings, comm.rank, comm.world)
+            for t, saved in zip(self.opt._state[e.name], state[nt]):
+                if len(rows):
+                    t[rows] = saved[rows]
+        comm.barrier()
+
+
+class DistGraphCLTask(GraphCLTask):
+    """Algorithm 1 on this trainer's anchors (original global ids, each with a positive) whose candidate
+    positives ``rows [n, K]`` (global ids, ``PAD`` = none) were read from the node data; ``steps`` batches per
+    epoch, drawn by ``DistDataLoader``, padded with empty ones to ``steps``."""
+
+    def __init__(self, anchors: torch.Tensor, rows: torch.Tensor, num_users: int, num_authors: int, negatives: int,
+                 steps: int) -> None:
+        self.anchors, self.rows, self.num_users, self.num_authors = anchors, rows, num_users, num_authors
+        self.negatives, self.steps = negatives, steps
+        self.row_of = torch.full((num_users + num_authors,), -1, dtype=torch.long)
+        self.row_of[anchors] = torch.arange(len(anchors))
+        self.per_batch = max(1, math.ceil(len(anchors) / max(steps, 1)))
+
+    def batches(self, epoch: int, rng) -> List[torch.Tensor]:
+        from dgl.distributed import DistDataLoader
+
+        out: List[torch.Tensor] = []
+        if len(self.anchors):
+            loader = DistDataLoader(self.anchors.numpy(), batch_size=self.per_batch, shuffle=True,
+                                    collate_fn=lambda xs: torch.as_tensor(np.asarray(xs, dtype=np.int64)))
+            out = list(loader)
+        return out + [torch.empty(0, dtype=torch.long)] * (self.steps - len(out))
+
+    def candidates(self, anchor: torch.Tensor) -> torch.Tensor:
+        return self.rows[self.row_of[anchor]]
+
+    def loss(self, model, anchor: torch.Tensor):
+        if len(anchor) == 0:           # a padding step: nothing to learn, but the optimizer's collective runs
+            zero = torch.zeros((), requires_grad=True)
+            return zero, 0, {"ce": zero.detach(), "nce": zero.detach()}
+        return super().loss(model, anchor)
+
+
+def read_anchors(store, num_users: int, rank: int):
+    """This trainer's share of both node types: ``(nodes [N] global ids, has_positive [N], rows [N, K])``."""
+    nodes, rows = [], []
+    for nt in NTYPES:
+        orig = owned_nodes(store, nt, rank)
+        cand = store.rows(nt, orig, [POSITIVES[nt]])[POSITIVES[nt]].long()
+        if nt == "author":
+            orig = orig + num_users
+            cand = torch.where(cand >= 0, cand + num_users, PAD)
+        nodes.append(orig)
+        rows.append(cand)
+    width = max(r.shape[1] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, width - r.shape[1]), value=PAD) for r in rows]
+    nodes, rows = torch.cat(nodes), torch.cat(rows)
+    return nodes, (rows >= 0).any(dim=1), rows
+
+
+def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: Callable[[str], None],
+                       writer: Any = None, kick: Callable[[], None] = lambda: None) -> Dict[str, Any]:
+    """Train Θ across the trainers and write it into the DistGraph's ``theta`` node data; returns the
+    metrics entry (the same keys as the standalone stage's, plus ``seconds`` and the shares)."""
+    from ..data.dataset import SPLITS
+    from ..data.split import graph_period
+    from ..fit import FitSpec, fit
+    from ..gie.graph import gift_edges
+
+    t0 = time.perf_counter()
+    sec, seed = cfg.graphcl, cfg.run.seed
+    U, A = ds.num_users, ds.num_authors
+    nodes, has_pos, rows = read_anchors(store, U, comm.rank)
+    anchors = nodes[has_pos]
+    steps = max(math.ceil(n / sec.batch_size) for n in comm.gather(len(anchors)))
+    from .trainer import _save_npz
+
+    _save_npz(run_dir / "shares" / f"graphcl-rank{comm.rank}.npz", {"anchors": anchors.numpy()})
+    log(f"graphcl: {len(anchors):,} anchors of {len(nodes):,} owned nodes, {steps} steps per epoch")
+
+    theta = DistTheta(store, U, A, sec.dim, sec.temperature, sec.nce_weight, comm, name="graphcl_theta", on_read=kick)
+    torch.manual_seed(seed)            # the standalone stage's initial Θ (the untrained baseline too)
+    initial = GraphCL(U, A, sec.dim).theta.weight.detach().clone()
+    theta.load_state_dict({"user": initial[:U][store.orig_of_new["user"]],
+                           "author": initial[U:][store.orig_of_new["author"]]})
+    opt = SparseOptimizer(theta, sec.lr)
+    task = DistGraphCLTask(anchors, rows[has_pos], U, A, sec.negatives, steps)
+
+    split = ds.impressions["split"]
+    label = cfg.graph.label or ds.main_label
+    tu, ta, _, _ = gift_edges(ds, label, graph_period(ds, cfg.graph.past_fraction)[0])
+    vu, va, _, _ = gift_edges(ds, label, split == SPLITS["val"])
+    hu, ha, _, _ = gift_edges(ds, label, split == SPLITS["test"])
+    validate = None
+    if len(vu):
+        def validate(model, epoch: int) -> Dict[str, float]:
+            rep = {}
+            if comm.is_main:          # one reader; every trainer takes its numbers (one early-stopping decision)
+                lp = link_prediction(model.author_embeddings(), tu, ta, vu, va, sec.eval_negatives, seed)
+                rep = {"link_auc": lp["auc"], "link_mrr": lp.get("mrr", float("nan"))}
+            return comm.gather(rep)[0]
+    spec = FitSpec(epochs=sec.epochs, lr=sec.lr, seed=seed, tag="graphcl",
+                   patience=sec.get("patience", 0) if validate else 0, monitor="link_auc" if validate else None)
+    result = fit(theta, task, spec, "cpu", checkpoint=run_dir / "checkpoints" / "graphcl_last.pt", resume=resume,
+                 writer=writer, log=log, comm=comm, validate=validate, optimizer=opt)
+    train_seconds = time.perf_counter() - t0
+
+    # Θ into the node data the ranker reads: each trainer its own share, zero where there is no positive
+    for nt in NTYPES:
+        mine = nodes[nodes >= U] - U if nt == "author" else nodes[nodes < U]
+        pos = has_pos[nodes >= U] if nt == "author" else has_pos[nodes < U]
+        values = theta.table(nt, mine)
+        values[~pos] = 0.0
+        store.write(nt, mine, {"theta": values})
+    store.graph.barrier()
+    comm.barrier()
+
+    quality: Dict[str, Any] = {}
+    if comm.is_main:
+        # what the ranker will read, both ways (Θ alone and its column of the packed table), against Θ
+        ids = torch.arange(A)
+        want = theta.table("author", ids)
+        want[~(store.rows("author", ids, [POSITIVES["author"]])[POSITIVES["author"]] >= 0).any(dim=1)] = 0.0
+        got = [store.rows("author", ids, names)["theta"] for names in (["theta"], ["theta", POSITIVES["author"]])]
+        quality["node_data_max_abs_diff"] = max(float((g - want).abs().max()) for g in got) if A else 0.0
+        if not len(hu):
+            hu, ha = vu, va
+        quality.update({"trained": link_prediction(theta.author_embeddings(), tu, ta, hu, ha, sec.eval_negatives, seed),
+                        "untrained": link_prediction(initial[U:], tu, ta, hu, ha, sec.eval_negatives, seed)})
+        log(f"graphcl ({len(result.history)} epochs, best {result.best_epoch}) link prediction on "
+            f"{quality['trained']['pairs']} test gifts: trained AUC {quality['trained']['auc']:.4f}, "
+            f"untrained AUC {quality['untrained']['auc']:.4f}")
+    quality = comm.gather(quality)[0]
+    return {"mode": "distributed", "final_loss": result.history[-1]["train_loss"] if result.history else float("nan"),
+            "history": result.history, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "resumed_from_epoch": result.resumed_from,
+            "link_prediction": {k: quality[k] for k in ("trained", "untrained")},
+            "node_data_max_abs_diff": quality["node_data_max_abs_diff"],
+            "anchors": comm.gather(int(len(anchors))), "steps_per_epoch": steps,
+            "train_seconds": train_seconds, "seconds": time.perf_counter() - t0}

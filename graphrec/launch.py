@@ -201,6 +201,11 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
     if prepared["num_parts"] != len(machines):
         raise ConfigError(f"{ip_config}: {len(machines)} machine(s), but {part_dir} holds {prepared['num_parts']} "
                           f"partition(s); every machine serves one partition")
+    import torch
+
+    from .dist.comm import trainer_device
+
+    trainer_device(cfg.run.device, cfg.dist.backend, num_trainers - 1, torch.cuda.device_count())  # one GPU each
     if machine_rank is None:
         machine_rank = 0 if len(machines) == 1 else local_machine(machines)
     if not 0 <= machine_rank < len(machines):

@@ -255,3 +255,21 @@ def test_kill_9_of_one_machines_launcher_stops_both_machines(tmp_path, two_machi
           f"machine 1's launcher")
     assert f"machine 1 ({two_machines[1].ip}" in err0, err0[-3000:]
     assert not any(pid_alive(x) for x in _children(recs[0]))
+
+
+def test_trainer_device_puts_one_trainer_on_each_gpu_and_picks_its_backend():
+    """``run.device`` + ``dist.backend`` → each trainer's device and the DDP backend: nccl with one GPU per
+    ``LOCAL_RANK`` on GPU machines (``auto``), gloo on CPU; impossible combinations name the key."""
+    from graphrec.dist.comm import trainer_device
+    from graphrec.errors import ConfigError
+
+    assert trainer_device("cpu", "auto", 3, 8) == ("cpu", "gloo")
+    assert trainer_device("auto", "auto", 0, 0) == ("cpu", "gloo")
+    assert trainer_device("auto", "auto", 1, 2) == ("cuda:1", "nccl")
+    assert trainer_device("cuda", "gloo", 0, 1) == ("cuda:0", "gloo")
+    with pytest.raises(ConfigError, match="--num-trainers"):
+        trainer_device("cuda", "auto", 2, 2)                     # a third trainer on a two-GPU machine
+    with pytest.raises(ConfigError, match="dist.backend=nccl"):
+        trainer_device("cpu", "nccl", 0, 4)
+    with pytest.raises(ConfigError, match="run.device=cuda"):
+        trainer_device("cuda", "auto", 0, 0)

@@ -116,3 +116,45 @@ def test_graphcl_and_forecaster_steps_on_cuda_match_cpu():
         res[dev] = (gl(anchor.to(dev), pos.to(dev), neg.to(dev))["loss"].item(), fl(x.to(dev))[0].detach().cpu())
     assert res["cpu"][0] == pytest.approx(res["cuda"][0], rel=1e-4)
     assert torch.allclose(res["cpu"][1], res["cuda"][1], atol=1e-4)
+
+
+def test_nccl_trainer_step_equals_a_plain_cuda_step(monkeypatch):
+    """A distributed GPU trainer (``run.device`` cuda, ``dist.backend: auto``): trainer ``LOCAL_RANK`` 0 on
+    GPU 0 with nccl; one DDP-wrapped ranker step in a one-process nccl group gives the plain CUDA step's
+    loss and gradients, and the trainers' object gather works over nccl. (The launcher's trainers also need
+    DGL, which GPU machines here lack: this runs the torch part of that path.)"""
+    import copy
+    import socket
+
+    import torch.distributed as dist
+
+    from graphrec.dist.comm import DDPComm, trainer_device
+    from graphrec.ranking.train import RankerObjective
+
+    model, builder, spec, ds = _tiny_ranker()
+    objective = RankerObjective(spec.tasks, ds.labels, {t: 1.0 for t in ds.labels}, False, None)
+    device, backend = trainer_device("cuda", "auto", 0, torch.cuda.device_count())
+    assert (device, backend) == ("cuda:0", "nccl")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    comm = DDPComm(backend, timeout_s=60, device=device)
+    try:
+        batch = builder.impressions(np.arange(256)).to(device)
+        net, plain = comm.wrap(copy.deepcopy(model).to(device)), copy.deepcopy(model).to(device)
+        losses = []
+        for m in (net, plain):
+            loss = objective(m(batch), batch)
+            loss.backward()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+        grads = {k: p.grad for k, p in plain.named_parameters() if p.grad is not None}
+        assert len(grads) > 10
+        for k, p in net.module.named_parameters():
+            if k in grads:
+                assert torch.allclose(p.grad, grads[k], rtol=1e-5, atol=1e-7), k
+        assert comm.gather({"rank": comm.rank}) == [{"rank": 0}]
+    finally:
+        dist.destroy_process_group()

@@ -7,7 +7,7 @@ TORCH_ONLY = ["graphrec.fit", "graphrec.schema", "graphrec.evaluation", "graphre
               "graphrec.models.lightgcn", "graphrec.ranking.batch", "graphrec.ranking.batches",
               "graphrec.ranking.features", "graphrec.ranking.train", "graphrec.ranking.stage", "graphrec.gie.graphcl",
               "graphrec.gie.metapath", "graphrec.gie.graph", "graphrec.pipeline", "graphrec.run",
-              "graphrec.bench", "graphrec.foresight", "graphrec.reload", "graphrec.seeds", "graphrec.serve"]
+              "graphrec.bench", "graphrec.dist.comm", "graphrec.foresight", "graphrec.reload", "graphrec.seeds", "graphrec.serve"]
 
 SCRIPT = """
 import sys

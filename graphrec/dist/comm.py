@@ -11,11 +11,30 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .lifecycle import WATCHDOG_EXIT, pid_alive
+
+
+def trainer_device(run_device: str, backend: str, local_rank: int, cuda_count: int) -> Tuple[str, str]:
+    """``(device, backend)`` of one distributed trainer: with ``run.device`` cuda (or auto on a machine with
+    GPUs) trainer ``LOCAL_RANK`` trains on GPU ``local_rank`` and ``dist.backend: auto`` means nccl; on CPU,
+    gloo. Errors name the key at fault."""
+    from ..errors import ConfigError
+
+    use_cuda = run_device == "cuda" or (run_device == "auto" and cuda_count > 0)
+    if run_device == "cuda" and cuda_count == 0:
+        raise ConfigError("run.device=cuda but this machine has no CUDA device; use run.device=auto or cpu")
+    if not use_cuda:
+        if backend == "nccl":
+            raise ConfigError("dist.backend=nccl needs the trainers on GPUs (run.device=cuda); use auto or gloo")
+        return "cpu", "gloo"
+    if local_rank >= cuda_count:
+        raise ConfigError(f"trainer {local_rank} of this machine has no GPU of its own ({cuda_count} visible): "
+                          f"start at most {cuda_count} trainers per machine (--num-trainers) or set run.device=cpu")
+    return f"cuda:{local_rank}", ("nccl" if backend == "auto" else backend)
 
 
 class LocalComm:
@@ -43,15 +62,17 @@ class DDPComm(LocalComm):
     """``torch.distributed`` from the launcher's environment (``MASTER_ADDR``/``PORT``, ``RANK``,
     ``WORLD_SIZE``). Must be created after ``dgl.distributed.initialize`` (DGL's rule)."""
 
-    def __init__(self, backend: str = "gloo", timeout_s: float = 300.0) -> None:
+    def __init__(self, backend: str = "gloo", timeout_s: float = 300.0, device: Optional[str] = None) -> None:
         import torch.distributed as dist
 
         self.rank = int(os.environ["RANK"])
         self.world = int(os.environ["WORLD_SIZE"])
         self.backend = backend
+        self.device = torch.device(device) if device is not None and torch.device(device).type == "cuda" else None
+        if self.device is not None:
+            torch.cuda.set_device(self.device)         # nccl's collectives run on the current device
         dist.init_process_group(backend, rank=self.rank, world_size=self.world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if backend == "nccl" else None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel

@@ -190,7 +190,7 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     from ..models.stat_forecaster import StatForecaster
     from ..ranking.stage import build_ranker, model_name, train_ranker
     from ..ranking.train import RankerScorer
-    from .comm import DDPComm, Watchdog
+    from .comm import DDPComm, Watchdog, trainer_device
     from .prepare import load_orig_ids, load_prepared
     from .store import FeatureStore
     from .walk import walk_owned_expansions
@@ -203,7 +203,9 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         raise ServerUnreachable(f"cannot reach every graph server of {ip_config} within dist.connect_timeout_s="
                                 f"{cfg.dist.connect_timeout_s} (is graphrec.launch running on every machine?): "
                                 f"{exc.message}") from None
-    comm = DDPComm(cfg.dist.backend, timeout_s=cfg.dist.stall_timeout_s)
+    device, backend = trainer_device(cfg.run.device, cfg.dist.backend, int(os.environ.get("LOCAL_RANK", 0)),
+                                     torch.cuda.device_count())
+    comm = DDPComm(backend, timeout_s=cfg.dist.stall_timeout_s, device=device)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = _logger(run_dir, comm.rank, comm.world)
     writer = NullWriter()
@@ -270,13 +272,14 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
 
     reads = FeatureReads(store, builder, log.info)
     t_train = time.perf_counter()
-    result = train_ranker(cfg, ds, model, builder, share["train"], share["val"], "cpu",
+    model.to(device)                    # the feature store stays in CPU memory; batches are copied over
+    result = train_ranker(cfg, ds, model, builder, share["train"], share["val"], device,
                           run_dir / "checkpoints" / "ranker_last.pt", resume=resume, writer=writer, log=log.info,
                           comm=comm, on_epoch_end=reads.epoch_end)
     train_seconds = time.perf_counter() - t_train
     name = model_name(mods)
     evals: Dict[str, Any] = {}
-    scorer = RankerScorer(model, builder)
+    scorer = RankerScorer(model, builder, device)
     for split_name in ("val", "test"):
         entry = evaluate_distributed(scorer, ds, split_name, share[split_name], cfg, comm)
         evals[split_name] = {name: entry}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..gie.graphcl import GraphCL, GraphCLTask, graphcl_loss, link_prediction
+from ..gie.graphcl import GraphCL, anchor_loss, graphcl_loss, link_prediction
 from ..gie.metapath import PAD
 
 NTYPES = ("user", "author")
@@ -139,7 +139,7 @@ class SparseOptimizer:
         comm.barrier()
 
 
-class DistGraphCLTask(GraphCLTask):
+class DistGraphCLTask:
     """Algorithm 1 on this trainer's anchors (original global ids, each with a positive) whose candidate
     positives ``rows [n, K]`` (global ids, ``PAD`` = none) were read from the node data; ``steps`` batches per
     epoch, drawn by ``DistDataLoader``, padded with empty ones to ``steps``."""
@@ -169,7 +169,7 @@ class DistGraphCLTask(GraphCLTask):
         if len(anchor) == 0:           # a padding step: nothing to learn, but the optimizer's collective runs
             zero = torch.zeros((), requires_grad=True)
             return zero, 0, {"ce": zero.detach(), "nce": zero.detach()}
-        return super().loss(model, anchor)
+        return anchor_loss(model, anchor, self.candidates(anchor), self.num_users, self.num_authors, self.negatives)
 
 
 def read_anchors(store, num_users: int, rank: int):

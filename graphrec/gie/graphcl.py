@@ -97,23 +97,24 @@ class GraphCLTask:
         order = self.nodes[torch.randperm(len(self.nodes), device=self.nodes.device)]
         return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
 
-    def candidates(self, anchor: torch.Tensor) -> torch.Tensor:
-        """``[B, K]`` positives of each anchor (global ids, ``PAD`` = none)."""
-        return self.pos[anchor]
-
     def loss(self, model, anchor: torch.Tensor):
-        dev = anchor.device
-        cand = self.candidates(anchor)
-        valid = cand >= 0
-        # one random valid positive per anchor: argmax of random keys over valid slots
-        pick = torch.where(valid, torch.rand(cand.shape, device=dev), -1.0).argmax(dim=1)
-        positive = cand[torch.arange(len(anchor), device=dev), pick]
-        is_user = anchor < self.num_users
-        M = self.negatives
-        neg = torch.where(is_user[:, None], torch.randint(0, self.num_users, (len(anchor), M), device=dev),
-                          self.num_users + torch.randint(0, self.num_authors, (len(anchor), M), device=dev))
-        out = model(anchor, positive, neg)
-        return out["loss"], len(anchor), {"ce": out["ce"], "nce": out["nce"]}
+        return anchor_loss(model, anchor, self.pos[anchor], self.num_users, self.num_authors, self.negatives)
+
+
+def anchor_loss(model, anchor: torch.Tensor, cand: torch.Tensor, num_users: int, num_authors: int, negatives: int):
+    """One step of Algorithm 1 for ``anchor [B]`` whose candidate positives are ``cand [B, K]`` (global ids,
+    ``PAD`` = none; at least one valid): one random valid positive each, ``negatives`` uniform nodes of the
+    anchor's type; ``(loss, B, parts)`` as :func:`graphrec.fit.fit` wants it."""
+    dev = anchor.device
+    valid = cand >= 0
+    # one random valid positive per anchor: argmax of random keys over valid slots
+    pick = torch.where(valid, torch.rand(cand.shape, device=dev), -1.0).argmax(dim=1)
+    positive = cand[torch.arange(len(anchor), device=dev), pick]
+    is_user = anchor < num_users
+    neg = torch.where(is_user[:, None], torch.randint(0, num_users, (len(anchor), negatives), device=dev),
+                      num_users + torch.randint(0, num_authors, (len(anchor), negatives), device=dev))
+    out = model(anchor, positive, neg)
+    return out["loss"], len(anchor), {"ce": out["ce"], "nce": out["nce"]}
 
 
 def train_graphcl(num_users: int, num_authors: int, user_pos: np.ndarray, author_pos: np.ndarray,

@@ -205,7 +205,8 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
 
     from .dist.comm import trainer_device
 
-    trainer_device(cfg.run.device, cfg.dist.backend, num_trainers - 1, torch.cuda.device_count())  # one GPU each
+    # one GPU per trainer, and a bad run.device / dist.backend, refused before anything starts
+    trainer_device(cfg.run.device, cfg.dist.backend, num_trainers - 1, torch.cuda.device_count())
     if machine_rank is None:
         machine_rank = 0 if len(machines) == 1 else local_machine(machines)
     if not 0 <= machine_rank < len(machines):

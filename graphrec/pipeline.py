@@ -184,31 +184,17 @@ class GraphCLStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
-        from .gie.graph import gift_edges
-        from .gie.graphcl import link_prediction, train_graphcl
+        from .gie.graphcl import HeldOutGifts, train_graphcl
 
         ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
-        label = graph_label(ctx)
-        split = ds.impressions["split"]
-        from .data.split import graph_period
-
-        tu, ta, _, _ = gift_edges(ds, label, graph_period(ds, ctx.cfg.graph.past_fraction)[0])   # the graph's
-        vu, va, _, _ = gift_edges(ds, label, split == SPLITS["val"])
-        hu, ha, _, _ = gift_edges(ds, label, split == SPLITS["test"])
+        gifts = HeldOutGifts(ds, graph_label(ctx), ctx.cfg.graph.past_fraction, sec.eval_negatives, ctx.cfg.run.seed)
         validate = None
-        if len(vu):                        # early stopping on link prediction of the validation gifts
+        if len(gifts.val[0]):              # early stopping on link prediction of the validation gifts
             def validate(model, epoch: int) -> Dict[str, float]:
-                rep = link_prediction(model.author_embeddings().cpu(), tu, ta, vu, va, sec.eval_negatives,
-                                      ctx.cfg.run.seed)
-                return {"link_auc": rep["auc"], "link_mrr": rep.get("mrr", float("nan"))}
+                return gifts.validation(model.author_embeddings())
         result = train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"], sec, ctx.cfg.run.seed,
                                ctx.device, ctx.progress, ctx.writer, ctx.log.debug, ctx.cfg.run.amp, validate)
-        if not len(hu):                    # no test split: report on what is held out
-            hu, ha = vu, va
-        quality = {"trained": link_prediction(result.model.author_embeddings(), tu, ta, hu, ha, sec.eval_negatives,
-                                              ctx.cfg.run.seed),
-                   "untrained": link_prediction(result.initial[ds.num_users:], tu, ta, hu, ha, sec.eval_negatives,
-                                                ctx.cfg.run.seed)}
+        quality = gifts.report(result.model.author_embeddings(), result.initial[ds.num_users:])
         ctx.metrics["graphcl"] = {"final_loss": result.history[-1]["train_loss"], "history": result.history,
                                   "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                                   "link_prediction": quality}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..gie.graphcl import GraphCL, anchor_loss, graphcl_loss, link_prediction
+from ..gie.graphcl import GraphCL, HeldOutGifts, anchor_loss, graphcl_loss
 from ..gie.metapath import PAD
 
 NTYPES = ("user", "author")
@@ -193,10 +193,7 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
                        writer: Any = None, kick: Callable[[], None] = lambda: None) -> Dict[str, Any]:
     """Train Θ across the trainers and write it into the DistGraph's ``theta`` node data; returns the
     metrics entry (the same keys as the standalone stage's, plus ``seconds`` and the shares)."""
-    from ..data.dataset import SPLITS
-    from ..data.split import graph_period
     from ..fit import FitSpec, fit
-    from ..gie.graph import gift_edges
 
     t0 = time.perf_counter()
     sec, seed = cfg.graphcl, cfg.run.seed
@@ -217,19 +214,12 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
     opt = SparseOptimizer(theta, sec.lr)
     task = DistGraphCLTask(anchors, rows[has_pos], U, A, sec.negatives, steps)
 
-    split = ds.impressions["split"]
-    label = cfg.graph.label or ds.main_label
-    tu, ta, _, _ = gift_edges(ds, label, graph_period(ds, cfg.graph.past_fraction)[0])
-    vu, va, _, _ = gift_edges(ds, label, split == SPLITS["val"])
-    hu, ha, _, _ = gift_edges(ds, label, split == SPLITS["test"])
+    gifts = HeldOutGifts(ds, cfg.graph.label or ds.main_label, cfg.graph.past_fraction, sec.eval_negatives, seed)
     validate = None
-    if len(vu):
+    if len(gifts.val[0]):
         def validate(model, epoch: int) -> Dict[str, float]:
-            rep = {}
-            if comm.is_main:          # one reader; every trainer takes its numbers (one early-stopping decision)
-                lp = link_prediction(model.author_embeddings(), tu, ta, vu, va, sec.eval_negatives, seed)
-                rep = {"link_auc": lp["auc"], "link_mrr": lp.get("mrr", float("nan"))}
-            return comm.gather(rep)[0]
+            # one reader; every trainer takes its numbers (one early-stopping decision)
+            return comm.gather(gifts.validation(model.author_embeddings()) if comm.is_main else {})[0]
     spec = FitSpec(epochs=sec.epochs, lr=sec.lr, seed=seed, tag="graphcl",
                    patience=sec.get("patience", 0) if validate else 0, monitor="link_auc" if validate else None)
     result = fit(theta, task, spec, "cpu", checkpoint=run_dir / "checkpoints" / "graphcl_last.pt", resume=resume,
@@ -254,10 +244,7 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
         want[~(store.rows("author", ids, [POSITIVES["author"]])[POSITIVES["author"]] >= 0).any(dim=1)] = 0.0
         got = [store.rows("author", ids, names)["theta"] for names in (["theta"], ["theta", POSITIVES["author"]])]
         quality["node_data_max_abs_diff"] = max(float((g - want).abs().max()) for g in got) if A else 0.0
-        if not len(hu):
-            hu, ha = vu, va
-        quality.update({"trained": link_prediction(theta.author_embeddings(), tu, ta, hu, ha, sec.eval_negatives, seed),
-                        "untrained": link_prediction(initial[U:], tu, ta, hu, ha, sec.eval_negatives, seed)})
+        quality.update(gifts.report(theta.author_embeddings(), initial[U:]))
         log(f"graphcl ({len(result.history)} epochs, best {result.best_epoch}) link prediction on "
             f"{quality['trained']['pairs']} test gifts: trained AUC {quality['trained']['auc']:.4f}, "
             f"untrained AUC {quality['untrained']['auc']:.4f}")

@@ -141,6 +141,36 @@ def train_graphcl(num_users: int, num_authors: int, user_pos: np.ndarray, author
     return GraphCLResult(model.cpu(), initial, result.history, result.best_epoch, trained)
 
 
+class HeldOutGifts:
+    """The gifts GraphCL is judged on, the same in the standalone and the distributed stage: the graph's
+    training gifts (user profiles), the validation gifts (early stopping) and the test gifts (the report;
+    the validation gifts when there is no test split), each scored by :func:`link_prediction`."""
+
+    def __init__(self, ds, label: str, past_fraction: float, negatives: int, seed: int) -> None:
+        from ..data.dataset import SPLITS
+        from ..data.split import graph_period
+        from .graph import gift_edges
+
+        split = ds.impressions["split"]
+        self.train = gift_edges(ds, label, graph_period(ds, past_fraction)[0])[:2]
+        self.val = gift_edges(ds, label, split == SPLITS["val"])[:2]
+        test = gift_edges(ds, label, split == SPLITS["test"])[:2]
+        self.test = test if len(test[0]) else self.val
+        self.negatives, self.seed = negatives, seed
+
+    def validation(self, author_emb: torch.Tensor) -> Optional[Dict[str, float]]:
+        """``{link_auc, link_mrr}`` of the validation gifts (the monitor of early stopping); None without any."""
+        if not len(self.val[0]):
+            return None
+        rep = link_prediction(author_emb.cpu(), *self.train, *self.val, self.negatives, self.seed)
+        return {"link_auc": rep["auc"], "link_mrr": rep.get("mrr", float("nan"))}
+
+    def report(self, trained: torch.Tensor, untrained: torch.Tensor) -> Dict[str, Dict[str, float]]:
+        """Link prediction of the test gifts by the trained and by the untrained author Θ."""
+        return {which: link_prediction(emb.cpu(), *self.train, *self.test, self.negatives, self.seed)
+                for which, emb in (("trained", trained), ("untrained", untrained))}
+
+
 def link_prediction(author_emb: torch.Tensor, train_u: np.ndarray, train_a: np.ndarray, test_u: np.ndarray,
                     test_a: np.ndarray, negatives: int = 100, seed: int = 0) -> Dict[str, float]:
     """AUC, MRR and Hits@1/3/10 of held-out gifts, each ranked against ``negatives`` random authors

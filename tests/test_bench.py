@@ -40,8 +40,10 @@ def test_train_and_serve_benchmarks_on_a_tiny_world(tmp_path, capsys):
 
     sets = [a for s in TINY_SIM + FAST_MODELS + ["simulate.num_impressions=6000", f"data.cache_dir={tmp_path / 'c'}"]
             for a in ("--set", s)]
-    assert main(["train", "--impressions", "2000", "--out", str(tmp_path / "t.json")] + sets) == 0
+    assert main(["train", "--impressions", "2000", "--batch-size", "256", "1024", "--out", str(tmp_path / "t.json")]
+                + sets) == 0
     res = json.loads((tmp_path / "t.json").read_text())
+    assert [r["batch_size"] for r in res["by_batch_size"]] == [256, 1024] and res["batch_size"] == 256
     assert res["mmbee"]["impressions_per_s"] > 0 and res["din"]["impressions_per_s"] > 0
     assert res["mmbee"]["parameters"] > res["din"]["parameters"]
     assert res["cost_ratio"] == res["din"]["impressions_per_s"] / res["mmbee"]["impressions_per_s"]

@@ -158,3 +158,29 @@ def test_nccl_trainer_step_equals_a_plain_cuda_step(monkeypatch):
         assert comm.gather({"rank": comm.rank}) == [{"rank": 0}]
     finally:
         dist.destroy_process_group()
+
+
+def test_prefetched_fused_training_on_cuda_equals_the_plain_loop():
+    """On CUDA, :func:`graphrec.fit.fit` builds the ranker's batches ahead in a thread (``Prefetched``) and
+    uses Adam's fused kernel: two epochs give the losses of the same loop without the thread and with the
+    per-tensor Adam (float32 on the same device; only the order of float additions may differ)."""
+    import copy
+
+    from graphrec.fit import FitSpec, fit
+    from graphrec.ranking.train import RankerObjective, RankerTask
+
+    model, builder, spec, ds = _tiny_ranker()
+    objective = RankerObjective(spec.tasks, ds.labels, {t: 1.0 for t in ds.labels}, False, None)
+    train_idx = np.flatnonzero(ds.impressions["split"] == 0)
+    losses = {}
+    for name in ("prefetched", "plain"):
+        task = RankerTask(builder, train_idx, 256, objective)
+        m = copy.deepcopy(model).to("cuda")
+        opt = None
+        if name == "plain":
+            task.prefetch = False
+            opt = torch.optim.Adam(m.parameters(), lr=1e-3, fused=False)
+        res = fit(m, task, FitSpec(epochs=2, lr=1e-3, seed=3), "cuda", optimizer=opt)
+        losses[name] = [h["train_loss"] for h in res.history]
+    assert losses["prefetched"] == pytest.approx(losses["plain"], rel=1e-4)
+    assert losses["prefetched"][1] < losses["prefetched"][0]

@@ -47,16 +47,18 @@ def prepare(cfg_path: Optional[str], overrides: List[str], workdir: Path, device
     return ctx
 
 
-def train_throughput(ctx, impressions: int, repeats: int = 3) -> Dict:
+def train_throughput(ctx, impressions: int, repeats: int = 3, batch_size: Optional[int] = None) -> Dict:
     """Impressions per second of ranker training (batch building included) through the one training loop,
     every module on vs the plain DIN ranker. The two train in alternating one-epoch rounds (the order
     flips every round), so a machine that speeds up or slows down during the benchmark affects both
-    alike; the first round warms up, the best of ``repeats`` counts, and every round's ratio is kept."""
+    alike; the first round warms up, the best of ``repeats`` counts, and every round's ratio is kept.
+    ``batch_size``: impressions per step (default ``ranker.batch_size``)."""
     from ..fit import FitSpec, fit
     from ..ranking.stage import build_ranker, enabled_modules
     from ..ranking.train import RankerObjective, RankerTask
 
     ds, cfg = ctx.dataset, ctx.cfg
+    batch_size = batch_size or cfg.ranker.batch_size
     train_idx = np.flatnonzero(ds.impressions["split"] == 0)[:impressions]
     mods = enabled_modules(cfg, ds, ctx.state)
     runs = {}
@@ -64,7 +66,7 @@ def train_throughput(ctx, impressions: int, repeats: int = 3) -> Dict:
         model, builder, spec = build_ranker(cfg, ds, m, ctx.state, device=ctx.device)
         objective = RankerObjective(spec.tasks, ds.labels, {t: 1.0 for t in ds.labels}, ds.implicit,
                                     ds.main_label if ds.implicit else ("exposure" if "exposure" in spec.tasks else None))
-        runs[name] = (model, RankerTask(builder, train_idx, cfg.ranker.batch_size, objective), m)
+        runs[name] = (model, RankerTask(builder, train_idx, batch_size, objective), m)
     seconds: Dict[str, List[float]] = {name: [] for name in runs}
     for r in range(repeats + 1):
         for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
@@ -80,6 +82,7 @@ def train_throughput(ctx, impressions: int, repeats: int = 3) -> Dict:
     out["cost_ratio"] = out["din"]["impressions_per_s"] / out["mmbee"]["impressions_per_s"]
     out["cost_ratio_per_round"] = [a / b for a, b in zip(seconds["mmbee"][1:], seconds["din"][1:])]
     out["impressions"] = int(len(train_idx))
+    out["batch_size"] = int(batch_size)
     out["device"] = ctx.device
     return out
 
@@ -94,7 +97,7 @@ def breakdown(model, task, device: str, batches: int = 8) -> Dict[str, float]:
     from ..fit import to_device
     from ..models.sections import section, timed_sections
 
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=torch.device(device).type == "cuda" or None)
     model.train()
     it = iter(task.batches(0, np.random.default_rng(0)))
     n, total = 0, 0.0
@@ -193,25 +196,32 @@ def train_main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--impressions", type=int, default=100_000, help="training impressions per timed pass")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds after a warm-up round (best counts)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the ranker trains")
+    ap.add_argument("--batch-size", type=int, nargs="+", default=None, metavar="N",
+                    help="impressions per step; several values measure each on the same world (default: "
+                         "ranker.batch_size)")
     args = ap.parse_args(argv)
     from ..run import resolve_device
 
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         ctx = prepare(args.cfg, args.overrides, Path(tmp), resolve_device(args.device))
-        res = train_throughput(ctx, args.impressions, args.repeats)
-    print(f"{'model':8s} {'impressions/s':>14s} {'parameters':>11s}")
-    for name in ("mmbee", "din"):
-        print(f"{name:8s} {res[name]['impressions_per_s']:14.0f} {res[name]['parameters']:11,d}")
-    print("\nwhere a training step's time goes (ms per batch; ranker.mfq is part of ranker.author_side):")
-    print(f"{'part':22s} " + " ".join(f"{n:>8s}" for n in ("mmbee", "din")))
-    for part in PARTS + ("step",):
-        print(f"{part:22s} " + " ".join(f"{res[n]['breakdown_ms_per_batch'][part]:8.1f}" for n in ("mmbee", "din")))
-    print(f"cost of every module on: {res['cost_ratio']:.2f}x the plain DIN ranker (target <= 2.5x in "
-          f"DESIGN.md); {res['impressions']:,} impressions per pass, batch {ctx.cfg.ranker.batch_size}, "
-          f"device {res['device']}, {torch.get_num_threads()} torch threads")
-    print("the same ratio round by round (epoch seconds, alternating order): "
-          + ", ".join(f"{r:.2f}x" for r in res["cost_ratio_per_round"]))
-    write_results(res, args.out or "runs/bench/train.json")
+        for bs in args.batch_size or [ctx.cfg.ranker.batch_size]:
+            results.append(train_throughput(ctx, args.impressions, args.repeats, bs))
+    for res in results:
+        print(f"\nbatch {res['batch_size']}, device {res['device']}, {torch.get_num_threads()} torch threads, "
+              f"{res['impressions']:,} impressions per pass")
+        print(f"{'model':8s} {'impressions/s':>14s} {'parameters':>11s}")
+        for name in ("mmbee", "din"):
+            print(f"{name:8s} {res[name]['impressions_per_s']:14.0f} {res[name]['parameters']:11,d}")
+        print("where a training step's time goes (ms per batch; ranker.mfq is part of ranker.author_side):")
+        print(f"{'part':22s} " + " ".join(f"{n:>8s}" for n in ("mmbee", "din")))
+        for part in PARTS + ("step",):
+            print(f"{part:22s} " + " ".join(f"{res[n]['breakdown_ms_per_batch'][part]:8.1f}" for n in ("mmbee", "din")))
+        print(f"cost of every module on: {res['cost_ratio']:.2f}x the plain DIN ranker (target <= 2.5x in "
+              f"DESIGN.md); round by round (epoch seconds, alternating order): "
+              + ", ".join(f"{r:.2f}x" for r in res["cost_ratio_per_round"]))
+    # the first batch size at the top level (the layout of a one-size run), every size in by_batch_size
+    write_results({**results[0], "by_batch_size": results}, args.out or "runs/bench/train.json")
     return 0
 
 

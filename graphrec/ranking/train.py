@@ -72,7 +72,11 @@ class _Batches:
 
 class RankerTask:
     """What :func:`graphrec.fit.fit` trains the ranker on: shuffled minibatches of this trainer's training
-    impressions (a fresh seeded sample of ``max_train`` per epoch when set), and the objective."""
+    impressions (a fresh seeded sample of ``max_train`` per epoch when set), and the objective. Its batches
+    draw on the epoch's numpy generator alone, so :func:`graphrec.fit.fit` may build them ahead in a thread
+    on a GPU (``prefetch``)."""
+
+    prefetch = True
 
     def __init__(self, builder, train_idx: np.ndarray, batch_size: int, objective: RankerObjective,
                  max_train: int = 0, world: int = 1, redraw=None) -> None:

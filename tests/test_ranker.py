@@ -365,3 +365,66 @@ def test_popularity_offset_refuses_implicit_data_and_missing_activity():
     with pytest.raises(UserError, match="use_activity"):
         offset_head(sec, SimpleNamespace(implicit=False), {"activity": False}, ["gift"])
     assert offset_head(SimpleNamespace(popularity_offset=False), None, {}, []) == -1
+
+
+def test_value_codes_one_per_rating_or_quantile_bins():
+    from graphrec.ranking.features import ValueCodes
+
+    ratings = ValueCodes(np.array([1, 2, 3, 4, 5, 4, 4, 3], dtype=np.float32))
+    assert ratings.num_codes == 6                                   # five ratings and padding
+    assert ratings(np.array([1, 2, 3, 4, 5])).tolist() == [1, 2, 3, 4, 5]
+    gifts = np.random.default_rng(0).lognormal(size=5000)
+    codes = ValueCodes(gifts, max_codes=8)
+    counts = np.bincount(codes(gifts), minlength=codes.num_codes)
+    assert counts[0] == 0 and len(counts) == 9 and counts[1:].min() > 0.8 * len(gifts) / 8
+    mostly_none = np.where(np.arange(5000) % 10 == 0, gifts, 0.0)             # 90% impressions without a gift
+    codes = ValueCodes(mostly_none, max_codes=8)
+    counts = np.bincount(codes(mostly_none), minlength=codes.num_codes)
+    assert codes(np.zeros(1))[0] == 1 and counts[1] == 4500 and len(counts) == 9 and counts[2:].min() > 0.8 * 500 / 7
+
+
+def test_history_values_carry_what_the_viewer_made_of_each_entry():
+    """``ranker.history_values``: each history entry comes with its impression's value code (the rating on
+    MovieLens, the gift value here), aligned with the ids; the code's embedding moves the score; data
+    without timestamps or values is refused."""
+    from types import SimpleNamespace
+
+    from graphrec.errors import UserError
+    from graphrec.ranking.stage import build_ranker, enabled_modules, history_value_codes
+
+    from .conftest import ranker_world
+
+    cfg, ds, art = ranker_world(["ranker.histories=[main, impression]", "ranker.hist_len=6", "ranker.use_mfq=false",
+                                 "ranker.mlp=[16]", "ranker.history_values=true"])
+    model, builder, spec = build_ranker(cfg, ds, enabled_modules(cfg, ds, art), art)
+    codes = history_value_codes(cfg.ranker, ds)
+    assert spec.history_value_codes == codes.num_codes > 2
+    imp = ds.impressions
+    idx = np.arange(len(imp["user"]))[::41]
+    up = builder.impressions(idx).users
+    for i, r in enumerate(idx):
+        before = (imp["user"] == imp["user"][r]) & (imp["time"] < imp["time"][r])
+        for name, rows in (("gift", before & (imp["gift"] == 1)), ("impression", before)):
+            rows = np.flatnonzero(rows)
+            rows = rows[np.lexsort((rows, imp["time"][rows]))][-6:]
+            ids, code = up.hist[name][i].numpy(), up.hist_code[name][i].numpy()
+            assert (code[ids == PAD] == 0).all() and (code[ids != PAD] > 0).all()
+            assert sorted(zip(ids[ids != PAD].tolist(), code[ids != PAD].tolist())) == \
+                sorted(zip(imp["author"][rows].tolist(), codes(imp["value"][rows]).tolist()))
+    assert len(np.unique(up.hist_code["impression"])) > 2                    # gifts and non-gifts differ
+    model.eval()
+    batch = builder.impressions(idx)
+    with torch.no_grad():
+        base = model(batch)
+        row = int(np.flatnonzero((batch.users.hist_code["impression"] > 0).any(1).numpy())[0])
+        col = int(np.flatnonzero(batch.users.hist_code["impression"][row].numpy() > 0)[0])
+        batch.users.hist_code["impression"][row, col] = codes.num_codes - 1 if \
+            batch.users.hist_code["impression"][row, col] != codes.num_codes - 1 else 1
+        moved = model(batch)
+    assert not torch.allclose(base[row], moved[row]) and torch.equal(base[row + 1:], moved[row + 1:])
+    assert torch.equal(model.hist_value["gift"].weight[0], torch.zeros(spec.id_dim))
+    sec = SimpleNamespace(history_values=True)
+    with pytest.raises(UserError, match="history_values.*no timestamps"):
+        history_value_codes(sec, SimpleNamespace(timed=False, impressions={"value": None}, name="tiktok"))
+    with pytest.raises(UserError, match="no 'value'"):
+        history_value_codes(sec, SimpleNamespace(timed=True, impressions={}, name="x"))

@@ -71,6 +71,7 @@ class RankerSpec:
     user_id: bool = True                                          # learn an embedding per user id
     popularity_offset_head: int = -1                              # head that gets w·logit(author rate); -1 = none
     user_activity_bias: bool = False                              # user activity as an additive per-head bias only
+    history_value_codes: int = 0                                  # value codes of history entries (0 = off)
 
 
 class UserRep(NamedTuple):
@@ -110,6 +111,12 @@ class Ranker(nn.Module):
         self.user_dense = nn.Linear(spec.user_dense, d) if spec.user_dense else None
         self.author_dense = nn.Linear(spec.author_dense, d) if spec.author_dense else None
         self.hist_att = nn.ModuleDict({h: TargetAttention(d, (spec.attention_hidden,)) for h in spec.histories})
+        # ranker.history_values: what the viewer made of each entry (rating, gift value), added to its embedding
+        self.hist_value = nn.ModuleDict({h: nn.Embedding(spec.history_value_codes, d, padding_idx=0)
+                                         for h in spec.histories}) if spec.history_value_codes else None
+        for emb in (self.hist_value or {}).values():
+            nn.init.normal_(emb.weight, std=0.01)
+            emb.weight.data[0].zero_()
         H = len(spec.histories)
         in_tower = bool(spec.user_activity_dim) and not spec.user_activity_bias
         user_w = d * (spec.user_id + H + len(spec.user_cats) + bool(spec.user_dense)    # id, history means, side,
@@ -187,6 +194,8 @@ class Ranker(nn.Module):
         for h in self.spec.histories:
             mask = up.hist[h] >= 0
             hist_emb[h] = self.author_emb(up.hist[h].clamp(min=0))
+            if self.hist_value is not None:
+                hist_emb[h] = hist_emb[h] + self.hist_value[h](up.hist_code[h])
             parts.append((hist_emb[h] * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
         parts += [self.user_cat[k](up.cats[k]) for k in self.user_cat]
         if self.user_dense is not None:

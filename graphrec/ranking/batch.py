@@ -53,6 +53,7 @@ class _Movable:
 class UserPart(_Movable):
     user: torch.Tensor                                            # [B] ids
     hist: Dict[str, torch.Tensor]                                 # per behaviour sequence, [B, L] author ids (PAD = -1)
+    hist_code: Dict[str, torch.Tensor] = field(default_factory=dict)   # [B, L] value codes (ranker.history_values)
     cats: Dict[str, torch.Tensor] = field(default_factory=dict)   # side features, [B] codes each
     dense: Optional[torch.Tensor] = None                          # [B, k]
     theta: Optional[torch.Tensor] = None                          # [B, td] pretrained Θ of the user

@@ -152,9 +152,15 @@ class BatchBuilder:
         """The user side without the endpoints' Θ (hop 1), and the rows whose graph features are hidden."""
         cfg = self.cfg
         ut = torch.from_numpy(users)
-        hist = {name: torch.from_numpy(trim(h.lookup(users, times, cfg.hist_len, exclude)))
-                for name, h in self.histories.items()}
-        up = UserPart(user=ut, hist=hist,
+        hist, hist_code = {}, {}
+        for name, h in self.histories.items():
+            if h.codes is not None:                    # ranker.history_values (timed data: nothing to exclude)
+                ids, codes = h.lookup_codes(users, times, cfg.hist_len)
+                hist[name] = torch.from_numpy(trim(ids))
+                hist_code[name] = torch.from_numpy(codes[:, :hist[name].shape[1]])
+            else:
+                hist[name] = torch.from_numpy(trim(h.lookup(users, times, cfg.hist_len, exclude)))
+        up = UserPart(user=ut, hist=hist, hist_code=hist_code,
                       cats={k: torch.from_numpy(v[0][users]) for k, v in self.user_cats.items()},
                       dense=None if self.user_dense is None else torch.from_numpy(self.user_dense[users]))
         if cfg.user_activity and self.user_activity is not None:

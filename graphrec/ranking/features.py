@@ -66,16 +66,42 @@ def _left_compact(ids: np.ndarray, valid: np.ndarray, length: int) -> np.ndarray
     return out
 
 
+class ValueCodes:
+    """An impression's value (the rating on MovieLens, the gift value on the simulator) as a small code for
+    an embedding (``ranker.history_values``): each distinct training value is its own code when there are
+    at most ``max_codes`` of them; else zero (no gift) is one code and the other values fall in quantile
+    bins of the non-zero training values. Code 0 is padding."""
+
+    def __init__(self, train_values: np.ndarray, max_codes: int = 16) -> None:
+        v = np.asarray(train_values, dtype=np.float64)
+        distinct = np.unique(v)
+        if len(distinct) <= max_codes:
+            self.edges = (distinct[1:] + distinct[:-1]) / 2              # midpoints: one code per value
+        else:
+            nonzero = v[v != 0]
+            bins = max_codes - (len(nonzero) < len(v))
+            self.edges = np.unique(np.quantile(nonzero, np.linspace(0, 1, bins + 1)[1:-1]))
+            if len(nonzero) < len(v):                                    # zero below every bin of its own
+                self.edges = np.unique(np.concatenate([[np.min(np.abs(nonzero)) / 2], self.edges]))
+        self.num_codes = len(self.edges) + 2                             # the bins, and padding
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.edges, np.asarray(values, dtype=np.float64), side="right").astype(np.int64) + 1
+
+
 class History:
     """Each user's positives of the main label, for "what may this row see" look-ups (module docstring).
 
     ``timed``: every positive is kept, sorted by time; a row at time ``t`` sees the latest ``length``
     strictly before ``t``. Untimed: only training positives are kept (distinct pairs); a row sees up to
-    ``length`` of them, without ``exclude`` (a training row's own target)."""
+    ``length`` of them, without ``exclude`` (a training row's own target). ``codes`` (timed only): each
+    entry's value code (:class:`ValueCodes`), returned beside the ids by :meth:`lookup_codes`."""
 
     def __init__(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray, num_users: int,
-                 timed: bool = True) -> None:
+                 timed: bool = True, codes: Optional[np.ndarray] = None) -> None:
         self.timed = timed
+        if codes is not None and not timed:
+            raise ValueError("History: value codes need timed data (an untimed history keeps distinct pairs)")
         if not timed:                          # one entry per distinct (user, author) pair
             width = int(np.max(authors, initial=0)) + 1
             key = np.unique(np.asarray(users, dtype=np.int64) * width + authors)
@@ -84,15 +110,25 @@ class History:
         self.users = users[order].astype(np.int64)
         self.authors = authors[order].astype(np.int64)
         self.times = np.asarray(times)[order]
+        self.codes = None if codes is None else np.asarray(codes, dtype=np.int64)[order]
         self.start = np.searchsorted(self.users, np.arange(num_users + 1))
 
     def lookup(self, users: np.ndarray, times: np.ndarray, length: int,
                exclude: Optional[np.ndarray] = None) -> np.ndarray:
         """``[B, length]`` author ids each row may see (PAD-filled on the right)."""
+        return self._lookup(users, times, length, exclude)[0]
+
+    def lookup_codes(self, users: np.ndarray, times: np.ndarray, length: int):
+        """``([B, length] author ids, [B, length] their value codes)``; code 0 where the id is PAD."""
+        if self.codes is None:
+            raise ValueError("History.lookup_codes: this history was built without value codes")
+        return self._lookup(users, times, length, None, True)
+
+    def _lookup(self, users, times, length, exclude=None, with_codes=False):
         users = np.asarray(users, dtype=np.int64)
         out = np.full((len(users), length), PAD, dtype=np.int64)
         if length == 0 or len(self.users) == 0:
-            return out
+            return out, np.zeros_like(out) if with_codes else None
         lo, hi = self.start[users], self.start[users + 1]
         if self.timed:
             end = self._first_not_before(lo, hi, np.asarray(times))
@@ -100,14 +136,16 @@ class History:
             cols = np.arange(length)
             idx = begin[:, None] + cols[None, :]
             valid = idx < end[:, None]
-            return np.where(valid, self.authors[np.where(valid, idx, 0)], PAD)
+            safe = np.where(valid, idx, 0)
+            ids = np.where(valid, self.authors[safe], PAD)
+            return ids, (np.where(valid, self.codes[safe], 0) if with_codes else None)
         width = length + (exclude is not None)
         idx = lo[:, None] + np.arange(width)[None, :]
         valid = idx < hi[:, None]
         ids = self.authors[np.where(valid, idx, 0)]
         if exclude is not None:
             valid &= ids != np.asarray(exclude, dtype=np.int64)[:, None]
-        return _left_compact(ids, valid, length)
+        return _left_compact(ids, valid, length), None
 
     def _first_not_before(self, lo: np.ndarray, hi: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Per row, the first index in ``[lo, hi)`` whose time is ``>= t`` (vectorised binary search)."""

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..schema import METAPATHS
 from ..stage import RunContext, Stage
 from .batches import BatchBuilder, BatchConfig, PairSet, side_features
-from .features import Activity, History, RoomStatistics, TensorStore, author_stat_arrays
+from .features import Activity, History, RoomStatistics, TensorStore, ValueCodes, author_stat_arrays
 
 MMBEE_MODULES = ("metapaths", "modalities", "stat_forecast", "product_forecast")
 
@@ -120,12 +120,15 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
         store = TensorStore(node_data(ds, mods, artifacts), device)
     train = imp["split"] == SPLITS["train"]
     histories = {}
+    value_codes = history_value_codes(sec, ds)
     for name in history_names(sec.histories, ds):
         rows = (np.ones(len(imp["user"]), bool) if name == "impression" else
                 imp[main] == 0 if name == "skipped" else imp[name] == 1)
         if not ds.timed:
             rows &= train
-        histories[name] = History(imp["user"][rows], imp["author"][rows], imp["time"][rows], ds.num_users, ds.timed)
+        codes = value_codes(imp["value"][rows]) if value_codes is not None else None
+        histories[name] = History(imp["user"][rows], imp["author"][rows], imp["time"][rows], ds.num_users, ds.timed,
+                                  codes)
     activity = user_activity = None
     with_users = bool(mods.get("user_activity"))          # absent from runs written before it existed
     if mods["activity"] or with_users:
@@ -177,11 +180,24 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
         product_cats=prod_model.num_cat3 if prod_model is not None else 0,
         product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout,
         fm_dim=sec.fm_dim, attention_hidden=sec.attention_hidden, user_id=sec.user_id,
-        popularity_offset_head=offset_head(sec, ds, mods, heads), user_activity_bias=bool(sec.user_activity_bias))
+        popularity_offset_head=offset_head(sec, ds, mods, heads), user_activity_bias=bool(sec.user_activity_bias),
+        history_value_codes=value_codes.num_codes if value_codes is not None else 0)
     warn_if_op_degenerate(ds, mods["modalities"], int(cfg.mfq["dim"]))
     torch.manual_seed(cfg.run.seed)
     model = Ranker(spec).to(device)
     return model, builder, spec
+
+
+def history_value_codes(sec, ds: Dataset):
+    """``ranker.history_values``: the :class:`ValueCodes` of the dataset's training values, or None."""
+    if not sec.history_values:
+        return None
+    if not ds.timed or "value" not in ds.impressions:
+        raise UserError("ranker.history_values needs timestamped impressions with a 'value' column (a rating, a "
+                        f"gift value); dataset {ds.name!r} has " + ("no timestamps" if not ds.timed else "no 'value'")
+                        + "; set it false")
+    imp = ds.impressions
+    return ValueCodes(imp["value"][imp["split"] == SPLITS["train"]])
 
 
 def offset_head(sec, ds: Dataset, mods: Mapping[str, Any], heads: List[str]) -> int:

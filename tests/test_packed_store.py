@@ -191,6 +191,43 @@ def test_rows_reads_one_pull_and_counts_remote_bytes(world):
         store.rows("author", ids, ["nope"])
 
 
+def test_rows_from_other_machines_are_cached_up_to_the_budget(world):
+    """``dist.remote_cache_mb``: rows owned by another partition are pulled once and then read from memory
+    (no pull, no remote bytes), identical to the node data; the budget caps what is held; a write drops
+    the written rows from the cache."""
+    _, data, _, (_, builder) = world
+    store = builder.store
+    row_bytes = store.layouts["author"]["row_bytes"]
+    ids = torch.tensor([3, 1, 3, 0])
+    here, store.here = store.here, 1                                      # as if every row lived elsewhere
+    try:
+        store.cache_remote(2 * row_bytes)                                 # room for two packed rows
+        pulls, remote, hits = store.pulls, store.remote_bytes, store.cache_hits
+        first = store.rows("author", ids, ["prod_time", "exp_a2a"])
+        assert store.pulls == pulls + 1 and store.remote_bytes - remote == 3 * row_bytes
+        assert store.cached_bytes == 2 * row_bytes                          # two of the three distinct rows
+        again = store.rows("author", ids, ["prod_time", "exp_a2a"])
+        assert store.pulls == pulls + 2 and store.remote_bytes - remote == 4 * row_bytes     # the third, again
+        assert store.cache_hits - hits == 2
+        store.cache_remote(1 << 20)
+        store.rows("author", ids, ["prod_time", "exp_a2a"])
+        pulls, remote = store.pulls, store.remote_bytes
+        cached = store.rows("author", ids, ["prod_time", "exp_a2a"])
+        assert store.pulls == pulls and store.remote_bytes == remote        # all from memory
+        for got in (first, again, cached):
+            for name, t in got.items():
+                assert torch.equal(t, data["author"][name][ids]), name
+        old = data["author"]["exp_a2a"][torch.tensor([1])]
+        store.write("author", torch.tensor([1]), {"exp_a2a": old + 1})
+        after = store.rows("author", ids, ["exp_a2a"])
+        assert store.pulls == pulls + 2                                     # the write's pull, then row 1 again
+        assert torch.equal(after["exp_a2a"][1], (old + 1)[0]) and torch.equal(after["exp_a2a"][0], cached["exp_a2a"][0])
+        store.write("author", torch.tensor([1]), {"exp_a2a": old})
+    finally:
+        store.here = here
+        store.cache_remote(0)
+
+
 def test_an_old_partition_folder_is_refused(tmp_path):
     from graphrec.dist.prepare import PREPARED, load_prepared
     from graphrec.errors import DataError

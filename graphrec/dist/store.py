@@ -94,6 +94,11 @@ class FeatureStore:
     ``pulls`` counts pulls (one per node data tensor read, whatever the number of rows); ``remote_bytes``
     the bytes of the rows read whose owner is another partition (another machine's server), by DGL's
     partition book.
+
+    :meth:`cache_remote` keeps the rows read from other machines in this process, up to a byte budget,
+    so later batches that need them again read memory instead of the network (``dist.remote_cache_mb``;
+    the trainers turn it on for the ranker, once every trainer has written its Θ and walks). A pull is
+    made only for the rows not cached; :meth:`write` drops the written rows from the cache.
     """
 
     def __init__(self, part_config: Path, graph_name: str, orig_ids: Mapping[str, torch.Tensor],
@@ -105,6 +110,10 @@ class FeatureStore:
         self.on_read = on_read
         self.pulls = 0
         self.remote_bytes = 0
+        self.cache_budget = 0                                 # bytes; 0 = no cache of remote rows
+        self.cached_bytes = 0
+        self.cache_hits = 0                                   # rows served from the cache
+        self._cache: Dict[Tuple[str, str], _RowCache] = {}
         if os.environ.get("DGL_DIST_MODE", "standalone") == "standalone":
             _initialize(Path(part_config).parent / "ip_config.txt")
             # the standalone store is process-wide and keeps the partition policies (node counts) of
@@ -135,9 +144,44 @@ class FeatureStore:
         layout = self.layouts[ntype]
         uniq, inv = torch.unique(self.new_of_orig[ntype][ids.long()], return_inverse=True)
         if len(names) == 1 and names[0] in layout["alone"]:
-            return {names[0]: self._pull(self.graph.nodes[ntype].data[names[0]], ntype, uniq)[inv]}
-        packed = self._pull(self.graph.nodes[ntype].data[PACKED], ntype, uniq)
+            return {names[0]: self._read(names[0], ntype, uniq)[inv]}
+        packed = self._read(PACKED, ntype, uniq)
         return unpack(packed[inv], layout, names)
+
+    def cache_remote(self, max_bytes: int) -> None:
+        """Keep up to ``max_bytes`` of rows read from other partitions in memory (0: off); starts empty."""
+        self.cache_budget, self.cached_bytes = int(max_bytes), 0
+        self._cache.clear()
+
+    def _read(self, name: str, ntype: str, new_ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``new_ids`` (distinct) of node data ``name``: from the cache where held, the rest in one pull."""
+        source = self.graph.nodes[ntype].data[name]
+        if not self.cache_budget or len(new_ids) == 0:
+            return self._pull(source, ntype, new_ids)
+        key = (ntype, name)
+        cache = self._cache.get(key)
+        if cache is None:
+            cache = self._cache[key] = _RowCache(len(self.orig_of_new[ntype]), tuple(source.shape[1:]), source.dtype)
+        slot = cache.slot[new_ids]
+        hit = slot >= 0
+        if bool(hit.all()):
+            self.cache_hits += len(new_ids)
+            return cache.rows[slot]
+        miss = ~hit
+        pulled = self._pull(source, ntype, new_ids[miss])
+        out = torch.empty((len(new_ids), *source.shape[1:]), dtype=source.dtype)
+        out[miss] = pulled
+        if bool(hit.any()):
+            out[hit] = cache.rows[slot[hit]]
+            self.cache_hits += int(hit.sum())
+        remote = self.book.nid2partid(new_ids[miss], ntype) != self.here
+        if bool(remote.any()):
+            room = (self.cache_budget - self.cached_bytes) // max(cache.row_bytes, 1)
+            keep = torch.nonzero(remote).flatten()[:max(int(room), 0)]
+            if len(keep):
+                cache.put(new_ids[miss][keep], pulled[keep])
+                self.cached_bytes += len(keep) * cache.row_bytes
+        return out
 
     def write(self, ntype: str, ids: torch.Tensor, values: Mapping[str, torch.Tensor]) -> None:
         """Overwrite features ``{name: [len(ids), ...]}`` of nodes ``ids`` (original ids, distinct) in the
@@ -160,6 +204,8 @@ class FeatureStore:
             piece = v.to(DTYPES[col["dtype"]]).contiguous().reshape(len(new), -1).view(torch.uint8)
             rows[:, col["offset"]:col["offset"] + piece.shape[1]] = piece
         table[new] = rows
+        for cache in (c for (nt, _), c in self._cache.items() if nt == ntype):
+            cache.slot[new] = -1                               # read afresh next time
         for name in self.layouts[ntype]["alone"]:          # kept equal to its column of the packed table
             if name in values:
                 self.graph.nodes[ntype].data[name][new] = values[name].to(DTYPES[columns[name]["dtype"]])
@@ -176,6 +222,26 @@ class FeatureStore:
             self.remote_bytes += remote * int(np.prod(source.shape[1:], dtype=np.int64)) * \
                 torch.empty((), dtype=source.dtype).element_size()
         return source[new_ids]
+
+
+class _RowCache:
+    """Rows of one node data tensor, held by node id (``slot[id]``: its row in ``rows``, or -1)."""
+
+    def __init__(self, num_nodes: int, row_shape: Tuple[int, ...], dtype: torch.dtype) -> None:
+        self.slot = torch.full((num_nodes,), -1, dtype=torch.long)
+        self.rows = torch.empty((0, *row_shape), dtype=dtype)
+        self.n = 0
+        self.row_bytes = int(np.prod(row_shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+
+    def put(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        if self.n + len(ids) > len(self.rows):                # grow by doubling
+            grown = torch.empty((max(2 * len(self.rows), self.n + len(ids), 1024), *self.rows.shape[1:]),
+                                dtype=self.rows.dtype)
+            grown[:self.n] = self.rows[:self.n]
+            self.rows = grown
+        self.rows[self.n:self.n + len(ids)] = rows
+        self.slot[ids] = torch.arange(self.n, self.n + len(ids))
+        self.n += len(ids)
 
 
 def open_store(graph, num_users: int, num_authors: int, segment_author: Optional[np.ndarray],

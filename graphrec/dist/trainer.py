@@ -154,18 +154,20 @@ class FeatureReads:
         self._last = self._now()
 
     def _now(self):
-        return self.builder.built_batches, self.store.pulls, self.store.remote_bytes
+        return self.builder.built_batches, self.store.pulls, self.store.remote_bytes, self.store.cache_hits
 
     def epoch_end(self, epoch: int, h: Dict[str, float]) -> None:
         now = self._now()
-        batches, pulls, remote = (a - b for a, b in zip(now, self._last))
+        batches, pulls, remote, hits = (a - b for a, b in zip(now, self._last))
         self._last = now
         entry = {"epoch": epoch + 1, "batches": batches, "pulls": pulls, "remote_bytes": remote,
-                 "pulls_per_batch": pulls / max(batches, 1), "remote_kb_per_batch": remote / 1024 / max(batches, 1)}
+                 "pulls_per_batch": pulls / max(batches, 1), "remote_kb_per_batch": remote / 1024 / max(batches, 1),
+                 "cache_hits": hits, "cached_mb": self.store.cached_bytes / 2**20}
         self.epochs.append(entry)
         self.log(f"feature reads, epoch {epoch + 1}: {entry['pulls_per_batch']:.2f} pulls/batch, "
                  f"{entry['remote_kb_per_batch']:.1f} KB/batch from other machines ({batches} batches, "
-                 f"training and validation)")
+                 f"training and validation); {hits:,} rows from the cache of remote rows "
+                 f"({entry['cached_mb']:.1f} MB held)")
 
     @staticmethod
     def summary(per_rank: List[List[Dict[str, float]]]) -> Dict[str, Any]:
@@ -261,6 +263,9 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
                    "graphcl": graphcl}
         _write_metrics(run_dir, metrics, writer, comm)
         return metrics
+    if cfg.dist.remote_cache_mb:
+        store.graph.barrier()               # every trainer's Θ and walks are written before rows are cached
+        store.cache_remote(cfg.dist.remote_cache_mb << 20)
     model, builder, spec = build_ranker(cfg, ds, mods, artifacts, store=store)
 
     imp = ds.impressions

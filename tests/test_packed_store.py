@@ -228,6 +228,31 @@ def test_rows_from_other_machines_are_cached_up_to_the_budget(world):
         store.cache_remote(0)
 
 
+def test_prefetch_caches_whole_remote_tables_that_fit(world):
+    """``prefetch_remote``: every remote row of each table that fits whole in the budget, smallest first;
+    the batches' reads then make no pull for those tables."""
+    _, data, _, (_, builder) = world
+    store = builder.store
+    here, store.here = store.here, 1                                      # as if every row lived elsewhere
+    try:
+        sizes = {(nt, n): len(store.orig_of_new[nt]) * (layout["row_bytes"] if n == "packed" else
+                                                        data[nt][n][0].numel() * data[nt][n].element_size())
+                 for nt, layout in store.layouts.items() for n in ["packed"] + layout["alone"]}
+        small = sorted(sizes.values())
+        store.cache_remote(small[0] + small[1])                             # room for the two smallest tables
+        assert store.prefetch_remote() == small[0] + small[1]
+        store.cache_remote(sum(small))
+        assert store.prefetch_remote() == sum(small)
+        pulls, remote = store.pulls, store.remote_bytes
+        batch = builder.impressions(np.arange(64))
+        assert store.pulls == pulls and store.remote_bytes == remote        # every read from memory
+        store.cache_remote(0)
+        assert torch.equal(builder.impressions(np.arange(64)).users.exp_theta["u2a2u"], batch.users.exp_theta["u2a2u"])
+    finally:
+        store.here = here
+        store.cache_remote(0)
+
+
 def test_an_old_partition_folder_is_refused(tmp_path):
     from graphrec.dist.prepare import PREPARED, load_prepared
     from graphrec.errors import DataError

@@ -153,6 +153,30 @@ class FeatureStore:
         self.cache_budget, self.cached_bytes = int(max_bytes), 0
         self._cache.clear()
 
+    def prefetch_remote(self, chunk_bytes: int = 64 << 20) -> int:
+        """Fill the cache with whole tables' remote rows, smallest table first, each only if all of its
+        remote rows fit in what is left of the budget (in pulls of at most ``chunk_bytes``), so the first
+        epoch does not wait on a round trip to another machine per batch; returns the bytes cached."""
+        if not self.cache_budget:
+            return 0
+        tables = []
+        for nt, layout in self.layouts.items():
+            ids = torch.arange(len(self.orig_of_new.get(nt, ())))
+            if not len(ids):
+                continue
+            remote = ids[self.book.nid2partid(ids, nt) != self.here]
+            for name in [PACKED] + list(layout.get("alone", [])):
+                source = self.graph.nodes[nt].data[name]
+                row = int(np.prod(source.shape[1:], dtype=np.int64)) * torch.empty((), dtype=source.dtype).element_size()
+                tables.append((row * len(remote), row, nt, name, remote))
+        before = self.cached_bytes
+        for total, row, nt, name, remote in sorted(tables, key=lambda t: t[0]):
+            if not len(remote) or self.cached_bytes + total > self.cache_budget:
+                continue
+            for chunk in remote.split(max(1, chunk_bytes // max(row, 1))):
+                self._read(name, nt, chunk)
+        return self.cached_bytes - before
+
     def _read(self, name: str, ntype: str, new_ids: torch.Tensor) -> torch.Tensor:
         """Rows ``new_ids`` (distinct) of node data ``name``: from the cache where held, the rest in one pull."""
         source = self.graph.nodes[ntype].data[name]

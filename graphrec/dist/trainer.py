@@ -266,6 +266,10 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     if cfg.dist.remote_cache_mb:
         store.graph.barrier()               # every trainer's Θ and walks are written before rows are cached
         store.cache_remote(cfg.dist.remote_cache_mb << 20)
+        t_cache = time.perf_counter()
+        held = store.prefetch_remote()
+        log.info("cache of remote rows: %.1f MB of other machines' tables prefetched in %.1f s (budget %d MB)",
+                 held / 2**20, time.perf_counter() - t_cache, cfg.dist.remote_cache_mb)
     model, builder, spec = build_ranker(cfg, ds, mods, artifacts, store=store)
 
     imp = ds.impressions

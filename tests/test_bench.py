@@ -115,3 +115,29 @@ def test_dist_benchmark_table_reads_the_one_metrics_schema():
     assert "0.6900" in table and "skipped: network namespaces need root" in table
     assert (rows[0]["graphcl_seconds"], rows[0]["graphcl_mode"], rows[1]["graphcl_seconds"]) == (3.5, "standalone", 2.25)
     assert "distributed" in table and "0.7900" in table and "3.5" in table
+
+
+def test_rss_of_a_process_tree_counts_its_children():
+    """``bench dist --preset``'s per-machine memory: a root process and all its descendants."""
+    import subprocess
+    import sys
+
+    from graphrec.bench.dist import _rss_by_root
+
+    code = "import subprocess, sys; b = bytearray(80 << 20); subprocess.run([sys.executable, '-c', " \
+           "'import time; b = bytearray(60 << 20); time.sleep(30)'])"
+    root = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        import time
+
+        deadline = time.time() + 20
+        while time.time() < deadline and _rss_by_root([root.pid])[0] < 140 << 20:
+            time.sleep(0.2)
+        tree, alone = _rss_by_root([root.pid])[0], int(open(f"/proc/{root.pid}/statm").read().split()[1]) * 4096
+        assert tree >= 140 << 20 and tree > alone + (50 << 20)          # the child's 60 MB counted too
+    finally:
+        import os
+        import signal
+
+        os.killpg(root.pid, signal.SIGKILL)                          # the child too
+        root.wait()

@@ -10,6 +10,12 @@ test link-prediction AUC: the standalone stage's, and for the distributed setups
 step's. Every setup uses the same data, seed and
 hyper-parameters; DDP averages the gradients of ``world`` batches per step, so a distributed epoch
 takes ``world`` times fewer optimizer steps than a standalone one.
+
+``--preset full`` (or ``small``) is the full-size rehearsal instead: the 1M-user world of ``bench scale
+--preset full`` partitioned in two and trained on two simulated machines (GraphCL on the trainers, one
+ranker epoch on a sample of ``--ranker-impressions``, scoring every validation and test impression),
+with the wall time of every stage and the peak resident memory of each machine (the sum over its
+processes, sampled every second). Compare with ``bench scale --preset full``.
 """
 from __future__ import annotations
 
@@ -108,7 +114,11 @@ def run(cfg: Optional[str], overrides: List[str], trainers: int, workdir: Path, 
         with simulated_machines(2) as machines:
             ip = workdir / "ip2.txt"
             ip.write_text("".join(f"{mm.ip} 30050\n" for mm in machines))
-            env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0"}
+            # the simulated machines share this box's cores: each trainer gets its share of them, as the
+            # launcher gives each of several trainers on one machine (else 2 x 2 threads on 2 cores
+            # oversubscribe them, 3-6x slower epochs)
+            env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0",
+                   "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))}
             run_dir = workdir / "runs" / "two-machines"
             procs = [subprocess.Popen(mm.command([py, "-m", "graphrec.launch", *base, "--ip-config", str(ip),
                                                   "--num-trainers", "1", "--machine-rank", str(i),
@@ -122,6 +132,133 @@ def run(cfg: Optional[str], overrides: List[str], trainers: int, workdir: Path, 
         rows.append(_row("2 machines x 1", "2 x (1 server + 1 trainer)", main, m, m["dist"]["train_seconds"],
                          m["dist"]["wall_seconds"]))
     return {"main_label": main, "rows": rows, "cpus": os.cpu_count()}
+
+
+def _rss_by_root(roots: List[int]) -> List[int]:
+    """Resident bytes of each root process together with all its descendants (from /proc)."""
+    parent, rss = {}, {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parent[int(d)] = int(fields[1])
+            rss[int(d)] = int(fields[21]) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    out = []
+    for root in roots:
+        total = 0
+        for pid in rss:
+            p, hops = pid, 0
+            while p not in (0, 1) and p != root and hops < 64:
+                p, hops = parent.get(p, 0), hops + 1
+            if p == root:
+                total += rss[pid]
+        out.append(total)
+    return out
+
+
+class _PeakRSS:
+    """Samples :func:`_rss_by_root` every ``every`` seconds in a thread; ``peak`` per root."""
+
+    def __init__(self, roots: List[int], every: float = 1.0) -> None:
+        import threading
+
+        self.roots, self.every, self.peak = roots, every, [0] * len(roots)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = [max(a, b) for a, b in zip(self.peak, _rss_by_root(self.roots))]
+            self._stop.wait(self.every)
+
+    def stop(self) -> List[int]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def rehearse(preset: str, cfg: Optional[str], overrides: List[str], ranker_impressions: int, workdir: Path,
+             log=print) -> Dict:
+    """The full-size rehearsal (module docstring): partition in two, then two simulated machines."""
+    import resource
+
+    from ..dist.netns import simulated_machines, unavailable_reason
+    from .scale import PRESETS
+
+    reason = unavailable_reason()
+    if reason:
+        raise RuntimeError(f"two simulated machines are not available here: {reason}")
+    py = sys.executable
+    base = ([] if cfg is None else ["--cfg", cfg]) + _sets(PRESETS[preset] + COMMON + [
+        "graphcl.distributed=true", "ranker.epochs=1", f"ranker.max_train_impressions={ranker_impressions}",
+        f"run.out_dir={workdir / 'runs'}", f"run.name=rehearsal-{preset}", f"dist.master_port={_free_port()}"]
+        + list(overrides))
+    log(f"partitioning the {preset} world in two (simulating it first unless cached) ...")
+    t0 = time.perf_counter()
+    r = _run([py, "-m", "graphrec.partition", "--num-parts", "2", *base], timeout=6 * 3600)
+    partition_s = time.perf_counter() - t0
+    part_dir = Path(r.stdout.split("partitions: ", 1)[1].split()[0])
+    prepared = json.loads((part_dir / "prepared.json").read_text())
+    pm = json.loads((Path(prepared["prepared_by"]) / "metrics.json").read_text())
+    partition_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    log("two simulated machines x 1 trainer ...")
+    run_dir = workdir / "runs" / f"rehearsal-{preset}-two-machines"
+    with simulated_machines(2) as machines:
+        ip = workdir / "ip2.txt"
+        ip.write_text("".join(f"{mm.ip} 30050\n" for mm in machines))
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0",
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))}
+        t1 = time.perf_counter()
+        procs = [subprocess.Popen(mm.command([py, "-m", "graphrec.launch", *base, "--ip-config", str(ip),
+                                              "--num-trainers", "1", "--machine-rank", str(i), "--run-dir", str(run_dir)]),
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i, mm in enumerate(machines)]
+        sampler = _PeakRSS([p.pid for p in procs])
+        errs = [p.communicate(timeout=6 * 3600)[1] for p in procs]
+        peaks = sampler.stop()
+        launch_s = time.perf_counter() - t1
+        if any(p.returncode for p in procs):
+            raise RuntimeError("two-machine run failed:\n" + "\n".join(e[-2000:] for e in errs))
+    m = json.loads((run_dir / "metrics.json").read_text())
+    main = m["data"]["main_label"]
+    stages = [{"stage": f"partition step: {st['name']}", "seconds": st["seconds"], "peak_rss_gib": st.get("peak_rss_gib")}
+              for st in pm["stages"] if st["status"] == "ran"]
+    stages.append({"stage": "partition step: partitioning (DGL) and the rest", "seconds":
+                   partition_s - sum(st["seconds"] for st in stages), "peak_rss_gib": partition_peak})
+    d = m["dist"]
+    stages += [{"stage": "trainers: GraphCL (distributed)", "seconds": d.get("graphcl_seconds")},
+               {"stage": "trainers: ranker training", "seconds": d["train_seconds"]},
+               {"stage": "trainers: the rest (connect, load, evaluate)",
+                "seconds": d["wall_seconds"] - d["train_seconds"] - (d.get("graphcl_seconds") or 0.0)}]
+    ev = m["eval"]
+    return {"preset": preset, "overrides": base, "partition_seconds": partition_s, "launch_seconds": launch_s,
+            "stages": stages, "peak_rss_gib_per_machine": [b / 2**30 for b in peaks],
+            "partition_peak_rss_gib": partition_peak, "main_label": main,
+            "test_auc": ev["test"][m["ranker"]["model"]].get(main, {}).get("auc"),
+            "graphcl_link_auc": (m.get("graphcl") or {}).get("link_prediction", {}).get("trained", {}).get("auc"),
+            "feature_reads": {k: v for k, v in d.get("feature_reads", {}).items() if k != "per_rank"},
+            "run_dir": str(run_dir)}
+
+
+def format_rehearsal(res: Dict) -> str:
+    lines = [f"rehearsal, {res['preset']} world on 2 simulated machines x 1 trainer (this box's cores shared)",
+             f"{'stage':50s} {'seconds':>9s} {'peak RSS':>10s}"]
+    for st in res["stages"]:
+        rss = f"{st['peak_rss_gib']:.2f} GiB" if st.get("peak_rss_gib") is not None else "-"
+        sec = f"{st['seconds']:9.1f}" if st.get("seconds") is not None else f"{'-':>9s}"
+        lines.append(f"{st['stage']:50s} {sec} {rss:>10s}")
+    lines.append(f"partition step {res['partition_seconds']:.0f} s (one process, peak {res['partition_peak_rss_gib']:.2f} GiB); "
+                 f"launch {res['launch_seconds']:.0f} s; peak RSS per machine (server + trainer + launcher): "
+                 + ", ".join(f"{g:.2f} GiB" for g in res["peak_rss_gib_per_machine"]))
+    lines.append(f"test {res['main_label']} AUC {res['test_auc']}, GraphCL test link AUC {res['graphcl_link_auc']}, "
+                 f"feature reads {res['feature_reads']}")
+    return "\n".join(lines)
 
 
 def format_table(res: Dict) -> str:
@@ -153,8 +290,23 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="distributed setups take Θ from the partition step (graphcl.distributed=false) instead of "
                          "training it on their trainers")
     ap.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
-    ap.add_argument("--out", help="JSON results (default runs/bench/dist.json)")
+    ap.add_argument("--out", help="JSON results (default runs/bench/dist.json, or dist-<preset>.json)")
+    ap.add_argument("--preset", choices=["small", "full"],
+                    help="the rehearsal on a large world instead (see above): two simulated machines only")
+    ap.add_argument("--ranker-impressions", type=int, default=1_000_000,
+                    help="with --preset: training impressions sampled for the one ranker epoch (default 1,000,000)")
     args = ap.parse_args(argv)
+    if args.preset:
+        from . import write_results
+
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(args.workdir or tmp).resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+            res = rehearse(args.preset, args.cfg, args.overrides, args.ranker_impressions, workdir,
+                           log=lambda m: print(f"[bench dist] {m}", file=sys.stderr, flush=True))
+        print(format_rehearsal(res))
+        write_results(res, args.out or f"runs/bench/dist-{args.preset}.json")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp).resolve()
         workdir.mkdir(parents=True, exist_ok=True)

@@ -203,7 +203,7 @@ def rehearse(preset: str, cfg: Optional[str], overrides: List[str], ranker_impre
     t0 = time.perf_counter()
     r = _run([py, "-m", "graphrec.partition", "--num-parts", "2", *base], timeout=6 * 3600)
     partition_s = time.perf_counter() - t0
-    part_dir = Path(r.stdout.split("partitions: ", 1)[1].split()[0])
+    part_dir = Path(r.stdout.rsplit("partitions: ", 1)[1].split()[0])
     prepared = json.loads((part_dir / "prepared.json").read_text())
     pm = json.loads((Path(prepared["prepared_by"]) / "metrics.json").read_text())
     partition_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20

@@ -32,3 +32,33 @@ def test_batches_agree():
     a = full_ranking(fn, train, test, k=5, batch_size=7)
     b = full_ranking(fn, train, test, k=5, batch_size=1000)
     assert a == pytest.approx(b)
+
+
+def test_distributed_evaluation_scores_each_impression_once():
+    """A distributed trainer scores its share of the split's impressions and rank 0 adds only the top-K:
+    rank 0 re-scoring the whole split (it did) kept the other trainers waiting in the gather past the
+    stall timeout at 1M users. The entry equals the standalone one on the same scores."""
+    import numpy as np
+
+    from graphrec.dist.comm import LocalComm
+    from graphrec.dist.trainer import evaluate_distributed
+    from graphrec.evaluation import evaluate, split_mask
+    from graphrec.ranking.stage import build_ranker, enabled_modules
+    from graphrec.ranking.train import RankerScorer
+
+    from .conftest import ranker_world
+
+    cfg, ds, art = ranker_world(["ranker.use_mfq=false", "ranker.mlp=[16]", "eval.two_stage_candidates=0"])
+    model, builder, _ = build_ranker(cfg, ds, enabled_modules(cfg, ds, art), art)
+    model.eval()
+    scorer = RankerScorer(model, builder)
+    scored = []
+    real = scorer.impression_scores
+    scorer.impression_scores = lambda idx: (scored.append(len(idx)), real(idx))[1]
+    share = np.flatnonzero(split_mask(ds, "val"))
+    entry = evaluate_distributed(scorer, ds, "val", share, cfg, LocalComm())
+    assert sum(scored) == len(share) > 0                     # once, not again on rank 0
+    alone = evaluate(scorer, ds, "val", cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk)
+    assert set(entry) == set(alone) and "topk" in entry
+    for label in ds.labels:
+        assert entry[label] == alone[label]

@@ -93,10 +93,9 @@ def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config,
     if not ds.implicit:
         entry.update(impression_metrics(gathered_scores(scorer, share, comm), ds, split, cfg.eval.negatives,
                                         cfg.run.seed + 1))
-    if comm.is_main:
-        rest = evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1,
-                        two_stage=two_stage(cfg, ds, scorer), topk=cfg.eval.topk)
-        entry.update({k: v for k, v in rest.items() if ds.implicit or k.startswith("topk")})
+    if comm.is_main:       # not the impressions again: rank 0 alone re-scoring the split kept the others waiting
+        entry.update(evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1,
+                              two_stage=two_stage(cfg, ds, scorer), topk=cfg.eval.topk, impressions=ds.implicit))
     return comm.gather(entry)[0]
 
 

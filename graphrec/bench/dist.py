@@ -103,7 +103,7 @@ def run(cfg: Optional[str], overrides: List[str], trainers: int, workdir: Path, 
     rows.append(_row(f"1 machine x {trainers}", f"1 server + {trainers} trainers", main, m,
                      m["dist"]["train_seconds"], m["dist"]["wall_seconds"]))
 
-    from ..dist.netns import simulated_machines, unavailable_reason
+    from ..dist.netns import unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -111,23 +111,8 @@ def run(cfg: Optional[str], overrides: List[str], trainers: int, workdir: Path, 
     else:
         log("2 simulated machines x 1 trainer ...")
         _run([py, "-m", "graphrec.partition", "--num-parts", "2", *base])
-        with simulated_machines(2) as machines:
-            ip = workdir / "ip2.txt"
-            ip.write_text("".join(f"{mm.ip} 30050\n" for mm in machines))
-            # the simulated machines share this box's cores: each trainer gets its share of them, as the
-            # launcher gives each of several trainers on one machine (else 2 x 2 threads on 2 cores
-            # oversubscribe them, 3-6x slower epochs)
-            env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0",
-                   "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))}
-            run_dir = workdir / "runs" / "two-machines"
-            procs = [subprocess.Popen(mm.command([py, "-m", "graphrec.launch", *base, "--ip-config", str(ip),
-                                                  "--num-trainers", "1", "--machine-rank", str(i),
-                                                  "--run-dir", str(run_dir)]),
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                     for i, mm in enumerate(machines)]
-            errs = [p.communicate(timeout=3600)[1] for p in procs]
-            if any(p.returncode for p in procs):
-                raise RuntimeError("two-machine run failed:\n" + "\n".join(e[-2000:] for e in errs))
+        run_dir = workdir / "runs" / "two-machines"
+        _launch_two_machines(base, workdir, run_dir)
         m = json.loads((run_dir / "metrics.json").read_text())
         rows.append(_row("2 machines x 1", "2 x (1 server + 1 trainer)", main, m, m["dist"]["train_seconds"],
                          m["dist"]["wall_seconds"]))
@@ -183,12 +168,38 @@ class _PeakRSS:
         return self.peak
 
 
+def _launch_two_machines(base: List[str], workdir: Path, run_dir: Path, timeout: float = 3600) -> List[int]:
+    """``graphrec.launch`` on two simulated machines (network namespaces), one server and one trainer
+    each; returns each machine's peak resident bytes (its processes together, sampled every second)."""
+    from ..dist.netns import simulated_machines
+
+    py = sys.executable
+    with simulated_machines(2) as machines:
+        ip = workdir / "ip2.txt"
+        ip.write_text("".join(f"{mm.ip} 30050\n" for mm in machines))
+        # the simulated machines share this box's cores: each trainer gets its share of them, as the
+        # launcher gives each of several trainers on one machine (else 2 x 2 threads on 2 cores
+        # oversubscribe them, 3-6x slower epochs)
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0",
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))}
+        procs = [subprocess.Popen(mm.command([py, "-m", "graphrec.launch", *base, "--ip-config", str(ip),
+                                              "--num-trainers", "1", "--machine-rank", str(i), "--run-dir", str(run_dir)]),
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i, mm in enumerate(machines)]
+        sampler = _PeakRSS([p.pid for p in procs])
+        errs = [p.communicate(timeout=timeout)[1] for p in procs]
+        peaks = sampler.stop()
+        if any(p.returncode for p in procs):
+            raise RuntimeError("two-machine run failed:\n" + "\n".join(e[-2000:] for e in errs))
+    return peaks
+
+
 def rehearse(preset: str, cfg: Optional[str], overrides: List[str], ranker_impressions: int, workdir: Path,
              log=print) -> Dict:
     """The full-size rehearsal (module docstring): partition in two, then two simulated machines."""
     import resource
 
-    from ..dist.netns import simulated_machines, unavailable_reason
+    from ..dist.netns import unavailable_reason
     from .scale import PRESETS
 
     reason = unavailable_reason()
@@ -209,22 +220,9 @@ def rehearse(preset: str, cfg: Optional[str], overrides: List[str], ranker_impre
     partition_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     log("two simulated machines x 1 trainer ...")
     run_dir = workdir / "runs" / f"rehearsal-{preset}-two-machines"
-    with simulated_machines(2) as machines:
-        ip = workdir / "ip2.txt"
-        ip.write_text("".join(f"{mm.ip} 30050\n" for mm in machines))
-        env = {**os.environ, "GLOO_SOCKET_IFNAME": "gr0",
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))}
-        t1 = time.perf_counter()
-        procs = [subprocess.Popen(mm.command([py, "-m", "graphrec.launch", *base, "--ip-config", str(ip),
-                                              "--num-trainers", "1", "--machine-rank", str(i), "--run-dir", str(run_dir)]),
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i, mm in enumerate(machines)]
-        sampler = _PeakRSS([p.pid for p in procs])
-        errs = [p.communicate(timeout=6 * 3600)[1] for p in procs]
-        peaks = sampler.stop()
-        launch_s = time.perf_counter() - t1
-        if any(p.returncode for p in procs):
-            raise RuntimeError("two-machine run failed:\n" + "\n".join(e[-2000:] for e in errs))
+    t1 = time.perf_counter()
+    peaks = _launch_two_machines(base, workdir, run_dir, timeout=6 * 3600)
+    launch_s = time.perf_counter() - t1
     m = json.loads((run_dir / "metrics.json").read_text())
     main = m["data"]["main_label"]
     stages = [{"stage": f"partition step: {st['name']}", "seconds": st["seconds"], "peak_rss_gib": st.get("peak_rss_gib")}

@@ -167,7 +167,7 @@ class FeatureStore:
             remote = ids[self.book.nid2partid(ids, nt) != self.here]
             for name in [PACKED] + list(layout.get("alone", [])):
                 source = self.graph.nodes[nt].data[name]
-                row = int(np.prod(source.shape[1:], dtype=np.int64)) * torch.empty((), dtype=source.dtype).element_size()
+                row = _row_bytes(source.shape[1:], source.dtype)
                 tables.append((row * len(remote), row, nt, name, remote))
         before = self.cached_bytes
         for total, row, nt, name, remote in sorted(tables, key=lambda t: t[0]):
@@ -189,6 +189,8 @@ class FeatureStore:
         slot = cache.slot[new_ids]
         hit = slot >= 0
         if bool(hit.all()):
+            if self.on_read is not None:            # a read from the cache is progress too (the watchdog)
+                self.on_read()
             self.cache_hits += len(new_ids)
             return cache.rows[slot]
         miss = ~hit
@@ -243,9 +245,13 @@ class FeatureStore:
         self.pulls += 1
         remote = int((self.book.nid2partid(new_ids, ntype) != self.here).sum())
         if remote:
-            self.remote_bytes += remote * int(np.prod(source.shape[1:], dtype=np.int64)) * \
-                torch.empty((), dtype=source.dtype).element_size()
+            self.remote_bytes += remote * _row_bytes(source.shape[1:], source.dtype)
         return source[new_ids]
+
+
+def _row_bytes(row_shape, dtype: torch.dtype) -> int:
+    """Bytes of one row of a tensor with rows of ``row_shape``."""
+    return int(np.prod(row_shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
 
 
 class _RowCache:
@@ -255,7 +261,7 @@ class _RowCache:
         self.slot = torch.full((num_nodes,), -1, dtype=torch.long)
         self.rows = torch.empty((0, *row_shape), dtype=dtype)
         self.n = 0
-        self.row_bytes = int(np.prod(row_shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        self.row_bytes = _row_bytes(row_shape, dtype)
 
     def put(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
         if self.n + len(ids) > len(self.rows):                # grow by doubling

@@ -3,7 +3,7 @@
 FuxiCTR's ``BaseModel.fit`` is the model: a stage describes *what* to learn as a :class:`Task`
 (its minibatches, its loss, optionally a validation metric) and :func:`fit` does the rest the same
 way for all of them — device placement, optional bf16 autocast on CUDA, Adam, gradient clipping,
-a progress bar, TensorBoard scalars, an atomic checkpoint after every epoch with exact resumption,
+a progress bar, TensorBoard scalars, an atomic epoch checkpoint (every ``checkpoint_every_s``) with exact resumption,
 early stopping on the validation metric with the best epoch's weights restored, and DDP through a
 ``comm`` (:mod:`graphrec.dist.comm`).
 
@@ -58,6 +58,8 @@ class FitSpec:
     amp: bool = False                    # bf16 autocast (CUDA only; ignored on CPU)
     tag: str = "train"                   # TensorBoard section and progress-bar label
     log_every: int = 50                  # steps between per-step loss points in TensorBoard
+    checkpoint_every_s: float = 0.0      # write the epoch checkpoint once this many seconds have passed since the
+                                         # last one (and always after the last epoch); 0 = after every epoch
 
 
 @dataclass
@@ -157,8 +159,9 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
 
     ``validate(model, epoch)`` (default: ``task.validate`` when the task has one) returns metrics;
     with ``spec.monitor`` the best epoch on that metric is kept, restored at the end, and training
-    stops after ``spec.patience`` epochs without improvement. ``checkpoint``: written after every
-    epoch (rank 0 only); with ``resume`` and an existing file, training continues after its epoch.
+    stops after ``spec.patience`` epochs without improvement. ``checkpoint``: written after an epoch (rank 0
+    only) once ``spec.checkpoint_every_s`` have passed since the last write, and after the last epoch (the
+    budget's or early stopping's); with ``resume`` and an existing file, training continues after its epoch.
     ``parameters``: what the optimizer updates (default: every parameter of ``model``), or parameter groups
     (dicts, e.g. with their own ``weight_decay``). ``optimizer``: one built by the caller instead of Adam over
     ``parameters`` (DGL's sparse optimizer of a ``DistEmbedding``, :mod:`graphrec.dist.graphcl`), with torch's
@@ -195,7 +198,7 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
         history = list(ck["history"])
         start_epoch = resumed_from = ck["epoch"] + 1
         log(f"{spec.tag}: resumed after epoch {start_epoch} from {checkpoint}")
-    t_fit = time.perf_counter()
+    t_fit = last_saved = time.perf_counter()
     stopped = False
     for epoch in range(start_epoch, spec.epochs):
         if spec.patience and bad >= spec.patience:
@@ -233,8 +236,7 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
                 if writer is not None and step is not None and (step + i) % spec.log_every == 0:
                     writer.add_scalar(f"{spec.tag}/train_loss_step", loss.item(), step + i)
         sums = [float(total), count] + [float(v) for v in extras.values()]
-        if comm.world > 1:
-            sums = [sum(x) for x in zip(*comm.gather(sums))]
+        sums = comm.sum(sums)
         h: Dict[str, float] = {"epoch": epoch + 1, "train_loss": sums[0] / max(sums[1], 1)}
         h.update({k: v / max(sums[1], 1) for k, v in zip(extras, sums[2:])})
         if validate is not None:
@@ -252,7 +254,10 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             else:
                 bad += 1
-        if checkpoint is not None and comm.is_main:
+        last = epoch + 1 == spec.epochs or bool(spec.patience and bad >= spec.patience)
+        if checkpoint is not None and comm.is_main and (
+                last or time.perf_counter() - last_saved >= spec.checkpoint_every_s):
+            last_saved = time.perf_counter()
             save_checkpoint(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
                                          "best_state": best_state, "best": best, "best_epoch": best_epoch,
                                          "bad_epochs": bad, "history": history})

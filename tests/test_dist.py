@@ -29,7 +29,8 @@ from .test_gie import exact_endpoint_distribution, toy_graph
 # a world where the ranker learns something in a few seconds
 # 5% gifts: enough validation positives (~150) that standalone and distributed AUCs can be compared.
 DIST_SETS = TINY_SIM + FAST_MODELS + ["simulate.gift_rate=0.05", "ranker.epochs=4", "ranker.batch_size=256",
-                                      "eval.two_stage_candidates=0", "lightgcn.enabled=false", "run.progress=false"]
+                                      "eval.two_stage_candidates=0", "lightgcn.enabled=false", "run.progress=false",
+                                      "run.checkpoint_every_s=0"]   # the kill tests wait for the first epoch's
 
 
 def free_port() -> int:

@@ -1,7 +1,8 @@
-"""The one training loop's pieces that need no model: the prefetching thread."""
+"""The one training loop: the prefetching thread, and when the epoch checkpoint is written."""
 import threading
 
 import pytest
+import torch
 
 from graphrec.fit import Prefetched
 
@@ -45,3 +46,40 @@ def test_prefetched_stops_building_when_the_consumer_stops():
     it.close()                                  # the loop broke off (early stop, an error in the step)
     assert not _prefetch_threads()
     assert src.built <= 5 + 2 + 1               # at most `depth` (+ the one being put) built ahead
+
+
+class _Linear:
+    """A task small enough for fit to run in milliseconds: regress y = 2x."""
+
+    def batches(self, epoch, rng):
+        x = torch.from_numpy(rng.normal(size=(4, 1)).astype("float32"))
+        return [(x, 2 * x)]
+
+    def loss(self, model, batch):
+        x, y = batch
+        return ((model(x) - y) ** 2).mean(), len(x)
+
+
+def _saved_epochs(tmp_path, every_s, epochs=4, patience=0, validate=None):
+    """The epochs (1-based) after which fit wrote its checkpoint, as seen from on_epoch_end."""
+    from graphrec.checkpoint import load_checkpoint
+    from graphrec.fit import FitSpec, fit
+
+    ck = tmp_path / f"every{every_s}-{patience}.pt"
+    seen = []
+
+    def look(epoch, h):
+        if ck.exists():
+            seen.append(load_checkpoint(ck)["epoch"] + 1)
+    torch.manual_seed(0)
+    spec = FitSpec(epochs=epochs, lr=0.1, patience=patience, monitor="m" if validate else None,
+                   checkpoint_every_s=every_s)
+    fit(torch.nn.Linear(1, 1), _Linear(), spec, checkpoint=ck, validate=validate, on_epoch_end=look)
+    return sorted(set(seen))
+
+
+def test_checkpoint_every_epoch_or_by_time_and_always_after_the_last(tmp_path):
+    assert _saved_epochs(tmp_path, 0.0) == [1, 2, 3, 4]
+    assert _saved_epochs(tmp_path, 3600.0) == [4]                    # only the last epoch's
+    # early stopping's last epoch too: the monitor never improves after epoch 1, patience 2 stops after 3
+    assert _saved_epochs(tmp_path, 3600.0, epochs=10, patience=2, validate=lambda m, e: {"m": -float(e)}) == [3]

@@ -121,7 +121,7 @@ def test_graphcl_and_forecaster_steps_on_cuda_match_cpu():
 def test_nccl_trainer_step_equals_a_plain_cuda_step(monkeypatch):
     """A distributed GPU trainer (``run.device`` cuda, ``dist.backend: auto``): trainer ``LOCAL_RANK`` 0 on
     GPU 0 with nccl; one DDP-wrapped ranker step in a one-process nccl group gives the plain CUDA step's
-    loss and gradients, and the trainers' object gather works over nccl. (The launcher's trainers also need
+    loss and gradients, and the trainers' object gather and sum work over nccl. (The launcher's trainers also need
     DGL, which GPU machines here lack: this runs the torch part of that path.)"""
     import copy
     import socket
@@ -156,6 +156,7 @@ def test_nccl_trainer_step_equals_a_plain_cuda_step(monkeypatch):
             if k in grads:
                 assert torch.allclose(p.grad, grads[k], rtol=1e-5, atol=1e-7), k
         assert comm.gather({"rank": comm.rank}) == [{"rank": 0}]
+        assert comm.sum([1.5, -2.0, 0.25]) == [1.5, -2.0, 0.25]      # fit's epoch sums: an all-to-all on nccl
     finally:
         dist.destroy_process_group()
 

@@ -74,7 +74,7 @@ def one_thread():
 def test_resume_reaches_the_uninterrupted_result(tmp_path, monkeypatch, one_thread):
     from graphrec.ranking.train import RankerTask
 
-    whole = run(load_config(None, sets(tmp_path / "a", "ranker.epochs=3")))
+    whole = run(load_config(None, sets(tmp_path / "a", "ranker.epochs=3", "run.checkpoint_every_s=0")))
     real = RankerTask.batches
 
     def interrupted(self, epoch, rng):
@@ -84,7 +84,7 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path, monkeypatch, one_thre
 
     monkeypatch.setattr(RankerTask, "batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run(load_config(None, sets(tmp_path / "b", "ranker.epochs=3")))
+        run(load_config(None, sets(tmp_path / "b", "ranker.epochs=3", "run.checkpoint_every_s=0")))
     monkeypatch.setattr(RankerTask, "batches", real)
     run_dir = next((tmp_path / "b" / "runs").iterdir())
     assert main(["--resume", str(run_dir)]) == 0

@@ -235,7 +235,7 @@ def fit_spec(cfg: Config, ds: Dataset):
     monitor = f"recall@{cfg.eval.k}" if ds.implicit else "gauc"
     return FitSpec(epochs=sec.epochs, lr=sec.lr, seed=cfg.run.seed, weight_decay=sec.weight_decay,
                    grad_clip=sec.grad_clip, patience=sec.patience, monitor=monitor, mode="max",
-                   amp=cfg.run.amp, tag="ranker")
+                   amp=cfg.run.amp, tag="ranker", checkpoint_every_s=cfg.run.checkpoint_every_s)
 
 
 def expansion_redraws(cfg: Config, graph, metapaths, device: str):

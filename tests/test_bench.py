@@ -102,7 +102,8 @@ def test_dist_benchmark_table_reads_the_one_metrics_schema():
     standalone = {"eval": {"val": {"mmbee": {"gift": {"auc": 0.71, "gauc": 0.70}}},
                            "test": {"mmbee": {"gift": {"auc": 0.72}}}},
                   "ranker": {"model": "mmbee", "history": [{}, {}]},
-                  "graphcl": {"link_prediction": {"trained": {"auc": 0.81}}}, "stages": [{"name": "graphcl", "seconds": 3.5}]}
+                  "graphcl": {"link_prediction": {"trained": {"auc": 0.81}}, "history": [{"seconds": 0.5}, {"seconds": 0.25}]},
+                  "stages": [{"name": "graphcl", "seconds": 3.5}]}
     dist = {"dist": {}, "eval": {"val": {"mmbee": {"gift": {"auc": 0.69, "gauc": 0.68}}},
                                  "test": {"mmbee": {"gift": {"auc": 0.70}}}},
             "ranker": {"model": "mmbee", "history": [{}, {}, {}]},
@@ -115,6 +116,7 @@ def test_dist_benchmark_table_reads_the_one_metrics_schema():
     assert "0.6900" in table and "skipped: network namespaces need root" in table
     assert (rows[0]["graphcl_seconds"], rows[0]["graphcl_mode"], rows[1]["graphcl_seconds"]) == (3.5, "standalone", 2.25)
     assert "distributed" in table and "0.7900" in table and "3.5" in table
+    assert rows[0]["graphcl_loop_seconds"] == 0.75 and rows[1]["graphcl_loop_seconds"] is None and "0.75" in table
 
 
 def test_rss_of_a_process_tree_counts_its_children():

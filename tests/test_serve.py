@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from graphrec.config import load_config
 from graphrec.run import run
+
+pytest.importorskip("fastapi", reason="the serving extra (FastAPI) is not installed")   # e.g. GPU machines
 from graphrec.serve import MAX_BATCH, MAX_CANDIDATES, ScoreRequest, Scorer, main, make_app
 
 from .conftest import FAST_MODELS, TINY_SIM

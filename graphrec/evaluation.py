@@ -21,7 +21,7 @@ room states are taken then. The popularity baseline is defined here once (:class
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -216,9 +216,30 @@ def impression_metrics(scorer, ds: Dataset, split: str, negatives: int = 20, see
     return out
 
 
+def topk_users(ds: Dataset, split: str) -> np.ndarray:
+    """The users a full ranking of ``split`` averages over: those with a positive of the main label in it."""
+    return np.flatnonzero(np.diff(positives_matrix(ds, ds.main_label, split_mask(ds, split)).indptr) > 0)
+
+
+def merge_topk(parts: Sequence[Optional[Mapping[str, Any]]]) -> Optional[Dict[str, Any]]:
+    """One top-K entry from entries of disjoint user sets (a distributed run's shares): each metric the
+    mean over all their users, weighted by ``users``; the other fields are the first entry's."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    n = sum(p["users"] for p in parts)
+    out = dict(parts[0])
+    for key, value in parts[0].items():
+        if "@" in key:
+            out[key] = sum(p[key] * p["users"] for p in parts) / max(n, 1)
+    out["users"] = n
+    return out
+
+
 def topk_metrics(scorer, ds: Dataset, split: str, k: int = 20, batch_size: int = 256,
                  users: Optional[np.ndarray] = None) -> Optional[Dict[str, Any]]:
-    """Full-ranking top-K of the main label on ``split`` (None when the split has no positives)."""
+    """Full-ranking top-K of the main label on ``split`` (None when the split has no positives); ``users``:
+    only these (of :func:`topk_users`; a distributed trainer's share)."""
     main = ds.main_label
     train_pos = positives_matrix(ds, main, split_mask(ds, "train"))
     test_pos = positives_matrix(ds, main, split_mask(ds, split))

@@ -252,6 +252,8 @@ def test_one_machine_one_server_two_trainers(tmp_path):
     for split in ("val", "test"):                 # one metrics schema, standalone or distributed
         assert set(m["eval"][split]["mmbee"]) == set(standalone["eval"][split]["mmbee"]) == \
             {"click", "long_view", "gift", "purchase", "topk"}
+        # each trainer ranked its own users: together every user with a positive in the split, once
+        assert m["eval"][split]["mmbee"]["topk"]["users"] == standalone["eval"][split]["mmbee"]["topk"]["users"] > 0
     assert set(m["ranker"]) >= {"model", "modules", "history", "best_epoch", "best_val", "epochs_run"}
     shares = _shares(run_dir, 2)
     _assert_disjoint_and_complete(shares, data["impressions"])

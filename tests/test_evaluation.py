@@ -34,10 +34,30 @@ def test_batches_agree():
     assert a == pytest.approx(b)
 
 
+def test_topk_of_disjoint_user_shares_merges_to_the_whole():
+    """A distributed run's top-K: each trainer ranks its users, the entries are merged by user count."""
+    from graphrec.evaluation import merge_topk
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(60, 25, generator=g)
+    train = sp.random(60, 25, density=0.1, format="csr", random_state=1)
+    test = sp.random(60, 25, density=0.1, format="csr", random_state=2)
+    fn = lambda u: s[torch.from_numpy(u)].clone()
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    whole = full_ranking(fn, train, test, k=5, users=users)
+    shares = [users[users % 3 == r] for r in range(3)] + [users[:0]]          # one trainer with no user
+    parts = [{"label": "gift", "k": 5, **full_ranking(fn, train, test, k=5, users=u)} for u in shares]
+    merged = merge_topk(parts + [None])
+    assert merged["users"] == whole["users"] == len(users) and merged["label"] == "gift"
+    for key in ("recall@5", "precision@5", "ndcg@5"):
+        assert merged[key] == pytest.approx(whole[key], abs=1e-12)
+    assert merge_topk([None, None]) is None
+
+
 def test_distributed_evaluation_scores_each_impression_once():
-    """A distributed trainer scores its share of the split's impressions and rank 0 adds only the top-K:
-    rank 0 re-scoring the whole split (it did) kept the other trainers waiting in the gather past the
-    stall timeout at 1M users. The entry equals the standalone one on the same scores."""
+    """A distributed trainer scores its share of the split's impressions and ranks its own users (rank 0
+    re-scoring the whole split, or ranking every user, kept the other trainers waiting past the stall
+    timeout at 1M users). The entry equals the standalone one on the same scores."""
     import numpy as np
 
     from graphrec.dist.comm import LocalComm
@@ -56,9 +76,16 @@ def test_distributed_evaluation_scores_each_impression_once():
     real = scorer.impression_scores
     scorer.impression_scores = lambda idx: (scored.append(len(idx)), real(idx))[1]
     share = np.flatnonzero(split_mask(ds, "val"))
-    entry = evaluate_distributed(scorer, ds, "val", share, cfg, LocalComm())
+    ranked = []
+    real_rank = scorer.rank
+    scorer.rank = lambda users, t: (ranked.append(len(users)), real_rank(users, t))[1]
+    entry = evaluate_distributed(scorer, ds, "val", share, cfg, LocalComm(), lambda users: np.ones(len(users), bool))
+    users_ranked = sum(ranked)
     assert sum(scored) == len(share) > 0                     # once, not again on rank 0
     alone = evaluate(scorer, ds, "val", cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk)
     assert set(entry) == set(alone) and "topk" in entry
     for label in ds.labels:
         assert entry[label] == alone[label]
+    assert set(entry["topk"]) == set(alone["topk"]) and users_ranked == alone["topk"]["users"] > 0
+    for key, value in alone["topk"].items():
+        assert entry["topk"][key] == (pytest.approx(value) if isinstance(value, float) else value), key

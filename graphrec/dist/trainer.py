@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -80,22 +80,38 @@ def owned_impressions(store, users: np.ndarray, rank: int) -> np.ndarray:
     return owner[users]
 
 
-def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config, comm) -> Dict[str, Any]:
+def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config, comm,
+                         owns: Callable[[np.ndarray], np.ndarray]) -> Dict[str, Any]:
     """The standalone metrics entry of one split (:func:`graphrec.evaluation.evaluate`), computed across
-    trainers: per-impression scores on each trainer's share, gathered; sampled-negative AUC (implicit
-    data) and the full-ranking top-K on rank 0, which reads every partition through the DistGraph, with
-    the two-stage top-K of a standalone run (``eval.two_stage_candidates``; a distributed run has no LightGCN,
-    so popularity retrieves the candidates)."""
-    from ..evaluation import evaluate, gathered_scores, impression_metrics
+    trainers: per-impression scores on each trainer's share, gathered; the full-ranking top-K (and the
+    two-stage top-K of a standalone run, ``eval.two_stage_candidates``; a distributed run has no LightGCN,
+    so popularity retrieves the candidates) ranked by every trainer for the users ``node_split`` gives it,
+    reading every partition through the DistGraph, and averaged over all of them; implicit data's
+    sampled-negative AUC on rank 0. ``owns(users)``: the mask of the users that are this trainer's."""
+    from ..evaluation import evaluate, gathered_scores, impression_metrics, merge_topk, topk_metrics, topk_users
     from ..ranking.stage import two_stage
 
     entry: Dict[str, Any] = {}
     if not ds.implicit:
         entry.update(impression_metrics(gathered_scores(scorer, share, comm), ds, split, cfg.eval.negatives,
                                         cfg.run.seed + 1))
-    if comm.is_main:       # not the impressions again: rank 0 alone re-scoring the split kept the others waiting
-        entry.update(evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1,
-                              two_stage=two_stage(cfg, ds, scorer), topk=cfg.eval.topk, impressions=ds.implicit))
+    elif comm.is_main:
+        entry.update(evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=False))
+    # every trainer ranks its own users (rank 0 ranking them all kept the others waiting for minutes at 1M users)
+    users = topk_users(ds, split)
+    mine = users[owns(users)]
+    ranked = {}
+    if cfg.eval.topk:
+        ranked["topk"] = topk_metrics(scorer, ds, split, cfg.eval.k, users=mine)
+    retriever = two_stage(cfg, ds, scorer)
+    if retriever is not None:
+        rep = topk_metrics(retriever, ds, split, cfg.eval.k, users=mine)
+        ranked["topk_two_stage"] = rep and {**rep, "candidates": retriever.n, "retriever": retriever.name}
+    every = comm.gather(ranked)                                   # each trainer's {key: entry of its users}
+    for key in ranked:
+        merged = merge_topk([part[key] for part in every])
+        if merged is not None:
+            entry[key] = merged
     return comm.gather(entry)[0]
 
 
@@ -289,7 +305,8 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     evals: Dict[str, Any] = {}
     scorer = RankerScorer(model, builder, device)
     for split_name in ("val", "test"):
-        entry = evaluate_distributed(scorer, ds, split_name, share[split_name], cfg, comm)
+        entry = evaluate_distributed(scorer, ds, split_name, share[split_name], cfg, comm,
+                                     lambda users: owned_impressions(store, users, comm.rank))
         evals[split_name] = {name: entry}
         for key, r in entry.items():
             log.info("%s %s: %s", split_name, key, r)

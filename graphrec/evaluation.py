@@ -163,6 +163,23 @@ def gathered_scores(scorer, idx: np.ndarray, comm) -> PrecomputedScores:
     return PrecomputedScores(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
+class ShardedPairScores:
+    """``pair_scores`` of triples split across distributed trainers: each scores the rows whose user
+    ``owns(users)`` says are its own, and every trainer gets all of them back in the callers' order (so
+    implicit data's sampled-negative AUC draws the standalone negatives and each pair is scored once)."""
+
+    def __init__(self, scorer, owns: Callable[[np.ndarray], np.ndarray], comm) -> None:
+        self.scorer, self.owns, self.comm = scorer, owns, comm
+
+    def pair_scores(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> np.ndarray:
+        rows = np.flatnonzero(self.owns(users))
+        mine = np.asarray(self.scorer.pair_scores(users[rows], authors[rows], times[rows]), dtype=np.float64)
+        out = np.full(len(users), np.nan)
+        for r, s in self.comm.gather((rows, mine)):
+            out[r] = s
+        return out
+
+
 class TwoStage:
     """``retriever``'s top ``candidates`` authors per user (training positives masked), reranked by
     ``reranker.pair_scores``; the rest rank below them."""
@@ -229,8 +246,8 @@ def merge_topk(parts: Sequence[Optional[Mapping[str, Any]]]) -> Optional[Dict[st
         return None
     n = sum(p["users"] for p in parts)
     out = dict(parts[0])
-    for key, value in parts[0].items():
-        if "@" in key:
+    for key in parts[0]:
+        if "@" in key:                                   # recall@k, precision@k, ndcg@k
             out[key] = sum(p[key] * p["users"] for p in parts) / max(n, 1)
     out["users"] = n
     return out

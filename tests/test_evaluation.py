@@ -54,6 +54,36 @@ def test_topk_of_disjoint_user_shares_merges_to_the_whole():
     assert merge_topk([None, None]) is None
 
 
+def test_sharded_pair_scores_score_each_pair_once_and_equal_the_whole():
+    """Implicit data's sampled-negative AUC in a distributed run: each trainer scores the pairs of its own
+    users, and every trainer gets all scores back in the caller's order (two ranks, played in turn)."""
+    from graphrec.evaluation import ShardedPairScores
+
+    class Scorer:
+        scored = 0
+
+        def pair_scores(self, u, a, t):
+            self.scored += len(u)
+            return u * 1000.0 + a + 0.5 * t
+
+    class Comm:                          # rank 0 of two, given what rank 1 sent; or rank 1 on its own
+        def __init__(self, others):
+            self.others, self.sent = others, None
+
+        def gather(self, obj):
+            self.sent = obj
+            return [obj] + self.others
+
+    rng = np.random.default_rng(0)
+    users, authors, times = rng.integers(0, 50, 40), rng.integers(0, 9, 40), rng.integers(0, 5, 40)
+    one, zero = Scorer(), Scorer()
+    rank1 = Comm([])
+    ShardedPairScores(one, lambda u: u % 2 == 1, rank1).pair_scores(users, authors, times)
+    got = ShardedPairScores(zero, lambda u: u % 2 == 0, Comm([rank1.sent])).pair_scores(users, authors, times)
+    assert np.array_equal(got, Scorer().pair_scores(users, authors, times))
+    assert zero.scored + one.scored == len(users) and zero.scored > 0 and one.scored > 0
+
+
 def test_distributed_evaluation_scores_each_impression_once():
     """A distributed trainer scores its share of the split's impressions and ranks its own users (rank 0
     re-scoring the whole split, or ranking every user, kept the other trainers waiting past the stall

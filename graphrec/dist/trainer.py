@@ -87,16 +87,16 @@ def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config,
     two-stage top-K of a standalone run, ``eval.two_stage_candidates``; a distributed run has no LightGCN,
     so popularity retrieves the candidates) ranked by every trainer for the users ``node_split`` gives it,
     reading every partition through the DistGraph, and averaged over all of them; implicit data's
-    sampled-negative AUC on rank 0. ``owns(users)``: the mask of the users that are this trainer's."""
-    from ..evaluation import evaluate, gathered_scores, impression_metrics, merge_topk, topk_metrics, topk_users
+    sampled-negative AUC with each trainer scoring its users' pairs. ``owns(users)``: the mask of the
+    users that are this trainer's."""
+    from ..evaluation import (ShardedPairScores, gathered_scores, impression_metrics, merge_topk, topk_metrics,
+                              topk_users)
     from ..ranking.stage import two_stage
 
-    entry: Dict[str, Any] = {}
-    if not ds.implicit:
-        entry.update(impression_metrics(gathered_scores(scorer, share, comm), ds, split, cfg.eval.negatives,
-                                        cfg.run.seed + 1))
-    elif comm.is_main:
-        entry.update(evaluate(scorer, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=False))
+    # per impression: explicit data's share of the split, implicit data's positives and sampled negatives
+    # of the trainer's users; every trainer computes the report from all of them
+    scores = ShardedPairScores(scorer, owns, comm) if ds.implicit else gathered_scores(scorer, share, comm)
+    entry: Dict[str, Any] = dict(impression_metrics(scores, ds, split, cfg.eval.negatives, cfg.run.seed + 1))
     # every trainer ranks its own users (rank 0 ranking them all kept the others waiting for minutes at 1M users)
     users = topk_users(ds, split)
     mine = users[owns(users)]

@@ -136,7 +136,7 @@ def test_exchange_rows_routes_every_row_once_in_dgl_order(tmp_path, world):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_exchange_worker, args=(world, port, str(tmp_path)), nprocs=world)
-    res = [torch.load(tmp_path / f"{r}.pt") for r in range(world)]
+    res = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(world)]
     for r in range(world):
         assert res[r]["sums"] == [sum(q + 0.5 for q in range(world)), sum(2.0 * q for q in range(world))]
         for e in range(2):

@@ -146,11 +146,11 @@ def _sparse_adam():
 
     class BatchedSparseAdam(SparseAdam):
         def _routing(self):
-            world = self._world_size
-            servers = {emb.weight.kvstore.num_servers for emb in self._params}
-            if world == 1 or len(servers) != 1 or world % next(iter(servers)) or dist.get_backend() != "gloo":
+            """Trainers per server when DGL routes one chunk of rows to each trainer, else None."""
+            world, servers = self._world_size, self._params[0].weight.kvstore.num_servers   # one kvstore
+            if world == 1 or world % servers or dist.get_backend() != "gloo":
                 return None
-            return world // next(iter(servers))
+            return world // servers
 
         def step(self):
             per_server = self._routing()

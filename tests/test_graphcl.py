@@ -82,6 +82,42 @@ def test_link_prediction_hand_worked():
     assert 0.5 <= r["auc"] <= 1.0 and r["hits@10"] == 1.0
 
 
+def test_prepared_link_prediction_matches_a_direct_reading():
+    """The per-epoch scorer (pairs and negatives prepared once) against the protocol written out pair by pair:
+    users without training gifts and pairs gifted in training skipped, duplicates kept, OGB ranks."""
+    from graphrec.gie.graphcl import LinkPrediction
+    from graphrec.metrics import auc
+
+    rng = np.random.default_rng(3)
+    A, negatives = 400, 7                             # rare negative == positive (float ties)
+    tu, ta = rng.integers(0, 20, 400), rng.integers(0, A, 400)
+    hu, ha = rng.integers(0, 25, 40), rng.integers(0, A, 40)          # users 20..24 have no training gift
+    hu, ha = np.concatenate([hu, tu[:3], hu[:2]]), np.concatenate([ha, ta[:3], ha[:2]])   # seen pairs, duplicates
+    scorer = LinkPrediction(A, tu, ta, hu, ha, negatives, seed=5)
+    for _ in range(2):                                # the prepared parts are reused, Θ changes every call
+        emb = torch.randn(A, 4)
+        got = scorer(emb)
+        e = torch.nn.functional.normalize(emb, dim=-1)
+        seen = set(zip(tu.tolist(), ta.tolist()))
+        pairs = [(u, a) for u, a in zip(hu.tolist(), ha.tolist()) if u in set(tu.tolist()) and (u, a) not in seen]
+        neg = np.random.default_rng(5).integers(0, A, (len(pairs), negatives))
+        pos_s, neg_s = [], []
+        for (u, a), na in zip(pairs, neg):
+            prof = torch.nn.functional.normalize(e[torch.from_numpy(ta[tu == u])].sum(0), dim=0)
+            pos_s.append(float(prof @ e[a]))
+            neg_s.append((e[torch.from_numpy(na)] @ prof).numpy())
+        pos_s, neg_s = np.array(pos_s), np.array(neg_s)
+        assert got["pairs"] == len(pairs) > 20
+        labels = np.concatenate([np.ones(len(pairs)), np.zeros(neg_s.size)])
+        # AUC orders scores across pairs, where float rounding may swap two nearly equal ones: one swap is 1e-4
+        assert got["auc"] == pytest.approx(auc(labels, np.concatenate([pos_s, neg_s.ravel()])), abs=5e-4)
+        rank = 1 + (neg_s > pos_s[:, None] + 1e-6).sum(1) + 0.5 * (np.abs(neg_s - pos_s[:, None]) <= 1e-6).sum(1)
+        assert got["mrr"] == pytest.approx(float((1 / rank).mean()), abs=1e-6)
+        assert got == link_prediction(emb, tu, ta, hu, ha, negatives, seed=5)
+    with pytest.raises(ValueError, match="author rows"):
+        scorer(torch.randn(A + 1, 4))
+
+
 def test_gie_stages_in_the_pipeline(tmp_path):
     from graphrec.checkpoint import load_checkpoint
     from graphrec.run import run

@@ -144,7 +144,8 @@ def train_graphcl(num_users: int, num_authors: int, user_pos: np.ndarray, author
 class HeldOutGifts:
     """The gifts GraphCL is judged on, the same in the standalone and the distributed stage: the graph's
     training gifts (user profiles), the validation gifts (early stopping) and the test gifts (the report;
-    the validation gifts when there is no test split), each scored by :func:`link_prediction`."""
+    the validation gifts when there is no test split), each scored by :func:`link_prediction` (prepared
+    once per split)."""
 
     def __init__(self, ds, label: str, past_fraction: float, negatives: int, seed: int) -> None:
         from ..data.dataset import SPLITS
@@ -156,44 +157,73 @@ class HeldOutGifts:
         self.val = gift_edges(ds, label, split == SPLITS["val"])[:2]
         test = gift_edges(ds, label, split == SPLITS["test"])[:2]
         self.test = test if len(test[0]) else self.val
-        self.negatives, self.seed = negatives, seed
+        self.negatives, self.seed, self.num_authors = negatives, seed, ds.num_authors
+        self._scorers: Dict[str, LinkPrediction] = {}
+
+    def _scorer(self, which: str) -> "LinkPrediction":
+        """The prepared :class:`LinkPrediction` of the ``val`` or ``test`` gifts (built on first use)."""
+        if which not in self._scorers:
+            self._scorers[which] = LinkPrediction(self.num_authors, *self.train, *getattr(self, which),
+                                                  self.negatives, self.seed)
+        return self._scorers[which]
 
     def validation(self, author_emb: torch.Tensor) -> Optional[Dict[str, float]]:
         """``{link_auc, link_mrr}`` of the validation gifts (the monitor of early stopping); None without any."""
         if not len(self.val[0]):
             return None
-        rep = link_prediction(author_emb.cpu(), *self.train, *self.val, self.negatives, self.seed)
+        rep = self._scorer("val")(author_emb)
         return {"link_auc": rep["auc"], "link_mrr": rep.get("mrr", float("nan"))}
 
     def report(self, trained: torch.Tensor, untrained: torch.Tensor) -> Dict[str, Dict[str, float]]:
         """Link prediction of the test gifts by the trained and by the untrained author Θ."""
-        return {which: link_prediction(emb.cpu(), *self.train, *self.test, self.negatives, self.seed)
-                for which, emb in (("trained", trained), ("untrained", untrained))}
+        return {which: self._scorer("test")(emb) for which, emb in (("trained", trained), ("untrained", untrained))}
 
 
 def link_prediction(author_emb: torch.Tensor, train_u: np.ndarray, train_a: np.ndarray, test_u: np.ndarray,
                     test_a: np.ndarray, negatives: int = 100, seed: int = 0) -> Dict[str, float]:
     """AUC, MRR and Hits@1/3/10 of held-out gifts, each ranked against ``negatives`` random authors
     (see the module docstring); users without training gifts and pairs gifted in training are skipped."""
-    from ..metrics import auc, ranks_against_negatives
+    return LinkPrediction(author_emb.shape[0], train_u, train_a, test_u, test_a, negatives, seed)(author_emb)
 
-    num_authors = author_emb.shape[0]
-    emb = F.normalize(author_emb.float(), dim=-1)
-    users, inverse = np.unique(train_u, return_inverse=True)
-    profile = torch.zeros(len(users), emb.shape[1]).index_add_(0, torch.from_numpy(inverse), emb[train_a])
-    profile = F.normalize(profile, dim=-1)
-    row = {int(u): i for i, u in enumerate(users)}
-    seen = set(zip(train_u.tolist(), train_a.tolist()))
-    pairs = [(row[u], a) for u, a in zip(test_u.tolist(), test_a.tolist()) if u in row and (u, a) not in seen]
-    if not pairs:
-        return {"auc": float("nan"), "mrr": float("nan"), "hits@10": float("nan"), "pairs": 0}
-    pr, pa = (torch.tensor(x) for x in zip(*pairs))
-    pos_score = (profile[pr] * emb[pa]).sum(-1)
-    rng = np.random.default_rng(seed)
-    na = torch.from_numpy(rng.integers(0, num_authors, (len(pairs), negatives)))
-    neg_score = torch.einsum("pd,pmd->pm", profile[pr], emb[na])
-    labels = np.concatenate([np.ones(len(pairs)), np.zeros(neg_score.numel())])
-    result: Dict[str, float] = {"auc": auc(labels, np.concatenate([pos_score.numpy(), neg_score.numpy().ravel()])),
-                                "pairs": len(pairs)}
-    result.update(ranks_against_negatives(pos_score.numpy(), neg_score.numpy()))   # each against its own
-    return result
+
+class LinkPrediction:
+    """:func:`link_prediction` with everything that does not depend on Θ prepared once (the profiles' gift
+    lists, the held-out pairs, their random negatives), for scoring a Θ every epoch: early stopping calls it
+    after each one, and rebuilding the pairs (a Python set of every training gift) would cost more than
+    scoring them on a large log."""
+
+    def __init__(self, num_authors: int, train_u: np.ndarray, train_a: np.ndarray, test_u: np.ndarray,
+                 test_a: np.ndarray, negatives: int = 100, seed: int = 0) -> None:
+        self.num_authors = num_authors
+        users, inverse = np.unique(train_u, return_inverse=True)
+        self.num_profiles = len(users)
+        self.profile_of, self.gifted = torch.from_numpy(inverse), torch.from_numpy(np.asarray(train_a, np.int64))
+        # held-out pairs of profiled users, not gifted in training (one int64 key per pair: no Python set)
+        test_u, test_a = np.asarray(test_u, np.int64), np.asarray(test_a, np.int64)
+        pos = np.searchsorted(users, test_u)
+        known = (pos < len(users)) & (users[np.minimum(pos, len(users) - 1)] == test_u) if len(users) else \
+            np.zeros(len(test_u), bool)
+        key = lambda u, a: u * num_authors + a
+        keep = known & ~np.isin(key(test_u, test_a), key(np.asarray(train_u, np.int64), self.gifted.numpy()))
+        self.pr, self.pa = torch.from_numpy(pos[keep]), torch.from_numpy(test_a[keep])
+        rng = np.random.default_rng(seed)
+        self.na = torch.from_numpy(rng.integers(0, num_authors, (len(self.pr), negatives)))
+        self.labels = np.concatenate([np.ones(len(self.pr)), np.zeros(self.na.numel())])
+
+    def __call__(self, author_emb: torch.Tensor) -> Dict[str, float]:
+        from ..metrics import auc, ranks_against_negatives
+
+        if author_emb.shape[0] != self.num_authors:
+            raise ValueError(f"link prediction: Θ has {author_emb.shape[0]} author rows, expected {self.num_authors}")
+        if not len(self.pr):
+            return {"auc": float("nan"), "mrr": float("nan"), "hits@10": float("nan"), "pairs": 0}
+        emb = F.normalize(author_emb.detach().cpu().float(), dim=-1)
+        profile = torch.zeros(self.num_profiles, emb.shape[1]).index_add_(0, self.profile_of, emb[self.gifted])
+        user = F.normalize(profile, dim=-1)[self.pr]
+        pos_score = (user * emb[self.pa]).sum(-1)
+        neg_score = torch.einsum("pd,pmd->pm", user, emb[self.na])
+        result: Dict[str, float] = {"auc": auc(self.labels, np.concatenate([pos_score.numpy(),
+                                                                            neg_score.numpy().ravel()])),
+                                    "pairs": len(self.pr)}
+        result.update(ranks_against_negatives(pos_score.numpy(), neg_score.numpy()))   # each against its own
+        return result

@@ -122,7 +122,7 @@ def test_nccl_trainer_step_equals_a_plain_cuda_step(monkeypatch):
     """A distributed GPU trainer (``run.device`` cuda, ``dist.backend: auto``): trainer ``LOCAL_RANK`` 0 on
     GPU 0 with nccl; one DDP-wrapped ranker step in a one-process nccl group gives the plain CUDA step's
     loss and gradients, and the trainers' object gather and sum work over nccl. (The launcher's trainers also need
-    DGL, which GPU machines here lack: this runs the torch part of that path.)"""
+    DGL, which GPU machines here lack: this runs the torch part of that path, GraphCL's gradient exchange included.)"""
     import copy
     import socket
 
@@ -157,6 +157,14 @@ def test_nccl_trainer_step_equals_a_plain_cuda_step(monkeypatch):
                 assert torch.allclose(p.grad, grads[k], rtol=1e-5, atol=1e-7), k
         assert comm.gather({"rank": comm.rank}) == [{"rank": 0}]
         assert comm.sum([1.5, -2.0, 0.25]) == [1.5, -2.0, 0.25]      # fit's epoch sums: an all-to-all on nccl
+        # distributed GraphCL's gradient exchange: over nccl on this trainer's GPU, rows back on the CPU
+        from graphrec.dist.graphcl import exchange_rows
+
+        rows, values = [torch.tensor([5, 1, 9]), torch.tensor([2])], [torch.randn(3, 4), torch.randn(1, 4)]
+        got = exchange_rows(rows, values, [torch.zeros(3, dtype=torch.long), torch.zeros(1, dtype=torch.long)], 1,
+                            comm.device)
+        for (ids, val), r, v in zip(got, rows, values):
+            assert ids.device.type == val.device.type == "cpu" and torch.equal(ids, r) and torch.equal(val, v)
     finally:
         dist.destroy_process_group()
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -109,24 +109,28 @@ class DistTheta(nn.Module):
 
 
 def exchange_rows(rows: List[torch.Tensor], values: List[torch.Tensor], dest: List[torch.Tensor],
-                  world: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+                  world: int, device: Optional[torch.device] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Send each row id ``rows[e][i]`` (int64) of table ``e`` with its ``values[e][i]`` (``[n_e, d]``, the same
     ``d`` and floating dtype for every table) to trainer ``dest[e][i]``, every table at once: one all-to-all
     of the counts, then one of the rows ``[id's bits as values | values]``. Returns per table the ``(ids,
     values)`` this trainer received, ordered by sender rank and, within a sender, as sent (what DGL's sparse
-    optimizer gathers with three collectives and two barriers per table)."""
+    optimizer gathers with three collectives and two barriers per table). ``device``: where the collectives
+    run (nccl: this trainer's GPU); the results come back on the values' device."""
     import torch.distributed as dist
 
-    tables, dtype = len(rows), values[0].dtype
+    tables, dtype, home = len(rows), values[0].dtype, values[0].device
     words = 8 // dtype.itemsize                                       # an int64 id seen as values
     packed = torch.cat([torch.cat([r.view(dtype).view(-1, words), v], dim=1) for r, v in zip(rows, values)])
     key = torch.cat([d * tables + e for e, d in enumerate(dest)])    # rank-major, then table, stable
     count = torch.bincount(key, minlength=world * tables)
-    got = torch.empty_like(count)
-    dist.all_to_all_single(got, count)
-    out = packed.new_empty((int(got.sum()), packed.shape[1]))
-    dist.all_to_all_single(out, packed[torch.argsort(key, stable=True)],
+    wire = device if device is not None else home
+    got = torch.empty_like(count, device=wire)
+    dist.all_to_all_single(got, count.to(wire))
+    got = got.to(home)
+    out = packed.new_empty((int(got.sum()), packed.shape[1]), device=wire)
+    dist.all_to_all_single(out, packed[torch.argsort(key, stable=True)].to(wire),
                            got.view(world, tables).sum(1).tolist(), count.view(world, tables).sum(1).tolist())
+    out = out.to(home)
     table = torch.arange(tables).repeat(world).repeat_interleave(got)
     result = []
     for e in range(tables):
@@ -140,15 +144,22 @@ def _sparse_adam():
     same rows reach the same trainer in the same order, then DGL's own ``update`` (the Adam moments in the
     kvstore) runs per table. DGL's ``step`` exchanges table by table, with a barrier after each exchange —
     13 synchronisations per step for two tables on two trainers instead of 3, which on small worlds is most
-    of the step. Falls back to DGL's step where its routing is not one chunk per trainer."""
+    of the step. On nccl the collectives run on this trainer's own GPU (``device``, the trainers' ``LOCAL_RANK``
+    GPU): DGL's step puts them on ``cuda:<global rank>``, which on a second machine's trainer is a GPU it does
+    not have. Falls back to DGL's step where its routing is not one chunk per trainer."""
     import torch.distributed as dist
     from dgl.distributed.optim import SparseAdam
 
     class BatchedSparseAdam(SparseAdam):
+        device: Optional[torch.device] = None      # where the collectives run: this trainer's GPU on nccl
+
         def _routing(self):
             """Trainers per server when DGL routes one chunk of rows to each trainer, else None."""
             world, servers = self._world_size, self._params[0].weight.kvstore.num_servers   # one kvstore
-            if world == 1 or world % servers or dist.get_backend() != "gloo":
+            backend = dist.get_backend()
+            if world == 1 or world % servers or backend not in ("gloo", "nccl"):
+                return None
+            if backend == "nccl" and (self.device is None or self.device.type != "cuda"):
                 return None
             return world // servers
 
@@ -167,7 +178,7 @@ def _sparse_adam():
                     rows.append(idx)
                     grads.append(grd)
                     dest.append(part * per_server + torch.remainder(idx, per_server) if per_server > 1 else part)
-                received = exchange_rows(rows, grads, dest, self._world_size)
+                received = exchange_rows(rows, grads, dest, self._world_size, self.device)
                 if self._clean_grad:
                     for emb in self._params:
                         emb.reset_trace()
@@ -176,7 +187,8 @@ def _sparse_adam():
                     self.update(idx, grad, emb)
             # every trainer's pushes are out before anyone pulls again (DGL's barrier; an all-to-all of one
             # number is one, at less than half the cost on gloo)
-            dist.all_to_all_single(torch.empty(self._world_size), torch.zeros(self._world_size))
+            dist.all_to_all_single(torch.empty(self._world_size, device=self.device),
+                                   torch.zeros(self._world_size, device=self.device))
 
     return BatchedSparseAdam
 
@@ -189,6 +201,7 @@ class SparseOptimizer:
     def __init__(self, theta: DistTheta, lr: float) -> None:
         self.theta = theta
         self.opt = _sparse_adam()(list(theta.emb.values()), lr=lr)
+        self.opt.device = getattr(theta.comm, "device", None)
         self.param_groups = [{"lr": lr}]
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -314,7 +314,8 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     feature_reads = FeatureReads.summary(comm.gather(reads.epochs))
     watchdog.stop()
     metrics = {"run": {"dir": str(run_dir), "seed": cfg.run.seed, "distributed": True},
-               "data": {"path": str(ds.path), "name": ds.name, "main_label": ds.main_label},
+               "data": {"path": str(ds.path), "name": ds.name, "main_label": ds.main_label,
+                        "feedback": "implicit" if ds.implicit else "explicit", "timed": ds.timed, **ds.counts()},
                "dist": {"world_size": comm.world, "num_parts": prepared["num_parts"],
                         "part_method": prepared["part_method"], "part_dir": str(part_dir),
                         "expansion": cfg.dist.expansion, "walked": walked, "shares": counts,

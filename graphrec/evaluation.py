@@ -268,10 +268,9 @@ def topk_metrics(scorer, ds: Dataset, split: str, k: int = 20, batch_size: int =
 
 
 def evaluate(scorer, ds: Dataset, split: str, k: int = 20, negatives: int = 20, seed: int = 0,
-             two_stage: Optional[TwoStage] = None, topk: bool = True, impressions: bool = True) -> Dict[str, Any]:
-    """One model's metrics entry on one split (the schema in the module docstring); ``impressions=False``
-    leaves out the per-impression AUCs (a distributed run computes them from every trainer's share)."""
-    out: Dict[str, Any] = dict(impression_metrics(scorer, ds, split, negatives, seed)) if impressions else {}
+             two_stage: Optional[TwoStage] = None, topk: bool = True) -> Dict[str, Any]:
+    """One model's metrics entry on one split (the schema in the module docstring)."""
+    out: Dict[str, Any] = dict(impression_metrics(scorer, ds, split, negatives, seed))
     if topk:
         rep = topk_metrics(scorer, ds, split, k)
         if rep is not None:

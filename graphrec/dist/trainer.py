@@ -98,12 +98,13 @@ def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config,
     scores = ShardedPairScores(scorer, owns, comm) if ds.implicit else gathered_scores(scorer, share, comm)
     entry: Dict[str, Any] = dict(impression_metrics(scores, ds, split, cfg.eval.negatives, cfg.run.seed + 1))
     # every trainer ranks its own users (rank 0 ranking them all kept the others waiting for minutes at 1M users)
-    users = topk_users(ds, split)
-    mine = users[owns(users)]
     ranked = {}
+    retriever = two_stage(cfg, ds, scorer)
+    if cfg.eval.topk or retriever is not None:
+        users = topk_users(ds, split)
+        mine = users[owns(users)]
     if cfg.eval.topk:
         ranked["topk"] = topk_metrics(scorer, ds, split, cfg.eval.k, users=mine)
-    retriever = two_stage(cfg, ds, scorer)
     if retriever is not None:
         rep = topk_metrics(retriever, ds, split, cfg.eval.k, users=mine)
         ranked["topk_two_stage"] = rep and {**rep, "candidates": retriever.n, "retriever": retriever.name}

@@ -200,9 +200,7 @@ class LinkPrediction:
         self.profile_of, self.gifted = torch.from_numpy(inverse), torch.from_numpy(np.asarray(train_a, np.int64))
         # held-out pairs of profiled users, not gifted in training (one int64 key per pair: no Python set)
         test_u, test_a = np.asarray(test_u, np.int64), np.asarray(test_a, np.int64)
-        pos = np.searchsorted(users, test_u)
-        known = (pos < len(users)) & (users[np.minimum(pos, len(users) - 1)] == test_u) if len(users) else \
-            np.zeros(len(test_u), bool)
+        pos, known = np.searchsorted(users, test_u), np.isin(test_u, users)
         key = lambda u, a: u * num_authors + a
         keep = known & ~np.isin(key(test_u, test_a), key(np.asarray(train_u, np.int64), self.gifted.numpy()))
         self.pr, self.pa = torch.from_numpy(pos[keep]), torch.from_numpy(test_a[keep])

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from graphrec.bench.__main__ import main
@@ -16,17 +17,48 @@ def test_power_law_graph_shape():
     assert deg[:10].sum() > 5 * deg[-10:].sum()          # heavy-tailed author popularity
 
 
-def test_sampler_benchmark_reports_every_metapath(tmp_path, capsys):
+def test_sampler_benchmark_reports_every_metapath(tmp_path, capsys, monkeypatch):
+    from graphrec.bench import sampler
+    from graphrec.gie.metapath import METAPATHS
+
+    timed, real = [], sampler.time_walks
+
+    def scripted(walker, seeds, etypes, k, repeats):        # the walks run; their time is a known one per call
+        real(walker, seeds, etypes, k, repeats)
+        timed.append((type(walker).__name__, len(seeds), tuple(etypes), k))
+        return 0.25 * len(timed)
+
+    monkeypatch.setattr(sampler, "time_walks", scripted)
     res = run(2000, 200, 10_000, num_seeds=500, k=4, repeats=1)
-    assert [r["metapath"] for r in res["rows"]] == ["u2a2u", "u2a2u2a", "u2a2a", "a2a", "a2u2a"]
+    names = ["u2a2u", "u2a2u2a", "u2a2a", "a2a", "a2u2a"]
+    assert [r["metapath"] for r in res["rows"]] == names
+    # each metapath timed on DGL, then on the PyTorch sampler: 500 seeds x K = 4 walks of its edge types
+    assert timed == [(w, 500, tuple(METAPATHS[m].etypes), 4) for m in names for w in ("DGLWalker", "CSRWalker")]
+    seconds = iter(0.25 * (i + 1) for i in range(len(timed)))
     for r in res["rows"]:
-        assert r["walks"] == 2000 and r["dgl_walks_per_s"] > 0 and r["torch_cpu_walks_per_s"] > 0
-    assert res["gather_ceiling_per_s"] > 0
-    assert "all five" in format_table(res)
+        assert r["walks"] == 2000 and r["hops"] == len(METAPATHS[r["metapath"]].etypes)
+        assert r["dgl_walks_per_s"] == 2000 / next(seconds) and r["torch_cpu_walks_per_s"] == 2000 / next(seconds)
+    hops = sum(r["walks"] * r["hops"] for r in res["rows"])        # all five: total hops over total seconds
+    assert res["overall"]["dgl_hops_per_s"] == pytest.approx(hops / sum(0.25 * i for i in range(1, 11, 2)))
+    assert res["overall"]["torch_cpu_hops_per_s"] == pytest.approx(hops / sum(0.25 * i for i in range(2, 11, 2)))
+    table = format_table(res)
+    assert "all five" in table and f"ceiling: {res['gather_ceiling_per_s'] / 1e6:.1f} M random" in table
     out = tmp_path / "s.json"
     assert main(["sampler", "--users", "2000", "--authors", "200", "--edges", "10000", "--seeds", "300",
                  "--k", "2", "--repeats", "1", "--device", "cpu", "--out", str(out)]) == 0
-    assert "ceiling" in capsys.readouterr().out and json.loads(out.read_text())["k"] == 2
+    saved = json.loads(out.read_text())
+    assert "ceiling" in capsys.readouterr().out and (saved["k"], saved["seeds"]) == (2, 300)
+    assert [r["walks"] for r in saved["rows"]] == [600] * 5 and saved["graph"]["u2a_edges"] == 10_000
+
+
+def test_gather_ceiling_is_gathers_over_the_fastest_pass(monkeypatch):
+    from types import SimpleNamespace
+
+    from graphrec.bench import sampler
+
+    ticks = iter([0.0, 0.5, 1.0, 1.4, 2.0, 2.25, 3.0, 3.3])      # passes of 0.5, 0.4, 0.25 and 0.3 s
+    monkeypatch.setattr(sampler, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    assert sampler.gather_ceiling(n=1000, repeats=3) == 1000 / 0.25
 
 
 def test_swing_benchmark_and_usage(capsys):
@@ -44,7 +76,10 @@ def test_train_and_serve_benchmarks_on_a_tiny_world(tmp_path, capsys):
                 + sets) == 0
     res = json.loads((tmp_path / "t.json").read_text())
     assert [r["batch_size"] for r in res["by_batch_size"]] == [256, 1024] and res["batch_size"] == 256
-    assert res["mmbee"]["impressions_per_s"] > 0 and res["din"]["impressions_per_s"] > 0
+    for by_size in res["by_batch_size"]:                        # the impressions of a pass over its fastest round
+        assert by_size["impressions"] == 2000
+        for name in ("mmbee", "din"):
+            assert by_size[name]["impressions_per_s"] == 2000 / min(by_size[name]["epoch_seconds"])
     assert res["mmbee"]["parameters"] > res["din"]["parameters"]
     assert res["cost_ratio"] == res["din"]["impressions_per_s"] / res["mmbee"]["impressions_per_s"]
     assert len(res["mmbee"]["epoch_seconds"]) == len(res["din"]["epoch_seconds"]) == 3     # default --repeats

@@ -1,4 +1,7 @@
-"""The one training loop: the prefetching thread, and when the epoch checkpoint is written."""
+"""The one training loop: the prefetching thread, when the epoch checkpoint is written, early stopping,
+exact resumption, gradient clipping and what an epoch's history holds."""
+import copy
+import math
 import threading
 
 import pytest
@@ -83,3 +86,382 @@ def test_checkpoint_every_epoch_or_by_time_and_always_after_the_last(tmp_path):
     assert _saved_epochs(tmp_path, 3600.0) == [4]                    # only the last epoch's
     # early stopping's last epoch too: the monitor never improves after epoch 1, patience 2 stops after 3
     assert _saved_epochs(tmp_path, 3600.0, epochs=10, patience=2, validate=lambda m, e: {"m": -float(e)}) == [3]
+
+
+# ---------------------------------------------------------------- fit's promises, on a tiny model and task
+
+SCRIPT = [0.1, 0.5, 0.3, 0.4, 0.2, 0.9, 0.6, 0.7, 0.8, 0.0, 0.85, 0.3]  # a new best at epochs 1, 2 and 6
+W = torch.tensor([[1.0], [-2.0]])
+VAL_X = torch.linspace(-1, 1, 16).reshape(8, 2)
+
+
+class _Noisy:
+    """Three minibatches of 8 of a noisy 2-d regression drawn from the epoch's generator; with a model that
+    has dropout, an epoch depends on both the numpy and the torch seed of the epoch."""
+
+    def batches(self, epoch, rng):
+        out = []
+        for _ in range(3):
+            x = torch.from_numpy(rng.normal(size=(8, 2)).astype("float32"))
+            out.append((x, x @ W + 0.1 * torch.from_numpy(rng.normal(size=(8, 1)).astype("float32"))))
+        return out
+
+    def loss(self, model, batch):
+        x, y = batch
+        err = model(x) - y
+        return (err ** 2).mean(), len(x), {"abs": err.abs().mean()}
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1))
+
+
+def _val_mse(model, epoch):
+    return {"mse": float(((model(VAL_X) - VAL_X @ W) ** 2).mean())}
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def one_thread():
+    """fit's exactness promise holds with one intra-op thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+@pytest.mark.parametrize("patience, ran, best_epoch", [(1, 3, 2), (3, 5, 2), (5, 11, 6), (0, 12, 6)])
+def test_early_stopping_after_patience_epochs_without_improvement_keeps_the_best_weights(mode, patience, ran,
+                                                                                        best_epoch):
+    from graphrec.fit import FitSpec, fit
+
+    sign = 1.0 if mode == "max" else -1.0          # "min" sees the same sequence negated: the same epochs win
+    model, snapshots = _net(), []
+    res = fit(model, _Noisy(), FitSpec(epochs=len(SCRIPT), lr=0.05, patience=patience, monitor="m", mode=mode),
+              validate=lambda m, epoch: {"m": sign * SCRIPT[epoch]},
+              on_epoch_end=lambda epoch, h: snapshots.append(_state(model)))
+    assert len(res.history) == len(snapshots) == ran
+    assert [h["val_m"] for h in res.history] == [sign * v for v in SCRIPT[:ran]]
+    assert res.stopped_early == (ran < len(SCRIPT))              # patience 0: every epoch of the budget
+    assert (res.best_epoch, res.best) == (best_epoch, sign * SCRIPT[best_epoch - 1])
+    assert _same(_state(model), snapshots[best_epoch - 1])        # the best epoch's weights, restored
+    assert not _same(snapshots[best_epoch - 1], snapshots[-1])    # (which the last epoch had moved on from)
+
+
+def test_a_nan_monitor_value_is_never_the_best_and_counts_as_an_epoch_without_improvement():
+    from graphrec.fit import FitSpec, fit
+
+    values = [float("nan"), 0.3, float("nan"), 0.5, float("nan"), float("nan"), 0.9, 0.9]
+    model, snapshots = _net(), []
+    res = fit(model, _Noisy(), FitSpec(epochs=len(values), lr=0.05, patience=2, monitor="m"),
+              validate=lambda m, epoch: {"m": values[epoch]}, on_epoch_end=lambda e, h: snapshots.append(_state(model)))
+    assert (len(res.history), res.stopped_early, res.best_epoch, res.best) == (6, True, 4, 0.5)
+    assert _same(_state(model), snapshots[3])
+
+
+def test_a_nan_loss_spoils_the_weights_but_early_stopping_hands_back_the_best_finite_epoch():
+    from graphrec.fit import FitSpec, fit
+
+    class Poisoned(_Noisy):                                  # epoch 3's loss is NaN: so are Adam's moments after it
+        def batches(self, epoch, rng):
+            self.epoch = epoch
+            return super().batches(epoch, rng)
+
+        def loss(self, model, batch):
+            loss, n, extra = super().loss(model, batch)
+            return (loss * float("nan") if self.epoch == 2 else loss), n, extra
+
+    model, snapshots = _net(), []
+    res = fit(model, Poisoned(), FitSpec(epochs=10, lr=0.05, patience=2, monitor="mse", mode="min"),
+              validate=_val_mse, on_epoch_end=lambda e, h: snapshots.append(_state(model)))
+    assert [math.isnan(h["train_loss"]) for h in res.history] == [False, False, True, True]
+    assert all(math.isnan(h["val_mse"]) for h in res.history[2:]) and res.stopped_early
+    assert res.best_epoch in (1, 2) and res.best == res.history[res.best_epoch - 1]["val_mse"]
+    assert _same(_state(model), snapshots[res.best_epoch - 1])
+    assert all(torch.isfinite(v).all() for v in _state(model).values())
+
+
+def test_without_validation_nothing_is_best_and_the_last_weights_stay():
+    from graphrec.fit import FitSpec, fit
+
+    model, snapshots = _net(), []
+    res = fit(model, _Noisy(), FitSpec(epochs=3, lr=0.05, patience=1),
+              on_epoch_end=lambda e, h: snapshots.append(_state(model)))
+    assert res.best_epoch == 0 and math.isnan(res.best) and not res.stopped_early and len(res.history) == 3
+    assert not any(k.startswith("val_") for h in res.history for k in h)
+    assert _same(_state(model), snapshots[-1])
+
+
+def test_each_epoch_draws_from_generators_of_the_seed_and_the_epoch():
+    from graphrec.fit import FitSpec, fit
+
+    class Recording(_Noisy):
+        def __init__(self):
+            self.draws = []
+
+        def batches(self, epoch, rng):
+            self.draws.append((int(rng.integers(2**62)), float(torch.rand(()))))      # numpy's and torch's
+            return super().batches(epoch, rng)
+
+    def draws(seed):
+        task = Recording()
+        fit(_net(), task, FitSpec(epochs=3, lr=0.05, seed=seed))
+        return task.draws
+
+    first, again, other = draws(0), draws(0), draws(1)
+    assert first == again
+    for source in (0, 1):                                   # numpy's, then torch's: one per epoch and seed
+        mine, theirs = {d[source] for d in first}, {d[source] for d in other}
+        assert len(mine) == len(theirs) == 3 and not mine & theirs
+
+
+EPOCHS = 5
+
+
+def _resumable_run(ck, resume=False, stop_after=None, init_seed=0):
+    """A run with dropout, per-batch randomness, Adam state, clipping and a monitored metric; ``stop_after``:
+    interrupt it (an exception) right after that epoch's checkpoint; ``init_seed``: the weights it starts from."""
+    from graphrec.fit import FitSpec, fit
+
+    model = _net(init_seed)
+
+    def interrupt(epoch, h):
+        if epoch + 1 == stop_after:
+            raise _Interrupted
+
+    spec = FitSpec(epochs=EPOCHS, lr=0.05, seed=3, grad_clip=1.0, monitor="mse", mode="min")
+    res = fit(model, _Noisy(), spec, checkpoint=ck, resume=resume, validate=_val_mse, on_epoch_end=interrupt)
+    return model, res
+
+
+@pytest.mark.parametrize("k", range(1, EPOCHS))
+def test_a_run_interrupted_after_any_epoch_resumes_to_the_same_weights_and_history(tmp_path, k, one_thread):
+    from graphrec.checkpoint import load_checkpoint
+
+    full_ck = tmp_path / "full.pt"
+    full, full_res = _resumable_run(full_ck, resume=True)         # resume without a checkpoint: from scratch
+    assert full_res.resumed_from is None and len(full_res.history) == EPOCHS
+    ck = tmp_path / "interrupted.pt"
+    with pytest.raises(_Interrupted):
+        _resumable_run(ck, stop_after=k)
+    assert load_checkpoint(ck)["epoch"] + 1 == k
+    resumed, res = _resumable_run(ck, resume=True, init_seed=100 + k)   # other initial weights: the checkpoint's win
+    assert res.resumed_from == k
+    assert _without_seconds(res.history) == _without_seconds(full_res.history)
+    assert (res.best_epoch, res.best) == (full_res.best_epoch, full_res.best)
+    assert _same(_state(resumed), _state(full))                                       # the best epoch's weights
+    assert _same(load_checkpoint(ck)["model"], load_checkpoint(full_ck)["model"])     # and the last epoch's
+    adam, full_adam = load_checkpoint(ck)["optim"]["state"], load_checkpoint(full_ck)["optim"]["state"]
+    assert adam.keys() == full_adam.keys() and all(_same(adam[i], full_adam[i]) for i in adam)   # and Adam's moments
+
+
+def test_early_stopping_counts_the_epochs_without_improvement_across_a_resume(tmp_path):
+    from graphrec.fit import FitSpec, fit
+
+    spec = FitSpec(epochs=len(SCRIPT), lr=0.05, patience=3, monitor="m")
+    validate = lambda m, epoch: {"m": SCRIPT[epoch]}         # noqa: E731 - best at epoch 2, then 3 worse ones
+    full = _net()
+    assert len(fit(full, _Noisy(), spec, validate=validate).history) == 5
+    ck = tmp_path / "ck.pt"
+
+    def stop_after_4(epoch, h):
+        if epoch + 1 == 4:
+            raise _Interrupted
+    with pytest.raises(_Interrupted):                        # epochs 3 and 4 without improvement so far
+        fit(_net(), _Noisy(), spec, checkpoint=ck, validate=validate, on_epoch_end=stop_after_4)
+    for again in range(2):                                   # the second resume finds the stopped run's checkpoint
+        model = _net(7 + again)
+        res = fit(model, _Noisy(), spec, checkpoint=ck, resume=True, validate=validate)
+        assert (res.resumed_from, len(res.history), res.stopped_early) == ([4, 5][again], 5, True)
+        assert (res.best_epoch, res.best) == (2, 0.5) and _same(_state(model), _state(full))
+
+
+def test_without_resume_an_existing_checkpoint_is_ignored_and_overwritten(tmp_path):
+    from graphrec.checkpoint import load_checkpoint
+    from graphrec.fit import FitSpec, fit
+
+    ck = tmp_path / "ck.pt"
+    fit(_net(), _Noisy(), FitSpec(epochs=2, lr=0.05), checkpoint=ck)
+    model, fresh = _net(), _net()
+    res = fit(model, _Noisy(), FitSpec(epochs=3, lr=0.05), checkpoint=ck)
+    fit(fresh, _Noisy(), FitSpec(epochs=3, lr=0.05))
+    assert res.resumed_from is None and len(res.history) == 3 and load_checkpoint(ck)["epoch"] == 2
+    assert _same(_state(model), _state(fresh))
+
+
+class _Steep(_Noisy):
+    """Three fixed batches with a steep loss: every gradient norm is far above the clipping norms used here."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.fixed = [(x, 10 * x @ W) for x in torch.randn(3, 8, 2, generator=g)]
+
+    def batches(self, epoch, rng):
+        return self.fixed
+
+
+@pytest.mark.parametrize("clip", [0.5, 0.0])
+def test_grad_clip_scales_the_gradient_the_optimizer_applies(clip):
+    """One SGD step (an ``optimizer`` of the caller's) moves the weights by ``lr`` times the gradient clipped
+    by hand with ``torch.nn.utils.clip_grad_norm_``; ``grad_clip=0`` leaves the gradient as it is."""
+    from graphrec.fit import FitSpec, fit
+
+    class OneBatch(_Steep):
+        def batches(self, epoch, rng):
+            return self.fixed[:1]
+
+    task, lr = OneBatch(), 0.01
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    by_hand = copy.deepcopy(model)
+    task.loss(by_hand, task.fixed[0])[0].backward()
+    grads = [p.grad for p in by_hand.parameters()]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    assert norm > 20 * 0.5                                   # the clipping binds
+    if clip:
+        torch.nn.utils.clip_grad_norm_(list(by_hand.parameters()), clip)
+    expected = [p.detach() - lr * p.grad for p in by_hand.parameters()]
+    res = fit(model, task, FitSpec(epochs=1, lr=123.0, grad_clip=clip),        # spec.lr: not the caller's optimizer's
+              optimizer=torch.optim.SGD(model.parameters(), lr=lr))
+    assert res.history[0]["lr"] == lr
+    for p, e in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), e)
+    step = torch.cat([(p.detach() - w).ravel() for p, w in zip(model.parameters(), by_hand.parameters())])
+    assert float(torch.linalg.vector_norm(step)) / lr == pytest.approx(clip or norm, rel=1e-4)
+
+
+def test_every_adam_step_sees_the_clipped_gradient_norm():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from graphrec.fit import FitSpec, fit
+
+    norms = []
+
+    def look(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+    handle = register_optimizer_step_pre_hook(look)
+    try:
+        fit(_net(), _Steep(), FitSpec(epochs=2, lr=0.01, grad_clip=0.5))
+        fit(_net(), _Steep(), FitSpec(epochs=2, lr=0.01))
+    finally:
+        handle.remove()
+    clipped, free = norms[:6], norms[6:]
+    assert len(free) == 6 and clipped == pytest.approx([0.5] * 6, rel=1e-4) and min(free) > 10 * 0.5
+
+
+class _Clock:
+    """fit's ``time`` module in the test below: the time is what the task says."""
+    now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_checkpoint_by_time_waits_for_the_interval_and_a_resume_continues_from_the_older_checkpoint(
+        tmp_path, monkeypatch, one_thread):
+    from graphrec.checkpoint import load_checkpoint
+    from graphrec.fit import FitSpec, fit
+
+    clock = _Clock()
+    monkeypatch.setattr("graphrec.fit.time", clock)
+
+    class Slow(_Noisy):
+        def batches(self, epoch, rng):
+            clock.now += 10.0                                   # every epoch takes 10 s
+            return super().batches(epoch, rng)
+
+    def run(ck, resume=False, stop_after=None):
+        model, seen = _net(), []
+
+        def look(epoch, h):
+            seen.append(load_checkpoint(ck)["epoch"] + 1 if ck.exists() else None)
+            if epoch + 1 == stop_after:
+                raise _Interrupted
+        try:
+            res = fit(model, Slow(), FitSpec(epochs=8, lr=0.05, checkpoint_every_s=25.0), checkpoint=ck,
+                      resume=resume, on_epoch_end=look)
+        except _Interrupted:
+            res = None
+        return model, res, seen
+
+    full, full_res, seen = run(tmp_path / "full.pt")
+    assert seen == [None, None, 3, 3, 3, 6, 6, 8]                 # at 30 s, 60 s, and after the last epoch
+    assert [h["seconds"] for h in full_res.history] == [10.0] * 8 and full_res.seconds == 80.0
+    ck = tmp_path / "ck.pt"
+    _, interrupted, seen = run(ck, stop_after=5)
+    assert interrupted is None and seen == [None, None, 3, 3, 3]     # epochs 4 and 5 were never saved
+    model, res, seen = run(ck, resume=True)
+    assert res.resumed_from == 3 and seen == [3, 3, 6, 6, 8]       # the interval counts from the resume
+    assert res.history == full_res.history and _same(_state(model), _state(full))
+
+
+class _TwoSizes(_Noisy):
+    """A batch of 1 example and a batch of 3, the same every epoch."""
+
+    def batches(self, epoch, rng):
+        return [(x, x @ W) for x in (torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, -1.0]]))]
+
+
+class _Writer:
+    def __init__(self):
+        self.points = []
+
+    def add_scalar(self, tag, value, step):
+        self.points.append((tag, value, step))
+
+
+def test_history_entries_are_example_weighted_means_and_each_reaches_the_writer():
+    from graphrec.fit import FitSpec, fit
+
+    torch.manual_seed(0)
+    model, task, writer = torch.nn.Linear(2, 1), _TwoSizes(), _Writer()
+    with torch.no_grad():
+        parts = [task.loss(model, b) for b in task.batches(0, None)]
+    loss = sum(float(l) * n for l, n, _ in parts) / 4
+    abs_err = sum(float(x["abs"]) * n for _, n, x in parts) / 4
+    assert loss != pytest.approx(sum(float(l) for l, _, _ in parts) / 2)   # the weighting matters here
+    # lr 0: the weights, hence every batch's loss, stay what they were
+    res = fit(model, task, FitSpec(epochs=2, lr=0.0, tag="t", log_every=3), writer=writer, validate=_val_mse)
+    for e, h in enumerate(res.history):
+        assert set(h) == {"epoch", "train_loss", "abs", "val_mse", "lr", "seconds"}
+        assert (h["epoch"], h["lr"]) == (e + 1, 0.0)
+        assert (h["train_loss"], h["abs"]) == (pytest.approx(loss, rel=1e-6), pytest.approx(abs_err, rel=1e-6))
+        assert h["val_mse"] == pytest.approx(_val_mse(model, e)["mse"], rel=1e-6)
+    # a per-step loss every `log_every` steps (counted across epochs: 2 per epoch), and every entry but the epoch
+    steps = [(step, v) for tag, v, step in writer.points if tag == "t/train_loss_step"]
+    assert steps == [(0, pytest.approx(float(parts[0][0]))), (3, pytest.approx(float(parts[1][0])))]
+    assert {(tag, step): v for tag, v, step in writer.points if tag != "t/train_loss_step"} == \
+        {(f"t/{k}", e + 1): v for e, h in enumerate(res.history) for k, v in h.items() if k != "epoch"}
+
+
+def test_only_the_given_trainable_parameters_change():
+    from graphrec.fit import FitSpec, fit
+
+    for groups in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Linear(4, 1))
+        model[1].bias.requires_grad_(False)
+        given = [model[0].weight, model[1].weight, model[1].bias]
+        before = _state(model)
+        fit(model, _Noisy(), FitSpec(epochs=2, lr=0.05),
+            parameters=[{"params": given[:1], "weight_decay": 0.1}, {"params": given[1:]}] if groups else given)
+        after = _state(model)
+        assert {k for k in before if not torch.equal(before[k], after[k])} == {"0.weight", "1.weight"}

@@ -80,7 +80,21 @@ def test_graph_uses_training_edges_only(tiny_cfg):
     assert g.edge_data["u2a"]["count"].sum().item() == (train & gifts).sum()
     ru, ra = g.edges(etype="a2u")
     assert torch.equal(ru, a) and torch.equal(ra, u)
-    assert (g.in_degrees(etype="a2a") >= 0).all() and g.out_degrees(etype="a2a").max() <= 5
+    # a2a degrees are counts of its edge list, with at most k per list; cut to k = 1, some author is on
+    # several lists (in-degree != out-degree)
+    top1 = build_gift_graph(ds, "gift", {"a2a_topk": 1})
+    for k, graph in ((5, g), (1, top1)):
+        s, d = (x.numpy() for x in graph.edges(etype="a2a"))
+        assert graph.in_degrees(etype="a2a").tolist() == np.bincount(d, minlength=ds.num_authors).tolist()
+        assert graph.out_degrees(etype="a2a").tolist() == np.bincount(s, minlength=ds.num_authors).tolist()
+        assert graph.out_degrees(etype="a2a").max() <= k
+    assert not torch.equal(top1.in_degrees(etype="a2a"), top1.out_degrees(etype="a2a"))
+    # swing links two authors only through a pair of users who both gifted each of them in training
+    gifters = {}
+    for pu, pa in train_pairs:
+        gifters.setdefault(pa, set()).add(pu)
+    s, d = (x.tolist() for x in g.edges(etype="a2a"))
+    assert s and all(i != j and len(gifters[i] & gifters[j]) >= 2 for i, j in zip(s, d))
     assert "score" in g.edge_data["a2a"]
 
 

@@ -38,6 +38,15 @@ after the last step are left out. Two rooms of one streamer that start in the sa
 apart (the format wants increasing starts per author). Impressions also keep ``watch_seconds`` (click
 rows; 0 otherwise). Bad input stops with the file, line and column.
 
+Gifts are the main label, so ``gift.csv`` must have rows: one with a header only is an error (the
+gift task would train on nothing). A gift whose ``live_id`` is not in ``room.csv`` is most likely
+log truncation (a room that started before the export's window), but its streamer cannot be checked
+against the room and it would have no title and no statistics: such rows are dropped with a warning
+giving their count (``log("warning: ...")``, or a :class:`DataWarning` without ``log``; counted in
+``meta.conversion.gifts_without_room``). When they are more than ``max_unknown_room_gifts`` of the
+gift rows (default 5%), truncation is no longer a likely cause (rather a room.csv from another export)
+and the conversion stops; ``--max-unknown-room-gifts 1`` accepts them all.
+
 Checked against the documented schema only (the tests write fixtures from it): the real log was not
 reachable from the development machines.
 """
@@ -46,13 +55,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from graphrec.data.dataset import Dataset
-from graphrec.errors import DataError, command
+from graphrec.errors import DataError, DataWarning, command
 
 TITLE_EMBEDDINGS = "title_embeddings_pca128.npy"
 EVENT_KEYS = ("user_id", "live_id", "streamer_id", "timestamp")
@@ -63,6 +73,7 @@ STAT_FEATURES = ("viewers", "comments", "likes", "gifts", "gift_value")
 DEFAULT_LONG_VIEW_SECONDS = 60.0
 DEFAULT_STEP_SECONDS = 300
 DEFAULT_STEPS = 48
+DEFAULT_MAX_UNKNOWN_ROOM_GIFTS = 0.05        # share of gift rows whose room is not in room.csv, dropped
 MISSING = frozenset({"", "nan", "null", "none", "na", "n/a", "\\n"})
 MISSING_CODE = "(missing)"
 
@@ -361,11 +372,42 @@ def _strict_starts(author: np.ndarray, start: np.ndarray) -> np.ndarray:
     return pd.Series(start - idx).groupby(author).cummax().to_numpy(np.int64) + idx
 
 
+def _gifts_in_rooms(gifts: Dict[str, Any], known: np.ndarray, max_share: float,
+                    warn: Callable[[str], None]) -> int:
+    """Keep the gift rows whose room is in room.csv (``known``); returns how many were dropped. No gift
+    rows at all, or more unknown rooms than ``max_share`` of them, is an error (see the module docstring)."""
+    path, n = gifts["path"], len(known)
+    if n == 0:
+        raise DataError(f"{path}: no gift rows (expected at least one row of {', '.join(EVENT_KEYS)}, gift_price "
+                        f"under the header: gift is KuaiLive's main label, the gift task would train on nothing)")
+    drop = np.flatnonzero(~known)
+    if not len(drop):
+        return 0
+    first = f"first on line {int(drop[0]) + 2}: live_id {gifts['live_id'][drop[0]]}"
+    if len(drop) > max_share * n or len(drop) == n:
+        raise DataError(f"{path}: {len(drop):,} of {n:,} gift rows ({len(drop) / n:.1%}) have a live_id that is not "
+                        f"in room.csv ({first}); expected at most {max_share:.0%} (rooms cut off at the log's "
+                        f"edges). Check that room.csv comes from the same KuaiLive export, or accept them with "
+                        f"--max-unknown-room-gifts (python -m data_prep.kuailive)")
+    warn(f"{path}: dropped {len(drop):,} of {n:,} gift rows ({len(drop) / n:.2%}) whose live_id is not in "
+         f"room.csv ({first}); likely rooms cut off at the log's edges")
+    for k, v in gifts.items():
+        if isinstance(v, np.ndarray):
+            gifts[k] = v[known]
+    return len(drop)
+
+
 # ----------------------------------------------------------------------------- conversion
 def convert(path: Path, long_view_seconds: float = DEFAULT_LONG_VIEW_SECONDS, step_seconds: int = DEFAULT_STEP_SECONDS,
-            steps: int = DEFAULT_STEPS, log: Callable[[str], None] = lambda s: None) -> Dataset:
-    """Read the KuaiLive folder ``path`` into a canonical dataset (see the module docstring)."""
+            steps: int = DEFAULT_STEPS, log: Optional[Callable[[str], None]] = None,
+            max_unknown_room_gifts: float = DEFAULT_MAX_UNKNOWN_ROOM_GIFTS) -> Dataset:
+    """Read the KuaiLive folder ``path`` into a canonical dataset (see the module docstring). Progress
+    goes to ``log``; warnings too, or as :class:`DataWarning` without it."""
     src = Path(path)
+    if log is None:
+        log, warn = (lambda s: None), (lambda s: warnings.warn(s, DataWarning, stacklevel=4))
+    else:
+        warn = (lambda s: log(f"warning: {s}"))
     if not src.is_dir():
         raise DataError(f"{src}: KuaiLive folder not found (expected {', '.join(FILES)})")
     if step_seconds < 1 or steps < 2:
@@ -375,8 +417,8 @@ def convert(path: Path, long_view_seconds: float = DEFAULT_LONG_VIEW_SECONDS, st
     rooms = _read_rooms(src)
     titles = _load_titles(src, rooms)
     ev = {k: _read_events(src, k) for k in EVENT_FILES}
-    for e in ev.values():
-        _check_streamers(e, rooms)
+    known = {k: _check_streamers(e, rooms) >= 0 for k, e in ev.items()}
+    gifts_without_room = _gifts_in_rooms(ev["gift"], known["gift"], max_unknown_room_gifts, warn)
     u_ids, u_cols, u_info = read_side_table(src / "user.csv", "user_id")
     s_ids, s_cols, s_info = read_side_table(src / "streamer.csv", "streamer_id")
 
@@ -536,7 +578,7 @@ def convert(path: Path, long_view_seconds: float = DEFAULT_LONG_VIEW_SECONDS, st
     orphan_events = {k: int(len(orphan_rows[k])) for k in ("gift", "comment", "like")}
     conversion = {
         "click_rows": int(nc), "negative_rows": int(nn), "orphan_impressions": int(no),
-        "orphan_events": orphan_events, "attached_events": attached,
+        "orphan_events": orphan_events, "attached_events": attached, "gifts_without_room": gifts_without_room,
         "rooms_without_room_row": rooms_unknown, "duplicate_room_rows": rooms["duplicates"],
         "users_without_profile": int(len(users) - len(u_ids)),
         "streamers_without_profile": int(len(authors) - len(s_ids)),
@@ -589,10 +631,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help=f"step of the per-room statistics (default {DEFAULT_STEP_SECONDS})")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                     help=f"steps per room sequence (default {DEFAULT_STEPS})")
+    ap.add_argument("--max-unknown-room-gifts", type=float, default=DEFAULT_MAX_UNKNOWN_ROOM_GIFTS,
+                    help="largest share of gift rows whose live_id is not in room.csv that are dropped with a "
+                         f"warning rather than stopping the conversion (default {DEFAULT_MAX_UNKNOWN_ROOM_GIFTS:g})")
     args = ap.parse_args(argv)
 
     ds = convert(Path(args.src), args.long_view_seconds, args.step_seconds, args.steps,
-                 log=lambda m: print(m, file=sys.stderr))
+                 log=lambda m: print(m, file=sys.stderr), max_unknown_room_gifts=args.max_unknown_room_gifts)
     validate_dataset(ds)
     print_counts(ds, save_dataset(ds, Path(args.out)))
     return 0

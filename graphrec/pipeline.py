@@ -41,7 +41,7 @@ class DataStage(Stage):
         split_positives = {s: int(((imp["split"] == code) & (imp[main] == 1)).sum()) for s, code in SPLITS.items()}
         counts = ds.counts()
         ctx.state["dataset"] = ds
-        ctx.metrics["data"] = {"path": str(path), "name": ds.name, "main_label": main,
+        ctx.metrics["data"] = {"path": str(Path(path).resolve()), "name": ds.name, "main_label": main,
                                "feedback": "implicit" if ds.implicit else "explicit", "timed": ds.timed,
                                **counts, "split": split_counts, "split_positives": split_positives}
         if "oracle" in ds.meta:

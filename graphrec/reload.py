@@ -50,6 +50,45 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def dataset_path(run_dir: Path, metrics: Dict[str, Any]) -> Path:
+    """The run's dataset folder. Runs record it absolute; older ones recorded it relative to the
+    directory they ran in, which is not recorded, so a relative path is tried against the current
+    directory, then against the run folder's parents (``runs/<name>`` beside ``cache/`` is the usual
+    layout). A dataset that is nowhere is an error listing the places tried."""
+    data = metrics.get("data") or {}
+    if not data.get("path"):
+        raise DataError(f"{run_dir / 'metrics.json'}: 'data' has no 'path' (the dataset folder the run used)")
+    recorded = Path(data["path"]).expanduser()
+    if recorded.is_absolute():
+        tried = [recorded]
+    else:
+        bases = [Path.cwd(), *Path(run_dir).resolve().parents]
+        tried = [base / recorded for i, base in enumerate(bases) if base not in bases[:i]]
+    for path in tried:
+        if path.is_dir():
+            return path
+    where = str(tried[0]) if len(tried) == 1 else f"{recorded} (tried {', '.join(str(p) for p in tried)})"
+    raise DataError(f"{run_dir}: its dataset {where} is gone; rebuild it with "
+                    f"`python -m graphrec.run --cfg {run_dir / 'config.yaml'}` (same data settings), or, for a "
+                    f"dataset that only moved, set data.path in {run_dir / 'metrics.json'} to its folder")
+
+
+def _load_expansions(run_dir: Path, names) -> Dict[str, np.ndarray]:
+    """The run's ``expansions.npz``; a damaged one (e.g. a copy cut short) is a :class:`DataError`, not a
+    zip traceback from the server."""
+    import zipfile
+
+    path = _need(run_dir / "expansions.npz", "the offline expansions")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {m: npz[m] for m in names if m in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise DataError(f"{path}: unreadable or truncated expansions file ({type(exc).__name__}: {exc}); copy it "
+                        f"again from the run's origin, or re-run `python -m graphrec.run --cfg "
+                        f"{run_dir / 'config.yaml'}` (if that says it uses cached expansions, delete that cache "
+                        f"file first)") from None
+
+
 def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     """Reload the run in ``run_dir`` (a folder written by ``python -m graphrec.run``)."""
     from .checkpoint import load_checkpoint
@@ -72,17 +111,12 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
         raise DataError(f"{run_dir / 'metrics.json'}: not valid JSON ({exc})") from None
     if "ranker" not in metrics or "data" not in metrics:
         raise DataError(f"{run_dir}: the run did not finish its ranker stage (metrics.json has no 'ranker')")
-    data_path = Path(metrics["data"]["path"])
-    if not data_path.exists():
-        raise DataError(f"{run_dir}: its dataset {data_path} is gone; rebuild it with "
-                        f"`python -m graphrec.run --cfg {run_dir / 'config.yaml'}` (same data settings)")
-    ds = load_dataset(data_path)
+    ds = load_dataset(dataset_path(run_dir, metrics))
     ensure_split(ds, cfg.data.val_fraction, cfg.data.test_fraction)
     mods = metrics["ranker"]["modules"]
     art: Dict[str, Optional[Any]] = {}
     if mods["metapaths"]:
-        with np.load(_need(run_dir / "expansions.npz", "the offline expansions"), allow_pickle=False) as npz:
-            art["expansions"] = {m: npz[m] for m in METAPATHS if m in npz.files}
+        art["expansions"] = _load_expansions(run_dir, METAPATHS)
     if mods["theta_pretrained"]:
         art["theta"] = load_checkpoint(_need(run_dir / "checkpoints" / "graphcl.pt", "GraphCL's Θ"))["theta"]
     if mods["stat_forecast"]:

@@ -5,6 +5,12 @@ Every planted signal is one that a module of the papers should recover:
 * **collaborative** (-> GIE): users and streamers belong to taste communities; gift intent grows with
   ``taste_u . style_a``. Users mostly see their own community's rooms, so a sparse user's co-gifters
   (``u2a2u``) and their streamers reveal the user's taste.
+* **patronage** (-> GIE, gifts only): every taste community splits into ``fan_clubs`` fan clubs and every
+  viewer and streamer belongs to one; gift intent grows with ``loyalty_u . club_a`` (the clubs' latent
+  vectors plus noise). Patronage drives gifts only — not clicks, long views or which rooms are shown — so
+  the click history cannot reveal it: a viewer's club shows in whom they and their co-gifters gift
+  (``u2a2u2a``, ``a2u2a``), which is MMBee's premise. Its draws come from a generator of their own, so
+  ``weight_patronage: 0`` gives the world without it byte for byte.
 * **content** (-> MFQ): each 2-minute segment of a room has latent content made of a common part plus
   one specific part per modality (frame, ASR, comments). Each modality's tokens show the common part
   and only its own specific part, and intent grows with ``taste_u . (common + all specifics)``, so
@@ -112,6 +118,22 @@ def _room_heat(rng: np.random.Generator, A: int, T: int, period: float, damping:
     return (out - out.mean()) / out.std()
 
 
+def fan_clubs(seed: int, community: np.ndarray, cluster: np.ndarray, num_communities: int, clubs: int,
+              dim: int, noise: float):
+    """``(club_u [U], club_a [A], loyalty [U, D], club_style [A, D])``: each taste community split into
+    ``clubs`` fan clubs, viewers and streamers assigned within their community, with latent club vectors
+    plus ``noise``. Drawn from a generator of its own (seeded by ``seed``), so the rest of the world's draws
+    do not depend on whether patronage is planted."""
+    rng = np.random.default_rng([seed, 0x5A7])
+    centres = rng.standard_normal((num_communities * clubs, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    club_u = (community.astype(np.int64) * clubs + rng.integers(0, clubs, len(community))).astype(np.int32)
+    club_a = (cluster.astype(np.int64) * clubs + rng.integers(0, clubs, len(cluster))).astype(np.int32)
+    loyalty = (centres[club_u] + noise * rng.standard_normal((len(club_u), dim)) / math.sqrt(dim)).astype(np.float32)
+    club_style = (centres[club_a] + noise * rng.standard_normal((len(club_a), dim)) / math.sqrt(dim)).astype(np.float32)
+    return club_u, club_a, loyalty, club_style
+
+
 def _draw_authors(rng: np.random.Generator, user_comm: np.ndarray, cluster: np.ndarray,
                   popularity: np.ndarray, in_community: np.ndarray) -> np.ndarray:
     """Author per impression: popularity-weighted, from the user's community where asked."""
@@ -151,6 +173,8 @@ class World:
     shopping: np.ndarray         # [A] 0/1
     fav_cat1: np.ndarray         # [U]
     cat3_of_author: np.ndarray   # [A, T // P] fine category on sale, -1 for rooms that do not sell
+    loyalty: np.ndarray          # [U, D] a viewer's fan-club vector (patronage)
+    club_style: np.ndarray       # [A, D] a streamer's fan-club vector
     first_step: int              # impressions are drawn on steps [first_step, last_step]
     last_step: int
     consts: Dict[str, Any] = field(default_factory=dict)   # standardisation and calibration (see _response)
@@ -198,6 +222,7 @@ def _intent_parts(w: "World", user: np.ndarray, author: np.ndarray, step: np.nda
     segment = (author.astype(np.int64) * S + step // W).astype(np.int32)
     next_cat1 = w.cat3_of_author[author, step // P + 1] // (sim["cat2_per_cat1"] * sim["cat3_per_cat2"])
     return {"collab": np.einsum("ij,ij->i", w.taste[user], w.style[author]),
+            "patron": np.einsum("ij,ij->i", w.loyalty[user], w.club_style[author]),
             "cont": np.einsum("ij,ij->i", w.taste[user], w.content[segment]),
             "future_heat": w.heat[author[:, None], step[:, None] + np.arange(H)].mean(axis=1),
             "ub": w.user_bias[user], "ab": w.author_bias[author],
@@ -224,6 +249,8 @@ def _response(sim: Mapping[str, Any], parts: Mapping[str, np.ndarray], consts: D
     ub, ab = std("user_bias", parts["ub"]), std("author_bias", parts["ab"])
     z_gift = (sim["weight_collaborative"] * collab + sim["weight_content"] * cont + sim["weight_heat"] * heat_z
               + sim["weight_user_bias"] * ub + sim["weight_author_bias"] * ab)
+    if sim.get("weight_patronage", 0.0):      # 0: not even standardised, so the world is today's byte for byte
+        z_gift = z_gift + sim["weight_patronage"] * std("patron", parts["patron"])
     if fit:
         consts["gift_scale"], consts["gift_bias"] = calibrate(z_gift, sim["gift_rate"], sim["gift_auc"], rng)
     p = {"gift": _sigmoid(consts["gift_bias"] + consts["gift_scale"] * z_gift)}
@@ -288,6 +315,8 @@ def simulate_world(sim: Mapping[str, Any], seed: int = 0, progress: bool = False
     shopping = (rng.random(A) < sim["shopping_fraction"]).astype(np.uint8)
     popularity = rng.pareto(sim["popularity_alpha"], A) + 1.0
     author_bias = rng.standard_normal(A).astype(np.float32)
+    club_u, club_a, loyalty, club_style = fan_clubs(seed, community, cluster, C, sim["fan_clubs"], D,
+                                                    sim["taste_noise"])
     phase("people")
 
     # -- rooms: heat, highlights and statistics on the 30-s clock
@@ -363,7 +392,8 @@ def simulate_world(sim: Mapping[str, Any], seed: int = 0, progress: bool = False
     world = World(sim=dict(sim), seed=seed, taste=taste, style=style, content=content, heat=heat,
                   user_bias=user_bias, author_bias=author_bias, activity=activity, popularity=popularity,
                   community=community, cluster=cluster, shopping=shopping, fav_cat1=fav_cat1,
-                  cat3_of_author=cat3_of_author, first_step=sim["warmup_steps"], last_step=last_step)
+                  cat3_of_author=cat3_of_author, loyalty=loyalty, club_style=club_style,
+                  first_step=sim["warmup_steps"], last_step=last_step)
     p = _response(sim, _intent_parts(world, user, author, step), world.consts, rng)
     scale, bias = world.consts["gift_scale"], world.consts["gift_bias"]
     in_shop = shopping[author] == 1
@@ -399,7 +429,8 @@ def simulate_world(sim: Mapping[str, Any], seed: int = 0, progress: bool = False
         "segments": {"step_seconds": W * STEP_SECONDS},
         "products": {"num_products": K3 * ppc, "num_cat1": n1, "num_cat2": n1 * n2, "num_cat3": K3,
                      "step_seconds": P * STEP_SECONDS},
-        "truth_columns": {"users": ["community", "fav_cat1"], "authors": ["cluster"],
+        "gifting": gifting_statistics(impressions["user"], impressions["author"], impressions["gift"], U, A),
+        "truth_columns": {"users": ["community", "fav_cat1", "fan_club"], "authors": ["cluster", "fan_club"],
                           "impressions": [f"p_{k}" for k in ("click", "long_view", "gift", "purchase")],
                           "stats": ["highlight"]},
         "label_meaning": {"click": "entered the room", "long_view": "stayed long", "gift": "sent a gift",
@@ -414,11 +445,36 @@ def simulate_world(sim: Mapping[str, Any], seed: int = 0, progress: bool = False
                   "values": stat_values, "highlight": highlight},
         "products": products,
     }
+    if sim.get("weight_patronage", 0.0):          # planted truth, never a ranker input (truth_columns)
+        tables["users"]["fan_club"] = club_u
+        tables["authors"]["fan_club"] = club_a
     log(f"simulated {U} users, {A} authors ({len(shop_ids)} shopping), {N} impressions, "
         f"gift rate {oracle['gift']['rate']:.4f}, oracle gift AUC {oracle['gift']['realized_auc']:.4f} "
         f"(expected {oracle['gift']['expected_auc']:.4f})")
     return Dataset(name=f"simulate-s{seed}", source="simulate", num_users=U, num_authors=A,
                    tables=tables, meta=meta), world
+
+
+def gifting_statistics(user: np.ndarray, author: np.ndarray, gift: np.ndarray, num_users: int,
+                       num_authors: int) -> Dict[str, float]:
+    """How gifting is spread over a time-sorted log: the share of users (and streamers) with a gift, gifts per
+    gifter and per user, the share of gifts sent to a streamer the user had gifted before (repeat gifting),
+    the share of gifts sent by the top 10% of gifters, and distinct streamers per gifter."""
+    g = np.flatnonzero(gift == 1)
+    u, a = user[g].astype(np.int64), author[g].astype(np.int64)
+    per_user = np.bincount(u, minlength=num_users)
+    gifters = per_user[per_user > 0]
+    pairs = u * num_authors + a
+    _, first = np.unique(pairs, return_index=True)          # the first gift of each (user, streamer) pair
+    top = np.sort(gifters)[::-1][:max(1, int(np.ceil(0.1 * len(gifters))))] if len(gifters) else np.zeros(1)
+    n = max(len(g), 1)
+    return {"gifts": int(len(g)), "gifting_users_share": float(len(gifters) / max(num_users, 1)),
+            "gifted_streamers_share": float(len(np.unique(a)) / max(num_authors, 1)),
+            "gifts_per_user": float(len(g) / max(num_users, 1)),
+            "gifts_per_gifter": float(gifters.mean()) if len(gifters) else 0.0,
+            "streamers_per_gifter": float(len(first) / max(len(gifters), 1)),
+            "repeat_gift_share": float(1.0 - len(first) / n) if len(g) else 0.0,
+            "top10pct_gifters_share": float(top.sum() / n) if len(g) else 0.0}
 
 
 def world_of(ds: Dataset, check: int = 20_000, log: Callable[[str], None] = lambda s: None) -> World:

@@ -38,14 +38,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import numpy as np
 
 from .errors import ConfigError, DataError, command
+from .report import abtest_report, abtest_table
 
-METRICS = {                                     # key -> title (per-user sums: per_user)
-    "gifting_users": "share of gifting users",
-    "gifts_per_exposure": "gifts / exposure",
-    "value_per_exposure": "gift value / exposure",
-    "clicks_per_exposure": "clicks / exposure",
-    "expected_gifts_per_exposure": "true P(gift) / exposure",
-}
 # streams of the common random numbers: one uniform per (request, author) and stream
 GIFT, CLICK, VALUE, TIE, RANDOM = range(5)
 PAIR_CHUNK = 32768                              # (user, author, time) triples per scoring call
@@ -341,52 +335,6 @@ def default_control(names: Sequence[str]) -> str:
 
 
 # ----------------------------------------------------------------------------- reports
-def _fmt(v: float, metric: str) -> str:
-    if v != v:
-        return "–"
-    return f"{100 * v:.2f}%" if metric == "gifting_users" else f"{v:.4f}"
-
-
-def markdown_table(results: Mapping[str, Mapping[str, Mapping[str, float]]], control: str,
-                   metrics: Sequence[str] = tuple(METRICS)) -> str:
-    """Policies as rows; per metric the value [95% CI] and the lift over the control [95% CI]."""
-    head = ["| policy | " + " | ".join(f"{METRICS[m]} | lift vs {control}" for m in metrics) + " |",
-            "|---" * (1 + 2 * len(metrics)) + "|"]
-    for p, ms in results.items():
-        cells = []
-        for m in metrics:
-            r = ms[m]
-            cells.append(f"{_fmt(r['mean'], m)} [{_fmt(r['ci_low'], m)}, {_fmt(r['ci_high'], m)}]")
-            if p == control:
-                cells.append("(control)")
-            elif r["lift"] == r["lift"]:
-                cells.append(f"{100 * r['lift']:+.1f}% [{100 * r['lift_ci_low']:+.1f}, {100 * r['lift_ci_high']:+.1f}]")
-            else:
-                cells.append("–")
-        head.append(f"| {p} | " + " | ".join(cells) + " |")
-    return "\n".join(head)
-
-
-def render_report(results, setup, runs: Mapping[str, str]) -> str:
-    s = setup
-    widths = {p: results[p]["gifts_per_exposure"]["ci_high"] - results[p]["gifts_per_exposure"]["ci_low"]
-              for p in results}
-    runs_md = "\n".join(f"- `{n}`: `{d}`" for n, d in runs.items()) or "- (none)"
-    return "\n".join([
-        "# Simulated A/B test", "",
-        f"World `{s['world']['dataset']}` (simulator seed {s['world']['simulator_seed']}); "
-        f"{s['requests']:,} requests from {s['users']:,} users, drawn by activity over the test period "
-        f"(steps {s['test_steps'][0]}–{s['test_steps'][1]}); "
-        f"{'every room on air' if s['all_candidates'] else str(s['candidates']) + ' random rooms'} as candidates, "
-        f"top {s['k']} shown. Outcomes from the true response with common random numbers (paired); "
-        f"95% CIs and lifts over `{s['control']}` by a paired bootstrap over users "
-        f"({s['bootstrap_resamples']} resamples). Gifts/exposure CI width: "
-        + ", ".join(f"{p} {w:.4f}" for p, w in widths.items()) + ".", "",
-        markdown_table(results, s["control"]), "",
-        "Policies from runs:", runs_md, "",
-        f"Seed {s['seed']}; {s['seconds']}s.", ""])
-
-
 def write_outputs(run_dir: Path, results, setup, runs: Mapping[str, str], cfg=None) -> Path:
     """``abtest.json``, ``setup.json``, ``report.md``, TensorBoard and the figure in ``run_dir``."""
     from torch.utils.tensorboard import SummaryWriter
@@ -399,7 +347,7 @@ def write_outputs(run_dir: Path, results, setup, runs: Mapping[str, str], cfg=No
     atomic_write_text(run_dir / "setup.json", json.dumps(setup, indent=2))
     if cfg is not None:
         atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    report = render_report(results, setup, runs)
+    report = abtest_report(results, setup, runs)
     atomic_write_text(run_dir / "report.md", report)
     with SummaryWriter(log_dir=str(run_dir)) as writer:
         writer.add_text("abtest", report, 0)
@@ -578,7 +526,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     args.control, args.seed, args.bootstrap, progress, log)
     out = make_run_dir(Path(cfg.run.out_dir), f"{cfg.run.name}-abtest")
     write_outputs(out, results, setup, {n: str(d) for n, d in runs.items()}, cfg)
-    print(markdown_table(results, setup["control"]))
+    print(abtest_table(results, setup["control"]))
     print(f"A/B test folder: {out}  (report.md, abtest.json, abtest.png; tensorboard --logdir {out})")
     return 0
 

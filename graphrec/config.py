@@ -375,7 +375,7 @@ def _simulate_problems(show: _Show) -> List[str]:
                        f"the last product ({show('simulate.room_steps')}, {show('simulate.product_steps')}); "
                        f"raise room_steps or lower them")
     weights = ("simulate.weight_collaborative", "simulate.weight_content", "simulate.weight_heat",
-               "simulate.weight_user_bias", "simulate.weight_author_bias")
+               "simulate.weight_user_bias", "simulate.weight_author_bias", "simulate.weight_patronage")
     if not any(v(w) > 0 for w in weights):
         out.append("simulate.weight_*: at least one gift signal weight must be positive (all of "
                    + ", ".join(show(w) for w in weights) + " are 0)")

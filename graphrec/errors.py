@@ -30,10 +30,14 @@ class DataWarning(UserWarning):
 
 
 def command(main: Callable[..., int]) -> Callable[..., int]:
-    """Wrap a command's ``main(argv) -> exit status``: a :class:`UserError` becomes ``error: <message>``
-    on stderr and status 2, Ctrl-C becomes ``interrupted`` and status 130."""
+    """Wrap a command's ``main(argv) -> exit status``: it starts with graphrec's process settings
+    (:func:`graphrec.numerics.flush_denormals`); a :class:`UserError` becomes ``error: <message>`` on stderr and
+    status 2, Ctrl-C becomes ``interrupted`` and status 130."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs) -> int:
+        from .numerics import flush_denormals
+
+        flush_denormals()
         try:
             return main(*args, **kwargs)
         except UserError as exc:

@@ -12,7 +12,12 @@ A model is evaluated through a *scorer* with up to three methods:
 
     eval[split][model] = {<label>: {"auc", "uauc", "gauc"}, ...,
                           "topk": {"label", "k", "recall@k", "ndcg@k", "precision@k", "users"},
-                          "topk_two_stage": {... same, plus "candidates", "retriever"}}
+                          "topk_two_stage": {... same, plus "candidates", "retriever"},
+                          "<label>@<bucket>": ..., "topk@<bucket>": ...}
+
+``<key>@<bucket>`` is the same entry over the users of one **activity bucket**: users with ``0``, ``1-2`` or
+``3+`` training positives of the main label (``eval.activity_buckets`` sets the edges). MMBee's claim is about
+sparse gifters, so every metric is also reported per bucket (:class:`ActivityBuckets`).
 
 Full ranking follows the published TikTok protocol: all authors ranked, each user's training
 positives masked, users without positives in the split skipped. With real timestamps a split is
@@ -55,6 +60,22 @@ def full_ranking(rank: Callable[[np.ndarray], torch.Tensor], train: sp.csr_matri
                  k: int = 20, batch_size: int = 1024, users: Optional[np.ndarray] = None) -> Dict[str, float]:
     """``rank(user_ids) -> [len(user_ids), num_items]`` scores; ``train``/``test`` users x items 0/1 matrices.
     Returns ``recall@k``, ``precision@k``, ``ndcg@k`` and ``users`` (averaged over users with test items)."""
+    users, per_user = per_user_ranking(rank, train, test, k, batch_size, users)
+    return mean_ranking(per_user, len(users), min(k, test.shape[1]))
+
+
+def mean_ranking(per_user: Mapping[str, np.ndarray], n: int, k: int, rows: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """The averages of :func:`per_user_ranking`'s arrays (over ``rows`` of them only, when given)."""
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    n = n if rows is None else int(len(rows))
+    out = {f"{m}@{k}": float(pick(v).sum() / max(n, 1)) for m, v in per_user.items()}
+    return {f"recall@{k}": out[f"recall@{k}"], f"precision@{k}": out[f"precision@{k}"], f"ndcg@{k}": out[f"ndcg@{k}"],
+            "users": int(n)}
+
+
+def per_user_ranking(rank: Callable[[np.ndarray], torch.Tensor], train: sp.csr_matrix, test: sp.csr_matrix,
+                     k: int = 20, batch_size: int = 1024, users: Optional[np.ndarray] = None):
+    """``(users, {"recall", "precision", "ndcg": [len(users)]})``: each ranked user's Recall/Precision/NDCG@k."""
     train = sp.csr_matrix(train, dtype=np.float32)
     test = sp.csr_matrix(test, dtype=np.float32)
     k = min(k, test.shape[1])
@@ -62,7 +83,7 @@ def full_ranking(rank: Callable[[np.ndarray], torch.Tensor], train: sp.csr_matri
         users = np.flatnonzero(np.diff(test.indptr) > 0)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     ideal = np.concatenate([[0.0], np.cumsum(discounts)])
-    recall = precision = ndcg = 0.0
+    recall, precision, ndcg = (np.zeros(len(users)) for _ in range(3))
     for start in range(0, len(users), batch_size):
         batch = users[start:start + batch_size]
         scores = rank(batch).detach().float().cpu().clone()
@@ -73,12 +94,47 @@ def full_ranking(rank: Callable[[np.ndarray], torch.Tensor], train: sp.csr_matri
         hits = np.asarray(truth[np.repeat(np.arange(len(batch)), k), top.ravel()]).reshape(len(batch), k) > 0
         n_true = np.diff(truth.indptr)
         n_hit = hits.sum(axis=1)
-        recall += float((n_hit / n_true).sum())
-        precision += float((n_hit / k).sum())
-        ndcg += float(((hits * discounts).sum(axis=1) / ideal[np.minimum(n_true, k)]).sum())
-    n = max(len(users), 1)
-    return {f"recall@{k}": recall / n, f"precision@{k}": precision / n, f"ndcg@{k}": ndcg / n,
-            "users": int(len(users))}
+        rows = slice(start, start + len(batch))
+        recall[rows] = n_hit / n_true
+        precision[rows] = n_hit / k
+        ndcg[rows] = (hits * discounts).sum(axis=1) / ideal[np.minimum(n_true, k)]
+    return users, {"recall": recall, "precision": precision, "ndcg": ndcg}
+
+
+def activity_buckets(ds: Dataset, edges: Sequence[int]) -> Optional["ActivityBuckets"]:
+    """The :class:`ActivityBuckets` of ``eval.activity_buckets``, or None when it is empty (off)."""
+    return ActivityBuckets(ds, edges) if len(edges) else None
+
+
+class ActivityBuckets:
+    """Users grouped by their number of training positives of the main label: edges ``[1, 3]`` give the
+    buckets ``0``, ``1-2`` and ``3+`` (``eval.activity_buckets``). MMBee's graph expansion is meant for the
+    sparse ones: a user with a gift or two has little history of their own to go on."""
+
+    def __init__(self, ds: Dataset, edges: Sequence[int] = (1, 3)) -> None:
+        edges = sorted({int(e) for e in edges if int(e) > 0})
+        imp = ds.impressions
+        train = split_mask(ds, "train") & (imp[ds.main_label] == 1)
+        self.count = np.bincount(imp["user"][train].astype(np.int64), minlength=ds.num_users)
+        bounds = [0] + edges + [None]
+        self.names = [bucket_name(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self.of_user = np.searchsorted(np.asarray(edges, dtype=np.int64), self.count, side="right")
+
+    def of(self, users: np.ndarray) -> np.ndarray:
+        """The bucket index of each user."""
+        return self.of_user[np.asarray(users, dtype=np.int64)]
+
+
+def bucket_name(lo: int, hi: Optional[int]) -> str:
+    """``3+`` for ``[3, ∞)``, ``1-2`` for ``[1, 3)``, ``0`` for ``[0, 1)``."""
+    if hi is None:
+        return f"{lo}+"
+    return str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}"
+
+
+def is_bucket_key(key: str) -> bool:
+    """Whether a metrics-entry key is a per-bucket one (``<key>@<bucket>``)."""
+    return "@" in key
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -202,15 +258,30 @@ class TwoStage:
 
 # ----------------------------------------------------------------------------- one entry
 def impression_metrics(scorer, ds: Dataset, split: str, negatives: int = 20, seed: int = 0,
-                       idx: Optional[np.ndarray] = None) -> Dict[str, Dict[str, float]]:
+                       idx: Optional[np.ndarray] = None, buckets: Optional[ActivityBuckets] = None
+                       ) -> Dict[str, Dict[str, float]]:
     """AUC / UAUC / GAUC per label on the split's impressions (``idx``: a share of them). Implicit data:
-    each positive against ``negatives`` random authors (a fixed, seeded sample), main label only."""
+    each positive against ``negatives`` random authors (a fixed, seeded sample), main label only. With
+    ``buckets``, also ``<label>@<bucket>`` over the impressions of each bucket's users (the same scores)."""
     imp = ds.impressions
     if idx is None:
         idx = np.flatnonzero(split_mask(ds, split))
     out: Dict[str, Dict[str, float]] = {}
     if len(idx) == 0:
         return out
+
+    def report(key: str, users: np.ndarray, y: np.ndarray, scores: np.ndarray) -> None:
+        if 0 < y.sum() < len(y) and np.isfinite(scores).all():
+            out[key] = ranking_report(users, y, scores)
+        if buckets is None:
+            return
+        which = buckets.of(users)
+        for b, name in enumerate(buckets.names):
+            rows = which == b
+            yb = y[rows]
+            if 0 < yb.sum() < len(yb) and np.isfinite(scores[rows]).all():
+                out[f"{key}@{name}"] = ranking_report(users[rows], yb, scores[rows])
+
     if ds.implicit:
         if not hasattr(scorer, "pair_scores") or negatives <= 0:
             return out
@@ -221,16 +292,14 @@ def impression_metrics(scorer, ds: Dataset, split: str, negatives: int = 20, see
         aa = np.concatenate([imp["author"][idx].astype(np.int64), neg])
         tt = np.concatenate([t, np.repeat(t, negatives)])
         y = np.concatenate([np.ones(len(idx)), np.zeros(len(neg))])
-        out[ds.main_label] = ranking_report(uu, y, np.asarray(scorer.pair_scores(uu, aa, tt), dtype=np.float64))
-        return out
+        report(ds.main_label, uu, y, np.asarray(scorer.pair_scores(uu, aa, tt), dtype=np.float64))
+        return {k: out[k] for k in sorted(out, key=is_bucket_key)}       # the overall entries first
     if not hasattr(scorer, "impression_scores"):
         return out
     scores = np.asarray(scorer.impression_scores(idx), dtype=np.float64)
     for i, label in enumerate(ds.labels):
-        y = imp[label][idx]
-        if 0 < y.sum() < len(y) and np.isfinite(scores[:, i]).all():
-            out[label] = ranking_report(imp["user"][idx], y, scores[:, i])
-    return out
+        report(label, imp["user"][idx].astype(np.int64), imp[label][idx], scores[:, i])
+    return {k: out[k] for k in sorted(out, key=is_bucket_key)}
 
 
 def topk_users(ds: Dataset, split: str) -> np.ndarray:
@@ -254,27 +323,41 @@ def merge_topk(parts: Sequence[Optional[Mapping[str, Any]]]) -> Optional[Dict[st
 
 
 def topk_metrics(scorer, ds: Dataset, split: str, k: int = 20, batch_size: int = 256,
-                 users: Optional[np.ndarray] = None) -> Optional[Dict[str, Any]]:
+                 users: Optional[np.ndarray] = None, buckets: Optional[ActivityBuckets] = None,
+                 key: str = "topk") -> Optional[Dict[str, Any]]:
     """Full-ranking top-K of the main label on ``split`` (None when the split has no positives); ``users``:
-    only these (of :func:`topk_users`; a distributed trainer's share)."""
+    only these (of :func:`topk_users`; a distributed trainer's share). Without ``buckets`` the entry itself;
+    with them ``{key: entry, f"{key}@{bucket}": entry over that bucket's users, ...}`` from the same ranking."""
     main = ds.main_label
     train_pos = positives_matrix(ds, main, split_mask(ds, "train"))
     test_pos = positives_matrix(ds, main, split_mask(ds, split))
     if not test_pos.nnz or not hasattr(scorer, "rank"):
         return None
     t = ranking_time(ds, split)
-    rep = full_ranking(lambda u: scorer.rank(u, t), train_pos, test_pos, k=k, batch_size=batch_size, users=users)
-    return {"label": main, "k": min(k, ds.num_authors), **rep}
+    ranked, per_user = per_user_ranking(lambda u: scorer.rank(u, t), train_pos, test_pos, k, batch_size, users)
+    kk = min(k, ds.num_authors)
+    head = {"label": main, "k": kk}
+    if buckets is None:
+        return {**head, **mean_ranking(per_user, len(ranked), kk)}
+    out = {key: {**head, **mean_ranking(per_user, len(ranked), kk)}}
+    which = buckets.of(ranked)
+    for b, name in enumerate(buckets.names):
+        rows = np.flatnonzero(which == b)
+        if len(rows):
+            out[f"{key}@{name}"] = {**head, **mean_ranking(per_user, len(ranked), kk, rows)}
+    return out
 
 
 def evaluate(scorer, ds: Dataset, split: str, k: int = 20, negatives: int = 20, seed: int = 0,
-             two_stage: Optional[TwoStage] = None, topk: bool = True) -> Dict[str, Any]:
-    """One model's metrics entry on one split (the schema in the module docstring)."""
-    out: Dict[str, Any] = dict(impression_metrics(scorer, ds, split, negatives, seed))
+             two_stage: Optional[TwoStage] = None, topk: bool = True,
+             buckets: Optional[ActivityBuckets] = None) -> Dict[str, Any]:
+    """One model's metrics entry on one split (the schema in the module docstring); with ``buckets``, every
+    metric also per user-activity bucket."""
+    out: Dict[str, Any] = dict(impression_metrics(scorer, ds, split, negatives, seed, buckets=buckets))
     if topk:
-        rep = topk_metrics(scorer, ds, split, k)
+        rep = topk_metrics(scorer, ds, split, k, buckets=buckets)
         if rep is not None:
-            out["topk"] = rep
+            out.update(rep if buckets is not None else {"topk": rep})
     if two_stage is not None:
         rep = topk_metrics(two_stage, ds, split, k)
         if rep is not None:
@@ -283,13 +366,15 @@ def evaluate(scorer, ds: Dataset, split: str, k: int = 20, negatives: int = 20, 
 
 
 def record(metrics: Dict[str, Any], split: str, model: str, entry: Mapping[str, Any], writer=None, log=None) -> None:
-    """Put ``entry`` at ``metrics["eval"][split][model]``, in TensorBoard and in the log."""
+    """Put ``entry`` at ``metrics["eval"][split][model]``, in TensorBoard (per-bucket keys under
+    ``<split>/<model>/buckets/<key>/<metric>``) and in the log."""
     metrics.setdefault("eval", {}).setdefault(split, {})[model] = dict(entry)
     for key, rep in entry.items():
         for m, v in rep.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 if writer is not None:
-                    writer.add_scalar(f"{split}/{model}/{key}/{m}", v, 0)
+                    where = f"buckets/{key}" if is_bucket_key(key) else key
+                    writer.add_scalar(f"{split}/{model}/{where}/{m}", v, 0)
         if log is not None:
             shown = ", ".join(f"{m}={v:.4f}" if isinstance(v, float) else f"{m}={v}" for m, v in rep.items())
             log(f"{split} {model:10s} {key}: {shown}")

@@ -19,7 +19,8 @@ import torch
 
 from .data.dataset import SPLITS, Dataset, atomic_write_text
 from .ranking.stage import RankerStage, history_names
-from .seeds import mean_sd
+from .schema import GRAPHCL_POSITIVES
+from .report import counts_table, run_report, summary_text
 from .stage import RunContext, Stage, jsonable
 
 
@@ -44,8 +45,9 @@ class DataStage(Stage):
         ctx.metrics["data"] = {"path": str(Path(path).resolve()), "name": ds.name, "main_label": main,
                                "feedback": "implicit" if ds.implicit else "explicit", "timed": ds.timed,
                                **counts, "split": split_counts, "split_positives": split_positives}
-        if "oracle" in ds.meta:
-            ctx.metrics["data"]["oracle"] = ds.meta["oracle"]
+        for key in ("oracle", "gifting"):                 # the simulator's planted rates and gifting statistics
+            if key in ds.meta:
+                ctx.metrics["data"][key] = ds.meta[key]
         ctx.log.info("dataset %s: %s", ds.name, ", ".join(f"{k}={v:,}" for k, v in counts.items()))
         ctx.log.info("split: %s", ", ".join(f"{k}={v:,} ({split_positives[k]:,} {main} positives)"
                                             for k, v in split_counts.items()))
@@ -68,24 +70,6 @@ SPLIT_WITHOUT_POSITIVES = {
 }
 
 
-def counts_table(counts: Dict[str, int], split_counts: Dict[str, int], split_positives: Dict[str, int],
-                 main: str) -> str:
-    """The dataset's counts as one Markdown table (TensorBoard's text tab; the run's report has the same)."""
-    rows = ["| what | count |", "|---|---|"] + [f"| {k} | {v:,} |" for k, v in counts.items()]
-    rows += [f"| {s} split | {n:,} impressions, {split_positives[s]:,} {main} positives |"
-             for s, n in split_counts.items()]
-    return "\n".join(rows)
-
-
-def summary_text(writer, tag: str, values: Dict[str, Any]) -> None:
-    """A stage's one-off numbers as one Markdown table in TensorBoard's text tab: single-point scalar cards
-    would sort before the training curves and say nothing a table does not."""
-    rows = ["| what | value |", "|---|---|"]
-    rows += [f"| {k} | {v:,.4f} |" if isinstance(v, float) else f"| {k} | {v:,} |" if isinstance(v, int)
-             else f"| {k} | {v} |" for k, v in values.items()]
-    writer.add_text(tag, "\n".join(rows), 0)
-
-
 # ----------------------------------------------------------------------------- GIE
 def graph_label(ctx: RunContext) -> str:
     return ctx.cfg.graph.label or ctx.dataset.main_label
@@ -94,7 +78,7 @@ def graph_label(ctx: RunContext) -> str:
 class GraphStage(Stage):
     name = "graph"
     section = "graph"
-    summary = "build the U2A/A2U/A2A gifting heterograph (Swing top-k) from training positives"
+    summary = "build the U2A/A2U/A2A gifting heterograph (Swing top-k) from training positives, one per snapshot"
 
     def missing_inputs(self, ctx: RunContext) -> Optional[str]:
         label = graph_label(ctx)
@@ -103,29 +87,44 @@ class GraphStage(Stage):
         return None
 
     def run(self, ctx: RunContext) -> None:
+        from .data.split import graph_snapshots
         from .gie.graph import build_gift_graph, graph_fingerprint
 
-        from .data.split import graph_period
-
         sec = ctx.cfg.graph
-        rows, _ = graph_period(ctx.dataset, sec.past_fraction)
-        g = build_gift_graph(ctx.dataset, graph_label(ctx), {
-            "alpha": sec.swing_alpha, "a2a_topk": sec.a2a_topk, "max_authors_per_user": sec.max_authors_per_user,
-            "max_users_per_author": sec.max_users_per_author}, seed=ctx.cfg.run.seed, rows=rows)
-        ctx.state["graph"] = g
-        ctx.state["graph_fingerprint"] = graph_fingerprint(g)
+        snaps = graph_snapshots(ctx.dataset, sec.past_fraction, sec.snapshots)
+        swing = {"alpha": sec.swing_alpha, "a2a_topk": sec.a2a_topk, "max_authors_per_user": sec.max_authors_per_user,
+                 "max_users_per_author": sec.max_users_per_author}
+        graphs = [build_gift_graph(ctx.dataset, graph_label(ctx), swing, seed=ctx.cfg.run.seed, rows=rows)
+                  for rows in snaps.rows]
+        fps = [graph_fingerprint(g) for g in graphs]
+        g = graphs[-1]                                 # the latest: what validation, test and serving read
+        ctx.state.update(graph=g, graphs=graphs, snapshots=snaps, graph_fingerprints=fps,
+                         graph_fingerprint=fps[0] if len(fps) == 1 else combined_fingerprint(fps))
         edges = {et: int(g.num_edges(et)) for _, et, _ in g.canonical_etypes}
         ctx.metrics["graph"] = {"label": graph_label(ctx), "fingerprint": ctx.state["graph_fingerprint"],
                                 "nodes": {nt: int(g.num_nodes(nt)) for nt in g.ntypes}, "edges": edges,
-                                "users_with_gifts": int((g.out_degrees(etype="u2a") > 0).sum())}
+                                "users_with_gifts": int((g.out_degrees(etype="u2a") > 0).sum()),
+                                "snapshots": [{"cut": None if snaps.cuts is None else int(snaps.cuts[j]),
+                                               "u2a_edges": int(gj.num_edges("u2a")),
+                                               "users_with_gifts": int((gj.out_degrees(etype="u2a") > 0).sum())}
+                                              for j, gj in enumerate(graphs)]}
         summary_text(ctx.writer, "graph/summary", {f"edges {et}": n for et, n in edges.items()})
-        ctx.log.info("graph: %s", ", ".join(f"{k}={v:,}" for k, v in edges.items()))
+        ctx.log.info("graph: %s%s", ", ".join(f"{k}={v:,}" for k, v in edges.items()),
+                     "" if len(graphs) == 1 else f" (latest of {len(graphs)} snapshots; u2a edges per snapshot "
+                     + ", ".join(f"{s['u2a_edges']:,}" for s in ctx.metrics["graph"]["snapshots"]) + ")")
+
+
+def combined_fingerprint(fingerprints: List[str]) -> str:
+    """One fingerprint of several snapshots' graphs (in order)."""
+    import hashlib
+
+    return hashlib.sha256("|".join(fingerprints).encode()).hexdigest()[:16]
 
 
 class ExpansionStage(Stage):
     name = "expansion"
     section = "expansion"
-    summary = "offline metapath expansions (u2a2u, u2a2u2a, u2a2a, a2a, a2u2a), cached by graph fingerprint"
+    summary = "offline metapath expansions (u2a2u, u2a2u2a, u2a2a, a2a, a2u2a) per snapshot, cached by graph fingerprint"
 
     def missing_inputs(self, ctx: RunContext) -> Optional[str]:
         if "graph" not in ctx.state:
@@ -138,22 +137,35 @@ class ExpansionStage(Stage):
         sec = ctx.cfg.expansion
         ks = {name: sec[f"k_{name}"] for name in METAPATHS}
         params = {"ks": ks, "backend": sec.backend, "retries": sec.retries, "seed": ctx.cfg.run.seed}
-        fp = ctx.state["graph_fingerprint"]
-        cache = Path(ctx.cfg.data.cache_dir) / "expansions" / f"{fp}-{ctx.cfg.fingerprint('expansion')}-s{ctx.cfg.run.seed}.npz"
-        exp = load_expansions(cache, fp, params)
-        if exp is None:
-            device = ctx.device if sec.backend == "torch" else "cpu"
-            exp = offline_expansions(ctx.state["graph"], ks, sec.backend, device, ctx.cfg.run.seed, sec.retries,
-                                     progress=ctx.progress)
-            save_expansions(cache, exp, fp, params)
-        else:
-            ctx.log.info("using cached expansions %s", cache)
-        save_expansions(ctx.run_dir / "expansions.npz", exp, fp, params)   # served with the run
+        graphs = ctx.state.get("graphs") or [ctx.state["graph"]]
+        fps = ctx.state.get("graph_fingerprints") or [ctx.state["graph_fingerprint"]]
+        per_snapshot, caches = [], []
+        for g, fp in zip(graphs, fps):
+            cache = (Path(ctx.cfg.data.cache_dir) / "expansions"
+                     / f"{fp}-{ctx.cfg.fingerprint('expansion')}-s{ctx.cfg.run.seed}.npz")
+            exp = load_expansions(cache, fp, params)
+            if exp is None:
+                device = ctx.device if sec.backend == "torch" else "cpu"
+                exp = offline_expansions(g, ks, sec.backend, device, ctx.cfg.run.seed, sec.retries,
+                                         progress=ctx.progress)
+                save_expansions(cache, exp, fp, params)
+            else:
+                ctx.log.info("using cached expansions %s", cache)
+            per_snapshot.append(exp)
+            caches.append(str(cache))
+        # [N, snapshots, K] per metapath: a row reads the slice of its snapshot (graphrec.ranking.batches)
+        exp = {m: np.stack([e[m] for e in per_snapshot], axis=1) for m in per_snapshot[0]}
+        save_expansions(ctx.run_dir / "expansions.npz", exp, ctx.state["graph_fingerprint"], params)   # served
         ctx.state["expansions"] = exp
-        fill = {name: float((ids >= 0).mean()) for name, ids in exp.items()}
-        ctx.metrics["expansion"] = {"k": ks, "backend": sec.backend, "filled": fill, "cache": str(cache)}
+        fill = {name: float((ids[:, -1] >= 0).mean()) for name, ids in exp.items()}
+        ctx.metrics["expansion"] = {"k": ks, "backend": sec.backend, "filled": fill, "cache": caches[-1],
+                                    "snapshots": len(per_snapshot)}
+        if len(per_snapshot) > 1:
+            ctx.metrics["expansion"]["filled_per_snapshot"] = {
+                name: [float((ids[:, j] >= 0).mean()) for j in range(ids.shape[1])] for name, ids in exp.items()}
         summary_text(ctx.writer, "expansion/summary", {f"{name} filled": f for name, f in fill.items()})
-        ctx.log.info("expansions filled (share of non-padding): %s",
+        ctx.log.info("expansions filled (share of non-padding%s): %s",
+                     "" if len(per_snapshot) == 1 else ", latest snapshot",
                      ", ".join(f"{k}={v:.3f}" for k, v in fill.items()))
 
 
@@ -173,37 +185,58 @@ def author_labels(ds: Dataset) -> List[str]:
 class GraphCLStage(Stage):
     name = "graphcl"
     section = "graphcl"
-    summary = "GraphCL pre-training of node embeddings Θ (L_CE + λ·L_NCE) and its link-prediction check"
+    summary = "GraphCL pre-training of node embeddings Θ (L_CE + λ·L_NCE) per snapshot and its link-prediction check"
 
     def missing_inputs(self, ctx: RunContext) -> Optional[str]:
         exp = ctx.state.get("expansions", {})
-        missing = [m for m in ("u2a2u", "a2u2a") if m not in exp]
+        missing = [m for m in GRAPHCL_POSITIVES.values() if m not in exp]
         if missing:
             return f"needs the {missing} expansions (positives of Algorithm 1)"
         return None
 
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
+        from .data.split import graph_snapshots
         from .gie.graphcl import HeldOutGifts, train_graphcl
 
         ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
-        gifts = HeldOutGifts(ds, graph_label(ctx), ctx.cfg.graph.past_fraction, sec.eval_negatives, ctx.cfg.run.seed)
-        validate = None
-        if len(gifts.val[0]):              # early stopping on link prediction of the validation gifts
-            def validate(model, epoch: int) -> Dict[str, float]:
-                return gifts.validation(model.author_embeddings())
-        result = train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"], sec, ctx.cfg.run.seed,
-                               ctx.device, ctx.progress, ctx.writer, ctx.log.debug, ctx.cfg.run.amp, validate)
-        quality = gifts.report(result.model.author_embeddings(), result.initial[ds.num_users:])
+        snaps = ctx.state.get("snapshots") or graph_snapshots(ds, ctx.cfg.graph.past_fraction, ctx.cfg.graph.snapshots)
+        thetas, per_snapshot, init, result, gifts, initial = [], [], None, None, None, None
+        for j, rows in enumerate(snaps.rows):
+            gifts = HeldOutGifts(ds, graph_label(ctx), rows, sec.eval_negatives, ctx.cfg.run.seed)
+            validate = None
+            if len(gifts.val[0]):              # early stopping on link prediction of the validation gifts
+                def validate(model, epoch: int, gifts=gifts) -> Dict[str, float]:
+                    return gifts.validation(model.author_embeddings())
+            last = j == len(snaps) - 1
+            # each snapshot starts from the previous one's Θ (as a rebuilt graph's Θ is fine-tuned in production),
+            # so the snapshots' Θ share one space and the ranker reads them alike
+            result = train_graphcl(ds.num_users, ds.num_authors, exp[GRAPHCL_POSITIVES["user"]][:, j],
+                                   exp[GRAPHCL_POSITIVES["author"]][:, j], sec, ctx.cfg.run.seed, ctx.device,
+                                   ctx.progress, ctx.writer, ctx.log.debug, ctx.cfg.run.amp, validate, init=init,
+                                   tag="graphcl" if last else f"graphcl_snapshot{j}")
+            if initial is None:
+                initial = result.initial
+            init = result.model.theta.weight.detach().clone()
+            thetas.append(result.theta())
+            per_snapshot.append({"epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                                 "best_val_link_auc": max((h.get("link_auc", float("nan")) for h in result.history),
+                                                          default=float("nan"))})
+        quality = gifts.report(result.model.author_embeddings(), initial[ds.num_users:])
         ctx.metrics["graphcl"] = {"final_loss": result.history[-1]["train_loss"], "history": result.history,
                                   "epochs_run": len(result.history), "best_epoch": result.best_epoch,
                                   "link_prediction": quality}
+        if len(snaps) > 1:
+            ctx.metrics["graphcl"]["snapshots"] = per_snapshot
         summary_text(ctx.writer, "graphcl/summary", {f"link prediction, {which} Θ: {k}": v
                                                        for which, q in quality.items() for k, v in q.items()})
-        ctx.log.info("GraphCL (%d epochs, best %d) link prediction on %d test gifts: trained AUC %.4f MRR %.4f, "
-                     "untrained AUC %.4f MRR %.4f", len(result.history), result.best_epoch, quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
+        ctx.log.info("GraphCL (%d epochs, best %d%s) link prediction on %d test gifts: trained AUC %.4f MRR %.4f, "
+                     "untrained AUC %.4f MRR %.4f", len(result.history), result.best_epoch,
+                     "" if len(snaps) == 1 else f"; latest of {len(snaps)} snapshots, epochs "
+                     + ", ".join(str(p["epochs_run"]) for p in per_snapshot),
+                     quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
                      quality["untrained"]["auc"], quality["untrained"].get("mrr", float("nan")))
-        theta = result.theta()
+        theta = torch.stack(thetas, dim=1)          # [U + A, snapshots, dim]
         ctx.state["theta"] = theta
         save_checkpoint(ctx.run_dir / "checkpoints" / "graphcl.pt",
                         {"theta": theta, "num_users": ds.num_users, "num_authors": ds.num_authors, "hparams": dict(sec)})
@@ -279,7 +312,7 @@ class LightGCNStage(Stage):
     summary = "LightGCN baseline (BPR on training positives, early stopping on validation Recall@K)"
 
     def run(self, ctx: RunContext) -> None:
-        from .evaluation import EmbeddingScorer, evaluate, record, topk_metrics
+        from .evaluation import EmbeddingScorer, activity_buckets, evaluate, record, topk_metrics
         from .fit import FitSpec, fit
         from .gie.graph import gift_edges
         from .models.lightgcn import BPRTask, LightGCN, normalized_adjacency
@@ -319,7 +352,8 @@ class LightGCNStage(Stage):
             if (ds.impressions["split"] == SPLITS[split]).any():
                 record(ctx.metrics, split, "lightgcn", evaluate(ctx.state["lightgcn"], ds, split, cfg.eval.k,
                                                                 cfg.eval.negatives, cfg.run.seed + 1,
-                                                                topk=cfg.eval.topk),
+                                                                topk=cfg.eval.topk,
+                                                                buckets=activity_buckets(ds, cfg.eval.activity_buckets)),
                        ctx.writer, ctx.log.info)
 
 
@@ -329,20 +363,22 @@ class EvaluationStage(Stage):
     summary = "the reference models on val and test: popularity and, on simulated data, the oracle"
 
     def run(self, ctx: RunContext) -> None:
-        from .evaluation import Oracle, Popularity, evaluate, record, split_mask
+        from .evaluation import Oracle, Popularity, activity_buckets, evaluate, record, split_mask
 
         ds, cfg = ctx.dataset, ctx.cfg
         pop = Popularity(ds, ds.main_label, split_mask(ds, "train"))
+        buckets = activity_buckets(ds, cfg.eval.activity_buckets)
         for split in ("val", "test"):
             if not split_mask(ds, split).any():
                 ctx.log.info("no %s impressions; %s metrics skipped", split, split)
                 continue
             record(ctx.metrics, split, "popularity",
-                   evaluate(pop, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk),
+                   evaluate(pop, ds, split, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk,
+                            buckets=buckets),
                    ctx.writer, ctx.log.info)
             if any(f"p_{l}" in ds.impressions for l in ds.labels):
-                record(ctx.metrics, split, "oracle", evaluate(Oracle(ds), ds, split, topk=False), ctx.writer,
-                       ctx.log.info)
+                record(ctx.metrics, split, "oracle", evaluate(Oracle(ds), ds, split, topk=False, buckets=buckets),
+                       ctx.writer, ctx.log.info)
 
 
 # ----------------------------------------------------------------------------- report
@@ -351,124 +387,8 @@ class ReportStage(Stage):
     summary = "write report.md (dataset, timings, metrics tables)"
 
     def run(self, ctx: RunContext) -> None:
-        atomic_write_text(ctx.run_dir / "report.md", render_report(ctx))
+        atomic_write_text(ctx.run_dir / "report.md", run_report(ctx.metrics, ctx.run_dir.name))
         ctx.log.info("report: %s", ctx.run_dir / "report.md")
-
-
-def _fmt(v: Any) -> str:
-    from .seeds import fmt
-
-    if isinstance(v, dict) or isinstance(v, float):
-        return fmt(v)            # NaN (nothing to measure, e.g. a split without positives) is "n/a"
-    return "–" if v is None else str(v)
-
-
-def _count(v: Any) -> str:
-    mean, _ = mean_sd(v)
-    return "–" if mean is None else f"{mean:,.0f}"
-
-
-def metrics_tables(evals: Dict[str, Any]) -> List[str]:
-    """Markdown tables of ``metrics["eval"]`` (the schema of :mod:`graphrec.evaluation`)."""
-    out: List[str] = []
-    for split, models in evals.items():
-        out += [f"## Metrics on {split}", "", "| model | label | AUC | UAUC | GAUC |", "|---|---|---|---|---|"]
-        topk = []
-        for model, entry in models.items():
-            for key, rep in entry.items():
-                if key.startswith("topk"):
-                    topk.append((model, key, rep))
-                else:
-                    out.append(f"| {model} | {key} | {_fmt(rep.get('auc'))} | {_fmt(rep.get('uauc'))} | "
-                               f"{_fmt(rep.get('gauc'))} |")
-        out.append("")
-        if topk:
-            skip = {"users", "label", "k", "candidates", "retriever"}
-            keys = list(dict.fromkeys(k for _, _, rep in topk for k in rep if k not in skip))   # union, in order
-            out += ["| model | ranking | label | " + " | ".join(keys) + " | users |", "|---" * (len(keys) + 4) + "|"]
-            for model, key, rep in topk:
-                how = "full" if key == "topk" else f"two-stage ({rep.get('retriever')} top {_count(rep.get('candidates'))})"
-                out.append(f"| {model} | {how} | {rep.get('label')} | " + " | ".join(_fmt(rep.get(k)) for k in keys)
-                           + f" | {_count(rep.get('users'))} |")
-            out.append("")
-    return out
-
-
-def render_report(ctx: RunContext) -> str:
-    m = ctx.metrics
-    out = [f"# graphrec run `{ctx.run_dir.name}`", "",
-           f"Config: `{m.get('config_file') or '(defaults only)'}`; resolved copy in `config.yaml`.", ""]
-    data = m.get("data")
-    if data:
-        out += ["## Dataset", "", "| what | value |", "|---|---|"]
-        out += [f"| {k} | {_fmt(v)} |" for k, v in data.items() if not isinstance(v, dict)]
-        out += [f"| split | {', '.join(f'{k} {v:,}' for k, v in data['split'].items())} |"]
-        if "split_positives" in data:
-            pos = data["split_positives"]
-            out.append(f"| {data['main_label']} positives per split | "
-                       f"{', '.join(f'{k} {_count(v)}' for k, v in pos.items())} |")
-            empty = [k for k, v in pos.items() if data["split"].get(k) and mean_sd(v)[0] == 0]
-            if empty:
-                out += ["", f"**No {data['main_label']} positives in the {' and '.join(empty)} split(s)**: their "
-                        f"{data['main_label']} metrics are n/a (see run.log)."]
-        out.append("")
-        if "oracle" in data:
-            out += ["Planted labels (simulator): rate and Bayes-optimal AUC over all impressions.", "",
-                    "| label | planted rate | rate | expected oracle AUC | realized oracle AUC |", "|---|---|---|---|---|"]
-            for label, o in data["oracle"].items():
-                out.append(f"| {label} | {_fmt(o['planted_rate'])} | {_fmt(o['rate'])} | "
-                           f"{_fmt(o['expected_auc'])} | {_fmt(o['realized_auc'])} |")
-            out.append("")
-    out += metrics_tables(m.get("eval", {}))
-    if "ranker" in m:
-        r = m["ranker"]
-        if r.get("best_epoch"):
-            best = (f"best validation {r.get('monitor', '')} {_fmt(r.get('best_val'))} at epoch {r.get('best_epoch')}, "
-                    "whose weights are reported.")
-        else:
-            best = (f"no validation {r.get('monitor', '')} could be measured (n/a: no validation split, or no "
-                    "positives in it), so the last epoch's weights are reported.")
-        out += ["## Ranker training", "",
-                f"`{r['model']}`: {r.get('epochs_run', len(r.get('history', [])))} epochs"
-                f"{' (stopped early)' if r.get('stopped_early') else ''}; {best}", ""]
-    if "graph" in m:
-        gm = m["graph"]
-        out += ["## Gifting graph", "", f"Built from training `{gm['label']}` positives: "
-                + ", ".join(f"{k} {v:,} edges" for k, v in gm["edges"].items())
-                + f"; {gm['users_with_gifts']:,} users with gifts.", ""]
-    if "expansion" in m:
-        out += ["| metapath | K | filled |", "|---|---|---|"]
-        out += [f"| {k} | {m['expansion']['k'][k]} | {_fmt(v)} |" for k, v in m["expansion"]["filled"].items()]
-        out.append("")
-    if "graphcl" in m:
-        lp = m["graphcl"]["link_prediction"]
-        keys = [k for k in lp["trained"] if k != "pairs"]
-        out += ["## GraphCL embeddings: link prediction of held-out gifts", "",
-                f"{lp['trained']['pairs']:,} held-out gifts, each ranked against random authors.", "",
-                "| Θ | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        out += [f"| {which} | " + " | ".join(_fmt(lp[which][k]) for k in keys) + " |" for which in ("untrained", "trained")]
-        out.append("")
-    if "stat_forecast" in m:
-        sf = m["stat_forecast"]
-        out += ["## Statistic forecasting (LiveForesighter Table 5 shape)", "",
-                f"MSE of the next {len(sf['mse_per_step'])} steps ({sf['space']} counts) on {sf['heldout_rooms']} "
-                f"held-out rooms ({sf['heldout_windows']:,} windows).", "", "| technique | MSE |", "|---|---|",
-                f"| mean value | {_fmt(sf['mse']['mean_value'])} |", f"| latest value | {_fmt(sf['mse']['latest_value'])} |",
-                f"| LiveForesighter (graphrec) | {_fmt(sf['mse']['model'])} |", ""]
-    if "product_forecast" in m:
-        pf = m["product_forecast"]
-        out += ["## Product forecasting (LiveForesighter Table 6 shape)", "",
-                f"Next fine-category hit rate over {pf['heldout_predictions']:,} predictions in "
-                f"{pf['heldout_rooms']} held-out shopping rooms.", "", "| technique | hit rate |", "|---|---|",
-                f"| most frequent category | {_fmt(pf['hit_rate']['most_frequent_category'])} |",
-                f"| latest category | {_fmt(pf['hit_rate']['latest_category'])} |",
-                f"| LiveForesighter (graphrec) | {_fmt(pf['hit_rate']['model'])} |", ""]
-    if m.get("stages"):
-        out += ["## Stages", "", "| stage | status | seconds | peak RSS so far (GiB) |", "|---|---|---|---|"]
-        out += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {_fmt(s.get('peak_rss_gib'))} |"
-                for s in m["stages"]]
-        out.append("")
-    return "\n".join(out)
 
 
 STAGES: List[Stage] = [DataStage(), GraphStage(), ExpansionStage(), GraphCLStage(), StatForecastStage(),

@@ -60,7 +60,7 @@ def ablation_rows(ablation_dir: Path) -> List[Dict]:
     """``[{variant, auc, gauc, auc_sd, gauc_sd}]`` in the order of :data:`graphrec.run.ABLATIONS`, then the
     baselines; a variant run with several seeds gives its mean and sd."""
     from .run import ABLATIONS
-    from .seeds import mean_sd
+    from .report import mean_sd
 
     def row(variant: str, rep: Dict, **extra) -> Dict:
         (auc, auc_sd), (gauc, gauc_sd) = mean_sd(rep.get("auc")), mean_sd(rep.get("gauc"))
@@ -203,7 +203,7 @@ def plot_training(run_dir: Path, out: Path) -> Path:
 def plot_abtest(abtest_dir: Path, out: Path) -> Path:
     """One panel per metric of an A/B test folder's ``abtest.json``: a bar per policy with its 95% CI,
     the control hatched, each bar labelled with its lift over the control."""
-    from .abtest import METRICS
+    from .report import ABTEST_METRICS as METRICS
 
     path = Path(abtest_dir) / "abtest.json"
     if not path.exists():

@@ -133,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--list-stages", action="store_true", help="print the pipeline stages in order")
     ap.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its folder (its config.yaml, "
                     "then any --set); the ranker restarts from its last epoch checkpoint")
-    ap.add_argument("--ablate", action="store_true", help="run every ablation (full, -GIE, -MFQ, -statistic forecast, "
-                    "-product forecast, -GraphCL, DIN) and write one report with a row each")
+    ap.add_argument("--ablate", nargs="?", const="all", metavar="VARIANTS",
+                    help="run every ablation (full, -GIE, -MFQ, -stat_forecast, -product_forecast, -GraphCL, DIN), or "
+                    "the comma-separated ones named (e.g. --ablate=full,-GIE,-GraphCL,DIN), and write one report with "
+                    "a row each")
     ap.add_argument("--seeds", type=int, metavar="N", help="run N seeds (run.seed, run.seed+1, ...) and report mean ± sd "
                     "(sets run.seeds; with --ablate, every variant)")
     ap.add_argument("--jobs", type=int, metavar="N", help="with --seeds / --ablate: N runs at once, each in its own "
@@ -163,6 +165,9 @@ def _worker_init(parent: int, threads: int) -> None:
 
     import torch
 
+    from .numerics import flush_denormals
+
+    flush_denormals()                      # before the intra-op threads start: they inherit it
     torch.set_num_threads(threads)
 
     def watch() -> None:
@@ -229,13 +234,14 @@ def _write_seeds_summary(parent: Path, seeds: Sequence[int], runs: Sequence[Dict
     from torch.utils.tensorboard import SummaryWriter
 
     from .data.dataset import atomic_write_text
-    from .seeds import aggregate, render_report, write_tensorboard
+    from .report import seeds_report
+    from .seeds import aggregate, write_tensorboard
     from .stage import jsonable
 
     agg = aggregate(runs, seeds, [f"seed{s}" for s in seeds])
     agg["config_file"] = config_file
     atomic_write_text(parent / "metrics.json", json.dumps(agg, indent=2, default=jsonable))
-    atomic_write_text(parent / "report.md", render_report(parent.name, agg, config_file))
+    atomic_write_text(parent / "report.md", seeds_report(parent.name, agg, config_file))
     with SummaryWriter(log_dir=str(parent)) as writer:
         write_tensorboard(writer, agg)
 
@@ -257,17 +263,32 @@ def run_seeds(cfg: Config, config_file: Optional[str] = None, parent: Optional[P
 NEEDS_TABLE = {"-stat_forecast": "stats", "-product_forecast": "products"}
 
 
-def run_ablation(cfg_file: Optional[str], overrides: Sequence[str]) -> Path:
-    """One run (or one seeds folder, with ``run.seeds`` > 1) per ablation under
+def ablation_variants(spec: str = "all") -> List[str]:
+    """The variants of ``--ablate``: ``all``, or comma-separated names of :data:`ABLATIONS` (any case)."""
+    if spec == "all":
+        return list(ABLATIONS)
+    names = {v.lower(): v for v in ABLATIONS}
+    picked = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in picked if s.lower() not in names]
+    if unknown or not picked:
+        raise ConfigError(f"--ablate {spec!r}: unknown variant(s) {unknown}; choose among {list(ABLATIONS)} "
+                          "(comma-separated), or give no value for all of them")
+    return [names[s.lower()] for s in dict.fromkeys(picked)]
+
+
+def run_ablation(cfg_file: Optional[str], overrides: Sequence[str], variants: Sequence[str] = tuple(ABLATIONS)) -> Path:
+    """One run (or one seeds folder, with ``run.seeds`` > 1) per ablation ``variants`` under
     ``<out_dir>/<name>-ablate-<time>/``, ``run.jobs`` runs at a time, and a combined ``report.md``."""
     from .data.dataset import atomic_write_text, read_manifest
     from .data.sources import dataset_dir
+    from .report import ablation_report
 
     base = load_config(cfg_file, overrides)
     tables = read_manifest(dataset_dir(base))["tables"]
     parent = make_run_dir(Path(base.run.out_dir), f"{base.run.name}-ablate")
     plan = []          # (variant, skipped-row | None, folder, seeds, tasks)
-    for variant, extra in ABLATIONS.items():
+    for variant in variants:
+        extra = ABLATIONS[variant]
         if variant in NEEDS_TABLE and NEEDS_TABLE[variant] not in tables:
             plan.append((variant, {"skipped": f"the dataset has no {NEEDS_TABLE[variant]} table: same as full"},
                          None, None, []))
@@ -300,50 +321,6 @@ def run_ablation(cfg_file: Optional[str], overrides: Sequence[str]) -> Path:
     return parent
 
 
-def ablation_report(rows, k: int = 20) -> str:
-    """Markdown: one row per ``(variant, metrics, run_dir)``, then popularity, LightGCN and the oracle.
-    With several seeds every number is mean ± sd and a variant within the seed sd of the full model is
-    marked as a tie (≈)."""
-    from .seeds import fmt, is_tie
-
-    main_label = next((m["data"]["main_label"] for _, m, _ in rows if "main_label" in m.get("data", {})), None)
-    seeds = next((len(m["seeds"]) for _, m, _ in rows if "seeds" in m), 1)
-    cols = [("test", main_label, "auc", "test AUC"), ("test", main_label, "uauc", "test UAUC"),
-            ("test", main_label, "gauc", "test GAUC"), ("val", main_label, "gauc", "val GAUC"),
-            ("test", "topk", f"recall@{k}", f"test Recall@{k}"), ("test", "topk", f"ndcg@{k}", f"test NDCG@{k}"),
-            ("test", "topk_two_stage", f"recall@{k}", f"two-stage Recall@{k}")]
-    head = ["| variant | model | " + " | ".join(c[3] for c in cols) + " | run |", "|---" * (len(cols) + 3) + "|"]
-    full = None
-    baselines = {}
-    for variant, m, run_dir in rows:
-        if "skipped" in m:
-            head.append(f"| {variant} | – | {m['skipped']} |" + " |" * (len(cols) - 1) + " |")
-            continue
-        name = m.get("ranker", {}).get("model")
-        ev = m.get("eval", {})
-        vals = [ev.get(split, {}).get(name, {}).get(key, {}).get(metric) for split, key, metric, _ in cols]
-        if variant == "full":
-            full = vals
-        cells = []
-        for i, v in enumerate(vals):
-            tie = full is not None and variant != "full" and is_tie(v, full[i])
-            cells.append(fmt(v) + (" ≈" if tie else ""))
-        head.append(f"| {variant} | {name} | " + " | ".join(cells) + f" | `{Path(run_dir).name}` |")
-        for base in ("popularity", "lightgcn", "oracle"):
-            if base in ev.get("test", {}) and base not in baselines:
-                baselines[base] = ev
-    for base, label in (("popularity", "popularity"), ("lightgcn", "LightGCN"), ("oracle", "oracle (Bayes-optimal)")):
-        ev = baselines.get(base)
-        if ev is not None:
-            vals = [ev.get(split, {}).get(base, {}).get(key, {}).get(metric) for split, key, metric, _ in cols]
-            head.append(f"| {label} | – | " + " | ".join(fmt(v) for v in vals) + " | |")
-    note = (f"Every number is the mean ± sd over {seeds} seeds; ≈ marks a variant whose gap to the full model is "
-            "smaller than the larger seed sd (a tie)." if seeds > 1 else "One seed.")
-    return "\n".join(["# Ablations", "", f"Main task: `{main_label}`. Every variant runs the same data and split; "
-                      f"each run keeps its best validation epoch. {note} Top-K: the ranker's own full ranking; "
-                      "two-stage: LightGCN's top candidates reranked (see README).", ""] + head + [""])
-
-
 @command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
@@ -365,7 +342,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
         args.overrides = list(args.overrides) + [f"run.jobs={args.jobs}"]
     if args.ablate:
-        parent = run_ablation(args.cfg, args.overrides)
+        parent = run_ablation(args.cfg, args.overrides, ablation_variants(args.ablate))
         print(f"ablation report: {parent / 'report.md'}  (tensorboard --logdir {parent})")
         return 0
     if args.resume:

@@ -14,21 +14,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .report import mean_sd
+
 
 def summary(values: Sequence[float]) -> Dict[str, Any]:
     v = np.array([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
     sd = float(v.std(ddof=1)) if len(v) > 1 else 0.0
     return {"mean": float(v.mean()) if len(v) else float("nan"), "sd": sd, "n": int(len(v)),
             "values": [float(x) for x in v]}
-
-
-def mean_sd(x: Any) -> Tuple[Optional[float], Optional[float]]:
-    """``(mean, sd)`` of an aggregated number, or ``(value, None)`` of a single run's."""
-    if isinstance(x, dict) and "mean" in x:
-        return x["mean"], x["sd"]
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
-        return float(x), None
-    return None, None
 
 
 def aggregate_eval(evals: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -70,24 +63,6 @@ def aggregate(runs: Sequence[Mapping[str, Any]], seeds: Sequence[int], dirs: Seq
     return out
 
 
-def fmt(x: Any, digits: int = 4) -> str:
-    """A number for a report: ``mean ± sd``, ``–`` when absent, ``n/a`` when NaN (nothing to measure)."""
-    mean, sd = mean_sd(x)
-    if mean is None:
-        return "–"
-    if isinstance(mean, float) and math.isnan(mean):
-        return "n/a"
-    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
-
-
-def is_tie(a: Any, b: Any) -> bool:
-    """Whether two aggregated numbers differ by less than the larger of their seed sds."""
-    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
-    if ma is None or mb is None or sa is None or sb is None:
-        return False
-    return abs(ma - mb) < max(sa, sb)
-
-
 def write_tensorboard(writer, agg: Mapping[str, Any]) -> None:
     for split, models in agg.get("eval", {}).items():
         for model, entry in models.items():
@@ -99,22 +74,3 @@ def write_tensorboard(writer, agg: Mapping[str, Any]) -> None:
                         writer.add_scalar(f"{split}/{model}/{key}/{metric}/sd", sd, 0)
 
 
-def render_report(name: str, agg: Mapping[str, Any], config_file: Optional[str]) -> str:
-    """Markdown: mean ± sd of every model's metrics over the seeds."""
-    from .pipeline import metrics_tables
-
-    seeds = agg["seeds"]
-    out = [f"# graphrec runs `{name}`: {len(seeds)} seeds", "",
-           f"Config: `{config_file or '(defaults only)'}`; seeds {seeds} (`run.seed`), one folder each: "
-           + ", ".join(f"`{d}`" for d in agg["runs"]) + ".", "",
-           "Every number is the mean ± sample sd over the seeds; each run selects its ranker epoch on validation.", ""]
-    out += metrics_tables(agg.get("eval", {}))
-    r = agg.get("ranker")
-    if r:
-        out += ["## Ranker training", "", f"`{r['model']}`, selected on validation {r.get('monitor')}: "
-                f"best epoch {fmt(r['best_epoch'], 1)}, epochs run {fmt(r['epochs_run'], 1)}, best validation "
-                f"{fmt(r['best_val'])}.", ""]
-    out += ["## Time", "", f"Wall time per seed: {fmt(agg['wall_seconds'], 1)} s.", "",
-            "| stage | seconds |", "|---|---|"]
-    out += [f"| {k} | {fmt(v, 1)} |" for k, v in agg["stage_seconds"].items()]
-    return "\n".join(out + [""])

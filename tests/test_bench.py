@@ -101,7 +101,7 @@ def test_online_expansions_walk_the_same_metapaths():
     g = build_graph(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 2]), 3, 3)
 
     class Store:
-        def rows(self, ntype, ids, names):
+        def rows(self, ntype, ids, names, snapshot=None):
             return {n: torch.zeros(len(ids)) for n in names}
 
     online = OnlineExpansions(Store(), g, {"u2a2u": 4, "a2u2a": 4})

@@ -186,7 +186,7 @@ def test_heads_must_divide_dim_at_load():
     (["simulate.warmup_steps=60", "simulate.horizon_steps=30"], ["simulate.warmup_steps=60", "simulate.horizon_steps=30",
                                                                  "leave no step for impressions"]),
     ([f"simulate.{w}=0" for w in ("weight_collaborative", "weight_content", "weight_heat", "weight_user_bias",
-                                  "weight_author_bias")], ["at least one gift signal weight"]),
+                                  "weight_author_bias", "weight_patronage")], ["at least one gift signal weight"]),
     (["ranker.activity_windows=[0.02, 1.5]"], ["ranker.activity_windows=[0.02, 1.5]", "(0, 1]"]),
     (["ranker.activity_windows=[0.0]"], ["ranker.activity_windows"]),
     (["eval.two_stage_candidates=10"], ["eval.two_stage_candidates=10", "eval.k=20"]),

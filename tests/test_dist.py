@@ -64,8 +64,8 @@ def toy_store(tmp_path):
     from graphrec.dist.store import FeatureStore, partition_features
 
     g = toy_graph()
-    data = {"user": {"x": torch.zeros(5, 1), "exp_u2a2u": torch.zeros(5, 8, dtype=torch.int32)},
-            "author": {"exp_a2u2a": torch.zeros(4, 6, dtype=torch.int32)}}      # the columns walks write
+    data = {"user": {"x": torch.zeros(5, 1), "exp_u2a2u": torch.zeros(5, 1, 8, dtype=torch.int32)},
+            "author": {"exp_a2u2a": torch.zeros(4, 1, 6, dtype=torch.int32)}}   # one graph snapshot      # the columns walks write
     orig, layouts = partition_features(g, 5, 4, None, data, tmp_path, "toywalk")
     return g, FeatureStore(tmp_path / "toywalk.json", "toywalk", orig, layouts)
 
@@ -108,13 +108,14 @@ def test_dist_walker_exclusions_and_owned_expansions(toy_store):
     mine = walk_owned_expansions(store, {"u2a2u": 8, "a2u2a": 6, "a2a": 0})
     assert sorted(mine["u2a2u"][0].tolist()) == list(range(5))        # one trainer owns every seed
     assert sorted(mine) == ["a2u2a", "u2a2u"]                         # k = 0 is not walked
-    sim = store.rows("user", torch.arange(5), ["exp_u2a2u", "x"])     # written into the packed table
+    sim = store.rows("user", torch.arange(5), ["exp_u2a2u", "x"], snapshot=torch.zeros(5))   # in the packed table
     assert sim["exp_u2a2u"].shape == (5, 8) and torch.equal(sim["x"], torch.zeros(5, 1))   # the rest intact
     seeds, walks = mine["u2a2u"]
     assert torch.equal(sim["exp_u2a2u"][seeds].long(), walks)
     for s in range(5):
         assert all(x != s for x in sim["exp_u2a2u"][s].tolist())       # never the seed itself (original ids)
     assert (store.rows("author", torch.tensor([3]), ["exp_a2u2a"])["exp_a2u2a"] == PAD).all()   # no gifters
+    assert store.rows("author", torch.tensor([3]), ["exp_a2u2a"])["exp_a2u2a"].shape == (1, 1, 6)   # every snapshot
     with pytest.raises(ValueError, match="re-run graphrec.partition"):
         store.write("user", torch.arange(5), {"exp_u2a2u": torch.zeros(5, 3, dtype=torch.long)})
 
@@ -250,8 +251,10 @@ def test_one_machine_one_server_two_trainers(tmp_path):
     assert m["dist"]["world_size"] == 2 and len(m["ranker"]["history"]) == 4
     auc, data, standalone = _standalone_val_auc(tmp_path, world=2)
     for split in ("val", "test"):                 # one metrics schema, standalone or distributed
-        assert set(m["eval"][split]["mmbee"]) == set(standalone["eval"][split]["mmbee"]) == \
-            {"click", "long_view", "gift", "purchase", "topk"}
+        keys = set(m["eval"][split]["mmbee"])
+        assert keys == set(standalone["eval"][split]["mmbee"])             # per-bucket entries included
+        assert {k for k in keys if "@" not in k} == {"click", "long_view", "gift", "purchase", "topk"}
+        assert {"gift@0", "topk@0"} <= keys
         # each trainer ranked its own users: together every user with a positive in the split, once
         assert m["eval"][split]["mmbee"]["topk"]["users"] == standalone["eval"][split]["mmbee"]["topk"]["users"] > 0
     assert set(m["ranker"]) >= {"model", "modules", "history", "best_epoch", "best_val", "epochs_run"}

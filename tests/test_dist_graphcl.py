@@ -38,8 +38,8 @@ def _positive_nodes(tmp_path):
     expansions: the nodes that must be anchors."""
     prepared = json.loads(next((tmp_path / "runs").glob("*parts/prepared.json")).read_text())
     with np.load(Path(prepared["prepared_by"]) / "expansions.npz") as z:
-        users = np.flatnonzero((z["u2a2u"] >= 0).any(axis=1))
-        authors = np.flatnonzero((z["a2u2a"] >= 0).any(axis=1))
+        users = np.flatnonzero((z["u2a2u"][:, -1] >= 0).any(axis=1))         # [N, snapshots, K]: the one snapshot
+        authors = np.flatnonzero((z["a2u2a"][:, -1] >= 0).any(axis=1))
         num_users = len(z["u2a2u"])
     assert prepared["graphcl"] == "distributed"
     return np.concatenate([users, authors + num_users])

@@ -60,7 +60,7 @@ def test_distributed_topk_equals_the_standalone_topk(tmp_path, monkeypatch):
     from graphrec.config import load_config
     from graphrec.dist.prepare import load_orig_ids, load_prepared, prepare
     from graphrec.dist.store import FeatureStore
-    from graphrec.evaluation import evaluate, positives_matrix, ranking_time, split_mask
+    from graphrec.evaluation import activity_buckets, evaluate, positives_matrix, ranking_time, split_mask
     from graphrec.ranking.stage import build_ranker, two_stage
     from graphrec.ranking.train import RankerScorer
     from graphrec.run import run as run_pipeline
@@ -130,7 +130,7 @@ def test_distributed_topk_equals_the_standalone_topk(tmp_path, monkeypatch):
 
         # the trainer's metrics entry (rank 0's top-K through the DistGraph) is the standalone evaluation's
         want = evaluate(local, ds, split, k, cfg.eval.negatives, cfg.run.seed + 1, two_stage=two_stage(cfg, ds, local),
-                        topk=cfg.eval.topk)
+                        topk=cfg.eval.topk, buckets=activity_buckets(ds, cfg.eval.activity_buckets))
         got = dist_metrics["eval"][split][name]
         assert _keys(got) == _keys(want), (split, _keys(got), _keys(want))
         for key in ("topk", "topk_two_stage"):
@@ -139,7 +139,11 @@ def test_distributed_topk_equals_the_standalone_topk(tmp_path, monkeypatch):
                 assert got[key].get(field) == want[key].get(field), (split, key, field)
             for metric in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}"):
                 assert got[key][metric] == pytest.approx(want[key][metric], abs=1e-6), (split, key, metric)
+        for key in [key for key in want if key.startswith("topk@")]:            # per user-activity bucket
+            assert got[key]["users"] == want[key]["users"] > 0
+            for metric in (f"recall@{k}", f"ndcg@{k}", f"precision@{k}"):
+                assert got[key][metric] == pytest.approx(want[key][metric], abs=1e-6), (split, key, metric)
         for label, rep in want.items():
             if not label.startswith("topk"):
                 for m, v in rep.items():
-                    assert got[label][m] == pytest.approx(v, abs=1e-5), (split, label, m)
+                    assert got[label][m] == pytest.approx(v, abs=1e-5, nan_ok=True), (split, label, m)

@@ -92,7 +92,7 @@ def test_distributed_evaluation_scores_each_impression_once():
 
     from graphrec.dist.comm import LocalComm
     from graphrec.dist.trainer import evaluate_distributed
-    from graphrec.evaluation import evaluate, split_mask
+    from graphrec.evaluation import activity_buckets, evaluate, split_mask
     from graphrec.ranking.stage import build_ranker, enabled_modules
     from graphrec.ranking.train import RankerScorer
 
@@ -112,10 +112,13 @@ def test_distributed_evaluation_scores_each_impression_once():
     entry = evaluate_distributed(scorer, ds, "val", share, cfg, LocalComm(), lambda users: np.ones(len(users), bool))
     users_ranked = sum(ranked)
     assert sum(scored) == len(share) > 0                     # once, not again on rank 0
-    alone = evaluate(scorer, ds, "val", cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk)
-    assert set(entry) == set(alone) and "topk" in entry
-    for label in ds.labels:
-        assert entry[label] == alone[label]
+    alone = evaluate(scorer, ds, "val", cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1, topk=cfg.eval.topk,
+                     buckets=activity_buckets(ds, cfg.eval.activity_buckets))
+    assert set(entry) == set(alone) and "topk" in entry and "gift@0" in entry
+    assert any(k.startswith("topk@") for k in entry)                     # per bucket too
+    for label in [k for k in alone if not k.startswith("topk")]:          # per label, overall and per bucket
+        assert entry[label] == pytest.approx(alone[label], rel=0, abs=0, nan_ok=True), label
     assert set(entry["topk"]) == set(alone["topk"]) and users_ranked == alone["topk"]["users"] > 0
-    for key, value in alone["topk"].items():
-        assert entry["topk"][key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    for top in [k for k in alone if k.startswith("topk")]:
+        for key, value in alone[top].items():
+            assert entry[top][key] == (pytest.approx(value) if isinstance(value, float) else value), (top, key)

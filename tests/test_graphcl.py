@@ -135,7 +135,7 @@ def test_gie_stages_in_the_pipeline(tmp_path):
     assert set(m["expansion"]["filled"]) == {"u2a2u", "u2a2u2a", "u2a2a", "a2a", "a2u2a"}
     assert set(m["graphcl"]["link_prediction"]) == {"trained", "untrained"}
     ck = load_checkpoint(first.run_dir / "checkpoints" / "graphcl.pt")
-    assert ck["theta"].shape == (300 + 40, 32)                      # graphcl.dim default
+    assert ck["theta"].shape == (300 + 40, 1, 32)                   # one graph snapshot; graphcl.dim default
     assert (first.run_dir / "expansions.npz").exists()
     second = run(load_config(None, sets))
     assert "using cached expansions" in (second.run_dir / "run.log").read_text()

@@ -68,6 +68,7 @@ def world(tmp_path_factory):
     cfg, ds, art = ranker_world(["mfq.dim=16", "mfq.heads=2", "mfq.query_tokens=2", "ranker.mlp=[16]",
                                  "stat_forecast.dim=8", "stat_forecast.heads=2", "ranker.dropout=0.0",
                                  "product_forecast.dim=8", "product_forecast.heads=2", "graph.past_fraction=0.3",
+                                 "graph.snapshots=3",
                                  "ranker.exposure_head=true", "ranker.negatives=8"])
     art["stat_forecaster"] = StatForecaster.from_config(cfg.stat_forecast, 8)
     art["product_forecaster"] = ProductForecaster.from_config(cfg.product_forecast, ds.meta["products"]).eval()
@@ -116,22 +117,28 @@ def test_batches_match_the_node_data_and_both_stores_agree(world):
             assert torch.equal(model(mine[name]), dist_model(theirs[name]))
 
     # every feature against the node data, read directly (an independent reference)
+    # Θ and the expansions of each row's graph snapshot: the latest cut at or before its time (none before the
+    # first: zero Θ, no expansions), the endpoints' Θ of that snapshot too
     batch, idx = mine["impressions"], np.arange(0, 3000, 7)
-    users, times = ds.impressions["user"][idx], ds.impressions["time"][idx]
-    hide = torch.from_numpy(times < local.graph_cutoff)
-    assert hide.any() and not hide.all()
+    users, times, authors = (ds.impressions[k][idx] for k in ("user", "time", "author"))
+    cuts = local.snapshots.cuts
+    snap = torch.tensor([sum(int(c <= t) for c in cuts) - 1 for t in times])
+    hide = snap < 0
+    assert hide.any() and len(set(snap.tolist())) == 4 and data["user"]["theta"].shape[1] == 3
     theta = {"user": data["user"]["theta"], "author": data["author"]["theta"]}
-    up = batch.users
-    assert torch.equal(up.theta, theta["user"][users].masked_fill(hide[:, None], 0.0))
+    rows = torch.arange(len(idx))
+    at = snap.clamp(min=0)
+    up, rp = batch.users, batch.rooms
+    assert torch.equal(up.theta, theta["user"][users, at].masked_fill(hide[:, None], 0.0))
+    assert torch.equal(rp.theta[rp.inv], theta["author"][authors, at].masked_fill(hide[:, None], 0.0))
     for m, p in METAPATHS.items():
-        part, ids = (up, users) if p.seed == "user" else (batch.rooms, batch.rooms.uniq.numpy())
-        e = data[p.seed][f"exp_{m}"][ids].long()
-        want = theta[p.endpoint][e.clamp(min=0)]
-        if part is up:
-            e, want = e.masked_fill(hide[:, None], PAD), want.masked_fill(hide[:, None, None], 0.0)
-        assert torch.equal(part.exp[m], e) and torch.equal(part.exp_theta[m], want), m
-    rp = batch.rooms
-    assert torch.equal(rp.theta, theta["author"][rp.uniq])
+        ids = users if p.seed == "user" else authors
+        e = data[p.seed][f"exp_{m}"][ids, at].long()
+        want = theta[p.endpoint][e.clamp(min=0), at[:, None]]
+        e, want = e.masked_fill(hide[:, None], PAD), want.masked_fill(hide[:, None, None], 0.0)
+        got, got_theta = (up.exp[m], up.exp_theta[m]) if p.seed == "user" else (rp.exp[m][rp.inv], rp.exp_theta[m][rp.inv])
+        assert torch.equal(got, e) and torch.equal(got_theta, want), m
+    assert not torch.equal(theta["user"][users, 0], theta["user"][users, 2])   # the snapshots differ
     rows, on_air = rp.seg_key.clamp(min=0), rp.seg_key >= 0
     for m in ds.modalities():
         x, mask = rp.tokens[m]
@@ -178,13 +185,18 @@ def test_rows_reads_one_pull_and_counts_remote_bytes(world):
     for name, t in got.items():
         assert torch.equal(t, data["author"][name][ids]), name
     assert store.pulls == pulls + 1 and store.remote_bytes == remote        # one part: everything is local
+    snap = torch.tensor([2, 0, 1, -1])                                     # one snapshot each (-1: the first)
+    got = store.rows("author", ids, ["prod_time", "exp_a2a", "theta"], snapshot=snap)
+    assert torch.equal(got["prod_time"], data["author"]["prod_time"][ids])   # no snapshot axis: as it is
+    for name in ("exp_a2a", "theta"):
+        assert torch.equal(got[name], data["author"][name][ids, snap.clamp(min=0)]), name
     row_bytes = store.layouts["author"]["row_bytes"]
     here, store.here = store.here, 1                                      # as if this machine owned none of them
     try:
         store.rows("author", ids, ["prod_time"])
         assert store.remote_bytes - remote == 3 * row_bytes                 # the distinct rows, whole
         store.rows("author", ids, ["theta"])                                # Θ alone: its own, narrower tensor
-        assert store.remote_bytes - remote == 3 * row_bytes + 3 * data["author"]["theta"].shape[1] * 4
+        assert store.remote_bytes - remote == 3 * row_bytes + 3 * data["author"]["theta"][0].numel() * 4
     finally:
         store.here = here
     with pytest.raises(KeyError, match=r"no author feature\(s\) \['nope'\]"):

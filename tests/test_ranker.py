@@ -265,25 +265,35 @@ def test_skipped_history_holds_the_users_earlier_impressions_without_a_gift():
         history_names(["main", "skipped"], implicit)
 
 
-def test_rows_inside_the_graphs_period_see_no_user_side_graph_features(tiny):
-    """``graph.past_fraction``: before the cutoff a row's user side is that of a user without gifts."""
+def test_rows_before_the_first_snapshot_see_no_graph(tiny):
+    """A row before the first graph snapshot's cut sees the user and the author side as nodes without gifts
+    would (zero Θ, no expansions); a later row reads its snapshot's features."""
+    from graphrec.data.split import GraphSnapshots
+
     _, ds, model, builder = tiny
     t = ds.impressions["time"]
     idx = np.arange(0, len(t), 50)
-    cutoff = int(np.median(t[idx]))
-    builder.graph_cutoff = cutoff
+    cut = int(np.median(t[idx]))
+    saved = builder.snapshots
+    builder.snapshots = GraphSnapshots([cut], [np.zeros(len(t), bool)])
     try:
-        up = builder.impressions(idx).users
+        cut_batch = builder.impressions(idx)
     finally:
-        builder.graph_cutoff = None
-    hidden = torch.from_numpy(t[idx] < cutoff)
-    seen = builder.impressions(idx).users
+        builder.snapshots = saved
+    seen = builder.impressions(idx)
+    hidden = torch.from_numpy(t[idx] < cut)
     assert hidden.any() and (~hidden).any()
-    assert (up.theta[hidden] == 0).all() and torch.equal(up.theta[~hidden], seen.theta[~hidden])
+    up, sup = cut_batch.users, seen.users
+    assert (up.theta[hidden] == 0).all() and torch.equal(up.theta[~hidden], sup.theta[~hidden])
     for m in up.exp:
-        assert (up.exp[m][hidden] == PAD).all() and torch.equal(up.exp[m][~hidden], seen.exp[m][~hidden])
+        assert (up.exp[m][hidden] == PAD).all() and torch.equal(up.exp[m][~hidden], sup.exp[m][~hidden])
         assert (up.exp_theta[m][hidden] == 0).all()
-        assert (seen.exp[m][hidden] != PAD).any()              # there was something to hide
+        assert (sup.exp[m][hidden] != PAD).any()              # there was something to hide
+    rp, srp = cut_batch.rooms, seen.rooms                     # the room side, one candidate per row
+    assert (rp.theta[rp.inv][hidden] == 0).all()
+    assert torch.equal(rp.theta[rp.inv][~hidden], srp.theta[srp.inv][~hidden])
+    for m in rp.exp:
+        assert (rp.exp[m][rp.inv][hidden] == PAD).all() and (srp.exp[m][srp.inv][hidden] != PAD).any()
 
 
 def test_popularity_offset_adds_the_authors_rate_logit_to_the_main_head_only(tiny):

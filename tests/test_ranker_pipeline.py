@@ -28,7 +28,11 @@ def test_full_ranker_trains_and_reports(tmp_path):
     assert mods["metapaths"] == ["u2a2u", "u2a2u2a", "u2a2a", "a2a", "a2u2a"] and mods["theta_pretrained"]
     assert mods["modalities"] == ["frame", "asr", "comment"] and mods["stat_forecast"] and mods["product_forecast"]
     test = m["eval"]["test"]["mmbee"]
-    assert set(test) == {"click", "long_view", "gift", "purchase", "topk", "topk_two_stage"}
+    overall = {"click", "long_view", "gift", "purchase", "topk", "topk_two_stage"}
+    assert {k for k in test if "@" not in k} == overall
+    buckets = {k for k in test if "@" in k}            # per bucket where the bucket has both classes
+    assert {f"gift@{b}" for b in ("0", "1-2", "3+")} <= buckets <= {
+        f"{key}@{b}" for key in overall - {"topk_two_stage"} for b in ("0", "1-2", "3+")}
     for task in ("click", "long_view", "gift", "purchase"):
         assert set(test[task]) == {"auc", "uauc", "gauc"}
     assert test["topk"]["label"] == "gift" and test["topk"]["users"] == m["eval"]["test"]["popularity"]["topk"]["users"]

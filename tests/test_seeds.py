@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from graphrec.run import main
-from graphrec.seeds import aggregate, fmt, is_tie, summary
+from graphrec.report import fmt, is_tie
+from graphrec.seeds import aggregate, summary
 
 from .conftest import FAST_MODELS, TINY_SIM
 

@@ -132,7 +132,7 @@ def test_bad_simulator_config():
     with pytest.raises(ConfigError, match="segment_steps=5 must divide"):
         simulate(dict(good, segment_steps=5))
     zero = {w: 0.0 for w in ("weight_collaborative", "weight_content", "weight_heat", "weight_user_bias",
-                             "weight_author_bias")}
+                             "weight_author_bias", "weight_patronage")}
     with pytest.raises(ConfigError, match="at least one gift signal weight"):
         load_config(None, TINY_SIM + [f"simulate.{w}=0" for w in zero])
     with pytest.raises(ConfigError, match="at least one gift signal weight"):
@@ -149,3 +149,51 @@ def test_cli_writes_a_valid_dataset(tmp_path, capsys):
     assert simulate_main(["--out", str(tmp_path / "x"), "--set", "simulate.segment_steps=7"]) == 2
     assert "must divide" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# the impressions of the TINY_SIM world (seed 0) as data_prep/simulate.py made them before patronage existed
+# (commit 0b0ad99), every column: weight_patronage 0 must give that world byte for byte
+WORLD_BEFORE_PATRONAGE = "051f4ccc2e149b3fdab6c238d15b3687978895d67d7dc9af5c709d2c7bca6ea0"
+
+
+def _digest(columns) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(columns):
+        h.update(k.encode())
+        h.update(columns[k].tobytes())
+    return h.hexdigest()
+
+
+def test_without_patronage_the_world_is_the_one_before_it():
+    cfg = load_config(None, TINY_SIM + ["simulate.weight_patronage=0"])
+    ds = simulate(cfg.simulate, seed=0)
+    assert _digest(ds.impressions) == WORLD_BEFORE_PATRONAGE
+    assert "fan_club" not in ds.tables["users"] and "fan_club" not in ds.tables["authors"]
+    other = simulate(dict(cfg.simulate, fan_clubs=7), seed=0)          # the clubs' draws touch nothing else
+    assert _digest(other.impressions) == WORLD_BEFORE_PATRONAGE
+
+
+def test_patronage_drives_gifts_only():
+    """Patronage changes who gifts, never who clicks, stays long or is shown: p_click and p_long_view are
+    byte for byte those of the world without it; gifts concentrate on the viewer's own fan club; the
+    planted gift rate and oracle AUC are still hit."""
+    cfg = load_config(None, TINY_SIM + ["simulate.num_impressions=60000"])
+    plain = simulate(dict(cfg.simulate, weight_patronage=0.0), seed=0).impressions
+    ds = simulate(dict(cfg.simulate, weight_patronage=2.0), seed=0)
+    imp = ds.impressions
+    for col in ("user", "author", "time", "p_click", "p_long_view", "click", "long_view"):
+        assert np.array_equal(imp[col], plain[col]), col
+    own = ds.tables["users"]["fan_club"][imp["user"]] == ds.tables["authors"]["fan_club"][imp["author"]]
+    same_community = ds.tables["users"]["community"][imp["user"]] == ds.tables["authors"]["cluster"][imp["author"]]
+    inside = same_community & own
+    others = same_community & ~own                                     # same taste, another club
+    assert imp["p_gift"][inside].mean() > 2.0 * imp["p_gift"][others].mean()
+    o = ds.meta["oracle"]["gift"]
+    assert o["rate"] == pytest.approx(cfg.simulate.gift_rate, rel=0.15)
+    assert o["expected_auc"] == pytest.approx(cfg.simulate.gift_auc, abs=0.01)
+    g = ds.meta["gifting"]
+    assert g["gifts"] == int(imp["gift"].sum()) and 0 < g["gifting_users_share"] < 1
+    assert g["repeat_gift_share"] > simulate(dict(cfg.simulate, weight_patronage=0.0), seed=0).meta["gifting"][
+        "repeat_gift_share"]                                           # fans come back to their club's rooms

@@ -1,16 +1,19 @@
-"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, serve, serve-http, dist,
-scale."""
+"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, epochs, serve, serve-http,
+dist, scale."""
 from __future__ import annotations
 
 import sys
 
+from ..errors import command
 from . import dist, ranker, sampler, scale, serve_http
 
 COMMANDS = {"sampler": sampler.main, "swing": sampler.swing_main, "train": ranker.train_main,
+            "epochs": ranker.epochs_main,
             "serve": ranker.serve_main, "serve-http": serve_http.main,
             "dist": dist.main, "scale": scale.main}
 
 
+@command
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:

@@ -132,11 +132,12 @@ class OnlineExpansions:
         self.gifted = GiftedLookup(graph)
         self.gen = torch.Generator().manual_seed(seed)
 
-    def rows(self, ntype: str, ids: torch.Tensor, names) -> Dict[str, torch.Tensor]:
+    def rows(self, ntype: str, ids: torch.Tensor, names, snapshot=None) -> Dict[str, torch.Tensor]:
+        """The store's rows, but the expansions walked now on ``graph`` (the latest snapshot: serving's)."""
         from ..gie.metapath import expand
 
         walk = [n for n in names if n.startswith("exp_")]
-        out = self.store.rows(ntype, ids, [n for n in names if n not in walk])
+        out = self.store.rows(ntype, ids, [n for n in names if n not in walk], snapshot=snapshot)
         if walk:
             uniq, inverse = torch.unique(ids.long(), return_inverse=True)
             for name in walk:
@@ -223,6 +224,43 @@ def train_main(argv: Optional[List[str]] = None) -> int:
     # the first batch size at the top level (the layout of a one-size run), every size in by_batch_size
     write_results({**results[0], "by_batch_size": results}, args.out or "runs/bench/train.json")
     return 0
+
+
+def epoch_times(history) -> Dict:
+    """Per-epoch training seconds of a run's ranker history and how much the slowest grew over the first."""
+    secs = [float(h["seconds"]) for h in history]
+    first = secs[0] if secs else float("nan")
+    return {"epoch_seconds": secs, "first": first, "max_over_first": max(secs) / first if secs else float("nan"),
+            "last_over_first": secs[-1] / first if secs else float("nan")}
+
+
+def epochs_main(argv: Optional[List[str]] = None) -> int:
+    ap = _common("python -m graphrec.bench epochs", "does an epoch take longer as training goes on? The ranker "
+                 "trained for a fixed number of epochs (no early stopping), every epoch's time printed")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--limit", type=float, default=1.5, help="the slowest epoch may take this many times the first")
+    ap.add_argument("--keep-denormals", action="store_true",
+                    help="do not flush subnormal floats to zero (graphrec.numerics), to measure what it saves")
+    args = ap.parse_args(argv)
+    from ..config import load_config
+    from ..run import run
+
+    if args.keep_denormals:
+        torch.set_flush_denormal(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(args.cfg, list(args.overrides) + [f"ranker.epochs={args.epochs}", "ranker.patience=0",
+                                                            f"run.out_dir={tmp}", "run.progress=false",
+                                                            "run.skip_stages=[lightgcn]"])
+        result = run(cfg, config_file=args.cfg)
+        res = epoch_times(result.metrics["ranker"]["history"])
+    res.update(flush_denormals=not args.keep_denormals, cfg=args.cfg, overrides=list(args.overrides),
+               torch_threads=torch.get_num_threads(), limit=args.limit, within_limit=res["max_over_first"] <= args.limit)
+    print("epoch seconds: " + ", ".join(f"{x:.1f}" for x in res["epoch_seconds"]))
+    print(f"slowest / first: {res['max_over_first']:.2f}x, last / first: {res['last_over_first']:.2f}x "
+          f"(limit {args.limit}x: {'within' if res['within_limit'] else 'OVER'}; subnormals "
+          f"{'flushed' if res['flush_denormals'] else 'kept'}, {res['torch_threads']} torch threads)")
+    write_results(res, args.out or "runs/bench/epochs.json")
+    return 0 if res["within_limit"] else 1
 
 
 def serve_main(argv: Optional[List[str]] = None) -> int:

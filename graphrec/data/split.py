@@ -52,23 +52,63 @@ def ensure_split(ds, val_fraction: float, test_fraction: float) -> bool:
     return True
 
 
-def graph_period(ds, past_fraction: float = 0.0):
-    """``(graph_rows, cutoff)``: the training rows the gifting graph is built from (``graph.past_fraction``)
-    and the time from which a row may see features of that graph (``None``: every row).
+class GraphSnapshots:
+    """When the gifting graph is rebuilt, and which graph each impression reads (``graph.snapshots``,
+    ``graph.past_fraction``).
 
-    With ``past_fraction`` 0 the graph takes every training row. Otherwise (timed data only) it takes the
-    earliest ``past_fraction`` of the training period, and a row before its end sees no user-side graph
-    features — the graph holds that row's own gift and later ones, which validation and test rows never
-    see in theirs. Rows after the cutoff (the rest of training, validation, test) see the graph of their
-    past, as the history rule has them see their past behaviour."""
+    Snapshot ``j`` is built at time ``cuts[j]`` from the training positives strictly before it (``rows[j]``),
+    as a production system rebuilds its graph on a schedule; an impression at time ``t`` reads the latest
+    snapshot whose cut is at or before ``t`` (:meth:`index`), so no edge of its graph is as late as the
+    impression itself, and ``-1`` (no graph yet) before the first cut. ``cuts is None`` is the one graph of
+    every training positive, read by every row (``past_fraction`` 0 and one snapshot): a training row's
+    own gift is then an edge of the graph its features come from."""
+
+    def __init__(self, cuts, rows) -> None:
+        self.cuts = None if cuts is None else np.asarray(cuts, dtype=np.int64)
+        self.rows = list(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def leaky(self) -> bool:
+        """Whether every row reads one graph of every training positive (no cut)."""
+        return self.cuts is None
+
+    def index(self, times) -> np.ndarray:
+        """``[n]`` int64: the snapshot each time reads, ``-1`` before the first cut."""
+        times = np.asarray(times, dtype=np.int64)
+        if self.cuts is None:
+            return np.zeros(times.shape, dtype=np.int64)
+        return np.searchsorted(self.cuts, times, side="right").astype(np.int64) - 1
+
+
+def graph_snapshots(ds, past_fraction: float = 0.0, snapshots: int = 1) -> GraphSnapshots:
+    """The :class:`GraphSnapshots` of ``ds``: with ``snapshots`` 1 and ``past_fraction`` 0, one graph of every
+    training row (no cut); otherwise (timed data only) ``snapshots`` cuts spread evenly over the training
+    period's rows from the ``past_fraction`` quantile of their times to its end (the last snapshot then holds
+    every training positive; validation and test read it). One snapshot with ``past_fraction`` f is one graph
+    of the earliest f of the training period, read by every later row."""
     from ..errors import ConfigError
 
     train = ds.impressions["split"] == SPLITS["train"]
-    if not past_fraction:
-        return train, None
+    if snapshots < 1:
+        raise ConfigError(f"graph.snapshots={snapshots}: at least one graph is needed")
+    if snapshots == 1 and not past_fraction:
+        return GraphSnapshots(None, [train])
     if not ds.timed:
-        raise ConfigError(f"graph.past_fraction={past_fraction}: the dataset {ds.name} has no timestamps (its rows "
-                          "carry only their split), so there is no past to build the graph from; set it to 0")
+        raise ConfigError(f"graph.past_fraction={past_fraction}, graph.snapshots={snapshots}: the dataset {ds.name} "
+                          "has no timestamps (its rows carry only their split), so there is no past to build a graph "
+                          "from; set graph.past_fraction to 0 and graph.snapshots to 1")
     times = ds.impressions["time"][train]
-    cutoff = int(np.quantile(times, past_fraction, method="lower")) if len(times) else 0
-    return train & (ds.impressions["time"] < cutoff), cutoff
+    fractions = [past_fraction] if snapshots == 1 else np.linspace(past_fraction, 1.0, snapshots)
+    cuts = []
+    for f in fractions:
+        if not len(times):
+            cuts.append(0)
+        elif f >= 1.0:                                   # the end of training: every training row
+            cuts.append(int(times.max()) + 1)
+        else:
+            cuts.append(int(np.quantile(times, f, method="lower")))
+    all_times = ds.impressions["time"]
+    return GraphSnapshots(cuts, [train & (all_times < c) for c in cuts])

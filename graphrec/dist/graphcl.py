@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.dataset import save_table
+from ..data.split import graph_snapshots
 from ..gie.graphcl import GraphCL, HeldOutGifts, anchor_loss, graphcl_loss
 from ..gie.metapath import PAD
 
@@ -262,7 +264,7 @@ def read_anchors(store, num_users: int, rank: int):
     nodes, rows = [], []
     for nt in NTYPES:
         orig = owned_nodes(store, nt, rank)
-        cand = store.rows(nt, orig, [POSITIVES[nt]])[POSITIVES[nt]].long()
+        cand = store.rows(nt, orig, [POSITIVES[nt]])[POSITIVES[nt]][:, 0].long()   # one graph snapshot
         if nt == "author":
             orig = orig + num_users
             cand = torch.where(cand >= 0, cand + num_users, PAD)
@@ -286,9 +288,7 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
     nodes, has_pos, rows = read_anchors(store, U, comm.rank)
     anchors = nodes[has_pos]
     steps = max(math.ceil(n / sec.batch_size) for n in comm.gather(len(anchors)))
-    from .trainer import _save_npz
-
-    _save_npz(run_dir / "shares" / f"graphcl-rank{comm.rank}.npz", {"anchors": anchors.numpy()})
+    save_table(run_dir / "shares" / f"graphcl-rank{comm.rank}.npz", {"anchors": anchors.numpy()})
     log(f"graphcl: {len(anchors):,} anchors of {len(nodes):,} owned nodes, {steps} steps per epoch")
 
     theta = DistTheta(store, U, A, sec.dim, sec.temperature, sec.nce_weight, comm, name="graphcl_theta", on_read=kick)
@@ -299,7 +299,8 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
     opt = SparseOptimizer(theta, sec.lr)
     task = DistGraphCLTask(anchors, rows[has_pos], U, A, sec.negatives, steps)
 
-    gifts = HeldOutGifts(ds, cfg.graph.label or ds.main_label, cfg.graph.past_fraction, sec.eval_negatives, seed)
+    gifts = HeldOutGifts(ds, cfg.graph.label or ds.main_label,
+                         graph_snapshots(ds, cfg.graph.past_fraction, cfg.graph.snapshots).rows[-1], sec.eval_negatives, seed)
     validate = None
     if len(gifts.val[0]):
         def validate(model, epoch: int) -> Dict[str, float]:
@@ -319,7 +320,7 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
         pos = has_pos[nodes >= U] if nt == "author" else has_pos[nodes < U]
         values = theta.table(nt, mine)
         values[~pos] = 0.0
-        store.write(nt, mine, {"theta": values})
+        store.write(nt, mine, {"theta": values.unsqueeze(1)})              # one graph snapshot
     store.graph.barrier()
     comm.barrier()
 
@@ -328,8 +329,8 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
         # what the ranker will read, both ways (Θ alone and its column of the packed table), against Θ
         ids = torch.arange(A)
         want = theta.table("author", ids)
-        want[~(store.rows("author", ids, [POSITIVES["author"]])[POSITIVES["author"]] >= 0).any(dim=1)] = 0.0
-        got = [store.rows("author", ids, names)["theta"] for names in (["theta"], ["theta", POSITIVES["author"]])]
+        want[~(store.rows("author", ids, [POSITIVES["author"]])[POSITIVES["author"]][:, 0] >= 0).any(dim=1)] = 0.0
+        got = [store.rows("author", ids, names)["theta"][:, 0] for names in (["theta"], ["theta", POSITIVES["author"]])]
         quality["node_data_max_abs_diff"] = max(float((g - want).abs().max()) for g in got) if A else 0.0
         quality.update(gifts.report(theta.author_embeddings(), initial[U:]))
         log(f"graphcl ({len(result.history)} epochs, best {result.best_epoch}) link prediction on "

@@ -43,6 +43,20 @@ def distributed_graphcl(cfg: Config) -> bool:
     return bool(cfg.graphcl.enabled and cfg.graphcl.distributed and "graphcl" not in cfg.run.skip_stages)
 
 
+def check_one_snapshot_on_trainers(cfg: Config) -> None:
+    """The trainers train Θ (``graphcl.distributed``) or walk the expansions (``dist.expansion=walk``) on the one
+    graph they hold; several graph snapshots are built by the partition step, with Θ trained there and the
+    expansions read from the cache."""
+    if cfg.graph.snapshots == 1:
+        return
+    if distributed_graphcl(cfg):
+        raise ConfigError(f"graph.snapshots={cfg.graph.snapshots} with graphcl.distributed=true: the trainers hold one "
+                          "graph; train Θ in the partition step (graphcl.distributed=false) or set graph.snapshots=1")
+    if cfg.dist.expansion == "walk":
+        raise ConfigError(f"graph.snapshots={cfg.graph.snapshots} with dist.expansion=walk: the trainers walk the one "
+                          "graph they hold; read the offline expansions (dist.expansion=cache) or set graph.snapshots=1")
+
+
 def part_dir_of(cfg: Config, num_parts: Optional[int] = None) -> Path:
     """``dist.part_dir``, or ``<run.out_dir>/<run.name>-<N>parts`` (N: ``num_parts`` or ``dist.num_parts``)."""
     if cfg.dist.part_dir is not None:
@@ -119,6 +133,7 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
 
     if not cfg.ranker.enabled:
         raise ConfigError("ranker.enabled is false: there is nothing to train distributed")
+    check_one_snapshot_on_trainers(cfg)
     part_dir = part_dir_of(cfg)
     dist_graphcl = distributed_graphcl(cfg)
     skip = sorted(set(cfg.run.skip_stages) | set(STAGES_AFTER_PARTITION) | ({"graphcl"} if dist_graphcl else set()))
@@ -129,7 +144,7 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
     ds = result.state["dataset"]
     state = dict(result.state)
     if dist_graphcl and "expansions" in state:      # a Θ column for the trainers to fill (graphrec.dist.graphcl)
-        state["theta"] = torch.zeros(ds.num_users + ds.num_authors, cfg.graphcl.dim)
+        state["theta"] = torch.zeros(ds.num_users + ds.num_authors, 1, cfg.graphcl.dim)
     mods = enabled_modules(cfg, ds, state)
     data = node_data(ds, mods, state)
     dist_graphcl = dist_graphcl and mods["theta_pretrained"]

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..ranking.features import at_snapshot, per_snapshot
 from ..schema import REVERSE_ETYPES
 from .packed import DTYPES, layout_of, pack, unpack
 
@@ -137,16 +138,21 @@ class FeatureStore:
             raise KeyError(f"feature store has no {ntype} feature(s) {missing} (it has {sorted(columns)})")
         return columns
 
-    def rows(self, ntype: str, ids: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+    def rows(self, ntype: str, ids: torch.Tensor, names: Sequence[str],
+             snapshot: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """``{name: tensor [len(ids), ...]}``: the features ``names`` of nodes ``ids`` (original ids) in one
-        pull of the packed table (of Θ alone, when only Θ is asked for)."""
+        pull of the packed table (of Θ alone, when only Θ is asked for); with ``snapshot [len(ids)]`` the
+        per-snapshot features (Θ, expansions) of that graph snapshot only (the rows hold every snapshot)."""
         self._columns(ntype, names)
         layout = self.layouts[ntype]
         uniq, inv = torch.unique(self.new_of_orig[ntype][ids.long()], return_inverse=True)
         if len(names) == 1 and names[0] in layout["alone"]:
-            return {names[0]: self._read(names[0], ntype, uniq)[inv]}
-        packed = self._read(PACKED, ntype, uniq)
-        return unpack(packed[inv], layout, names)
+            out = {names[0]: self._read(names[0], ntype, uniq)[inv]}
+        else:
+            out = unpack(self._read(PACKED, ntype, uniq)[inv], layout, names)
+        if snapshot is not None:
+            out = {n: at_snapshot(t, snapshot) if per_snapshot(n) else t for n, t in out.items()}
+        return out
 
     def cache_remote(self, max_bytes: int) -> None:
         """Keep up to ``max_bytes`` of rows read from other partitions in memory (0: off); starts empty."""

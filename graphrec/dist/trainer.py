@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from ..config import Config, load_config
+from ..data.dataset import save_table
 from ..errors import UserError
+from ..numerics import flush_denormals
 from .lifecycle import WATCHDOG_EXIT
 
 
@@ -53,17 +55,6 @@ def _logger(run_dir: Path, rank: int, world: int) -> logging.Logger:
     return log
 
 
-def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
-    import io
-
-    from ..data.dataset import atomic_write_bytes
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def owned_impressions(store, users: np.ndarray, rank: int) -> np.ndarray:
     """Mask of the impressions whose user ``node_split`` gives trainer ``rank`` (disjoint, covering).
 
@@ -89,14 +80,16 @@ def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config,
     reading every partition through the DistGraph, and averaged over all of them; implicit data's
     sampled-negative AUC with each trainer scoring its users' pairs. ``owns(users)``: the mask of the
     users that are this trainer's."""
-    from ..evaluation import (ShardedPairScores, gathered_scores, impression_metrics, merge_topk, topk_metrics,
-                              topk_users)
+    from ..evaluation import (ShardedPairScores, activity_buckets, gathered_scores, impression_metrics, merge_topk,
+                              topk_metrics, topk_users)
     from ..ranking.stage import two_stage
 
     # per impression: explicit data's share of the split, implicit data's positives and sampled negatives
     # of the trainer's users; every trainer computes the report from all of them
     scores = ShardedPairScores(scorer, owns, comm) if ds.implicit else gathered_scores(scorer, share, comm)
-    entry: Dict[str, Any] = dict(impression_metrics(scores, ds, split, cfg.eval.negatives, cfg.run.seed + 1))
+    buckets = activity_buckets(ds, cfg.eval.activity_buckets)
+    entry: Dict[str, Any] = dict(impression_metrics(scores, ds, split, cfg.eval.negatives, cfg.run.seed + 1,
+                                                    buckets=buckets))
     # every trainer ranks its own users (rank 0 ranking them all kept the others waiting for minutes at 1M users)
     ranked = {}
     retriever = two_stage(cfg, ds, scorer)
@@ -104,13 +97,15 @@ def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config,
         users = topk_users(ds, split)
         mine = users[owns(users)]
     if cfg.eval.topk:
-        ranked["topk"] = topk_metrics(scorer, ds, split, cfg.eval.k, users=mine)
+        rep = topk_metrics(scorer, ds, split, cfg.eval.k, users=mine, buckets=buckets)
+        if rep is not None:
+            ranked.update(rep if buckets is not None else {"topk": rep})
     if retriever is not None:
         rep = topk_metrics(retriever, ds, split, cfg.eval.k, users=mine)
         ranked["topk_two_stage"] = rep and {**rep, "candidates": retriever.n, "retriever": retriever.name}
     every = comm.gather(ranked)                                   # each trainer's {key: entry of its users}
-    for key in ranked:
-        merged = merge_topk([part[key] for part in every])
+    for key in dict.fromkeys(k for part in every for k in part):     # a trainer may have no user of a bucket
+        merged = merge_topk([part.get(key) for part in every])
         if merged is not None:
             entry[key] = merged
     return comm.gather(entry)[0]
@@ -209,12 +204,13 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     from ..ranking.stage import build_ranker, model_name, train_ranker
     from ..ranking.train import RankerScorer
     from .comm import DDPComm, Watchdog, trainer_device
-    from .prepare import load_orig_ids, load_prepared
+    from .prepare import check_one_snapshot_on_trainers, load_orig_ids, load_prepared
     from .store import FeatureStore
     from .walk import walk_owned_expansions
 
     t_start = time.perf_counter()
     prepared = load_prepared(part_dir, cfg)
+    check_one_snapshot_on_trainers(cfg)
     try:
         dgl.distributed.initialize(str(ip_config))
     except dgl.distributed.rpc.DistConnectError as exc:
@@ -260,7 +256,7 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(mine),
                   "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0
                                    for m, (_, e) in mine.items()}}
-        _save_npz(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids
+        save_table(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids
                   {**{f"{m}_seeds": s.numpy() for m, (s, _) in mine.items()},
                    **{m: e.numpy().astype(np.int32) for m, (_, e) in mine.items()}})
     graphcl: Dict[str, Any] = {}
@@ -291,7 +287,7 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     imp = ds.impressions
     mine = owned_impressions(store, imp["user"], comm.rank)
     share = {s: np.flatnonzero(mine & (imp["split"] == code)) for s, code in SPLITS.items()}
-    _save_npz(run_dir / "shares" / f"rank{comm.rank}.npz", share)
+    save_table(run_dir / "shares" / f"rank{comm.rank}.npz", share)
     log.info("share: %s impressions (%s)", f"{int(mine.sum()):,}",
              ", ".join(f"{s} {len(v):,}" for s, v in share.items()))
 
@@ -365,6 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--stage", choices=["all", "graphcl"], default="all")
     args = ap.parse_args(argv)
     rank = os.environ.get("RANK", "?")
+    flush_denormals()                      # graphrec's process settings (graphrec.numerics)
 
     def on_sigterm(signum, frame):
         print(f"error: trainer {rank}: stopped by SIGTERM (the launcher stops every trainer when one process "

@@ -121,7 +121,8 @@ def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: 
             gifted = walker.gifted(batch) if name == "u2a2u2a" else None
             ids = expand(walker, g, name, batch, k, retries, gen, gifted)
             orig = torch.where(ids >= 0, store.orig_of_new[end][ids.clamp(min=0)], torch.full_like(ids, PAD))
-            store.write(seed_type, store.orig_of_new[seed_type][batch], {f"exp_{name}": orig})
+            # one graph snapshot (graph.snapshots 1 is required with dist.expansion=walk)
+            store.write(seed_type, store.orig_of_new[seed_type][batch], {f"exp_{name}": orig.unsqueeze(1)})
             parts.append(orig)
         log(f"walked {name}: {len(seeds):,} {seed_type} seeds x {k} on this trainer")
         mine[name] = (store.orig_of_new[seed_type][seeds], torch.cat(parts) if parts else torch.zeros(0, k).long())

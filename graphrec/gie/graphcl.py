@@ -120,21 +120,27 @@ def anchor_loss(model, anchor: torch.Tensor, cand: torch.Tensor, num_users: int,
 def train_graphcl(num_users: int, num_authors: int, user_pos: np.ndarray, author_pos: np.ndarray,
                   sec: Mapping[str, Any], seed: int = 0, device: str = "cpu", progress: bool = False,
                   writer: Any = None, log: Callable[[str], None] = lambda s: None, amp: bool = False,
-                  validate: Optional[Callable[[GraphCL, int], Dict[str, float]]] = None) -> GraphCLResult:
+                  validate: Optional[Callable[[GraphCL, int], Dict[str, float]]] = None,
+                  init: Optional[torch.Tensor] = None, tag: str = "graphcl") -> GraphCLResult:
     """Algorithm 1 with :func:`graphrec.fit.fit`. ``user_pos [U, K]`` holds ``u2a2u`` user ids,
     ``author_pos [A, K]`` ``a2u2a`` author ids (``PAD`` = none). With ``validate`` (returning ``link_auc``),
     the epoch with the best validation link prediction is kept and training stops after
-    ``sec.patience`` epochs without a better one."""
+    ``sec.patience`` epochs without a better one. ``init``: the table to start from (an earlier graph
+    snapshot's Θ, so that the snapshots' Θ share one space) instead of a random one; ``tag``: TensorBoard's
+    section."""
     from ..fit import FitSpec, fit
 
     torch.manual_seed(seed)
     model = GraphCL(num_users, num_authors, sec["dim"], sec["temperature"], sec["nce_weight"])
+    if init is not None:
+        with torch.no_grad():
+            model.theta.weight.copy_(init)
     initial = model.theta.weight.detach().clone()
     # positives as global ids; authors are offset by num_users
     a_pos = torch.from_numpy(author_pos.astype(np.int64))
     pos = torch.cat([torch.from_numpy(user_pos.astype(np.int64)), torch.where(a_pos >= 0, a_pos + num_users, PAD)])
     task = GraphCLTask(pos.to(device), num_users, num_authors, sec["negatives"], sec["batch_size"])
-    spec = FitSpec(epochs=sec["epochs"], lr=sec["lr"], seed=seed, amp=amp, tag="graphcl",
+    spec = FitSpec(epochs=sec["epochs"], lr=sec["lr"], seed=seed, amp=amp, tag=tag,
                    patience=sec.get("patience", 0) if validate else 0, monitor="link_auc" if validate else None)
     result = fit(model, task, spec, device, writer=writer, log=log, progress=progress, validate=validate)
     trained = (pos >= 0).any(dim=1)
@@ -143,17 +149,16 @@ def train_graphcl(num_users: int, num_authors: int, user_pos: np.ndarray, author
 
 class HeldOutGifts:
     """The gifts GraphCL is judged on, the same in the standalone and the distributed stage: the graph's
-    training gifts (user profiles), the validation gifts (early stopping) and the test gifts (the report;
+    training gifts (user profiles; ``graph_rows``: the impressions the graph snapshot was built from), the validation gifts (early stopping) and the test gifts (the report;
     the validation gifts when there is no test split), each scored by :func:`link_prediction` (prepared
     once per split)."""
 
-    def __init__(self, ds, label: str, past_fraction: float, negatives: int, seed: int) -> None:
+    def __init__(self, ds, label: str, graph_rows: np.ndarray, negatives: int, seed: int) -> None:
         from ..data.dataset import SPLITS
-        from ..data.split import graph_period
         from .graph import gift_edges
 
         split = ds.impressions["split"]
-        self.train = gift_edges(ds, label, graph_period(ds, past_fraction)[0])[:2]
+        self.train = gift_edges(ds, label, graph_rows)[:2]          # the rows the graph was built from
         self.val = gift_edges(ds, label, split == SPLITS["val"])[:2]
         test = gift_edges(ds, label, split == SPLITS["test"])[:2]
         self.test = test if len(test[0]) else self.val

@@ -27,13 +27,14 @@ cache is never used.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..data.dataset import atomic_write_bytes
+from ..data.dataset import save_table
 from ..schema import METAPATHS
 from .graph import csr_of
 
@@ -215,12 +216,8 @@ def offline_expansions(g, ks: Mapping[str, int], backend: str = "torch", device:
 
 
 def save_expansions(path: Path, expansions: Mapping[str, np.ndarray], fingerprint: str, params: Mapping) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **expansions, __meta__=np.frombuffer(json.dumps(
-        {"fingerprint": fingerprint, "params": dict(params)}, sort_keys=True).encode(), dtype=np.uint8))
-    atomic_write_bytes(Path(path), buf.getvalue())
+    save_table(Path(path), {**expansions, "__meta__": np.frombuffer(json.dumps(
+        {"fingerprint": fingerprint, "params": dict(params)}, sort_keys=True).encode(), dtype=np.uint8)})
 
 
 def load_expansions(path: Path, fingerprint: str, params: Mapping) -> Optional[Dict[str, np.ndarray]]:
@@ -234,5 +231,5 @@ def load_expansions(path: Path, fingerprint: str, params: Mapping) -> Optional[D
             if meta.get("fingerprint") != fingerprint or meta.get("params") != json.loads(json.dumps(dict(params))):
                 return None
             return {k: npz[k] for k in npz.files if k != "__meta__"}
-    except (ValueError, OSError, KeyError, json.JSONDecodeError):
-        return None
+    except (ValueError, OSError, EOFError, KeyError, json.JSONDecodeError, zipfile.BadZipFile):
+        return None                      # a damaged cache is rebuilt

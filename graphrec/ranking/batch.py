@@ -68,7 +68,8 @@ class UserPart(_Movable):
 @dataclass
 class RoomPart(_Movable):
     author: torch.Tensor                                          # [N] author of each candidate
-    uniq: torch.Tensor                                            # [Au] distinct authors
+    uniq: torch.Tensor                                            # [Au] distinct authors (with several graph
+                                                                  # snapshots: of distinct (author, snapshot) pairs)
     inv: torch.Tensor                                             # [N] index into uniq
     cats: Dict[str, torch.Tensor] = field(default_factory=dict)   # [Au] per distinct author
     dense: Optional[torch.Tensor] = None                          # [Au, k]

@@ -2,7 +2,8 @@
 
 For a row (user, time) and each of its candidate authors the builder assembles what the model may
 know then (see :mod:`graphrec.ranking.features` for the rules): the user's ids, side features and
-history; the expansions and Θ from the feature store, the target author padded out of user-side
+history; the expansions and Θ from the feature store — of the latest graph snapshot cut at or before the
+row's time (``graph.snapshots``; none before the first cut), the target author padded out of user-side
 author sequences by the model; the segment on air, the room's latest statistics and the frozen
 forecasters' features; the author's recent activity.
 
@@ -89,13 +90,14 @@ class BatchBuilder:
     def __init__(self, ds: Dataset, store, cfg: BatchConfig, histories: Dict[str, History],
                  user_side, author_side, activity: Optional[Activity] = None,
                  room_stats: Optional[RoomStatistics] = None, known: Optional[PairSet] = None,
-                 user_activity: Optional[Activity] = None, graph_cutoff: Optional[int] = None) -> None:
+                 user_activity: Optional[Activity] = None, snapshots=None) -> None:
         self.ds, self.store, self.cfg, self.histories = ds, store, cfg, histories
         self.user_cats, self.user_dense = user_side
         self.author_cats, self.author_dense = author_side
         self.activity, self.room_stats, self.known = activity, room_stats, known
         self.user_activity = user_activity
-        self.graph_cutoff = graph_cutoff      # rows before it see no user-side graph features (graph.past_fraction)
+        # which graph snapshot a row reads (graphrec.data.split.GraphSnapshots); None: no graph features
+        self.snapshots = snapshots
         imp = ds.impressions
         self.users, self.authors, self.times = imp["user"].astype(np.int64), imp["author"].astype(np.int64), imp["time"]
         self.is_train = imp["split"] == SPLITS["train"]
@@ -121,9 +123,9 @@ class BatchBuilder:
     def user_part(self, users: np.ndarray, times: np.ndarray, exclude: Optional[np.ndarray] = None) -> UserPart:
         """The user side of rows ``(users, times)``; ``exclude``: each row's own target (untimed training
         rows, ``PAD`` elsewhere), kept out of its history and its activity counts."""
-        up, hide = self._user_side(users, times, exclude)
-        self._endpoint_theta(up)
-        self._hide_graph(up, hide)
+        up, snap = self._user_side(users, times, exclude)
+        self._endpoint_theta((up, snap))
+        self._hide_graph(up, snap)
         self.built_batches += 1
         return up
 
@@ -132,8 +134,9 @@ class BatchBuilder:
         """The author side of candidates ``(authors, times)``: author-only pieces once per distinct author,
         tokens once per distinct segment on air. ``own``: 1 where the candidate is the row's own training
         interaction (kept out of the untimed activity counts); ``segments``: known segment rows."""
-        rp = self._room_side(authors, times, own, segments)
-        self._endpoint_theta(rp)
+        rp, snap = self._room_side(authors, times, own, segments)
+        self._endpoint_theta((rp, snap))
+        self._hide_graph(rp, snap)
         self.built_batches += 1
         return rp
 
@@ -141,15 +144,22 @@ class BatchBuilder:
                     authors: np.ndarray, room_times: np.ndarray, own: Optional[np.ndarray] = None,
                     segments: Optional[np.ndarray] = None):
         """``user_part`` and ``room_part`` of one batch, sharing the second hop (one Θ read per node type)."""
-        up, hide = self._user_side(users, user_times, exclude)
-        rp = self._room_side(authors, room_times, own, segments)
-        self._endpoint_theta(up, rp)
-        self._hide_graph(up, hide)
+        up, usnap = self._user_side(users, user_times, exclude)
+        rp, rsnap = self._room_side(authors, room_times, own, segments)
+        self._endpoint_theta((up, usnap), (rp, rsnap))
+        self._hide_graph(up, usnap)
+        self._hide_graph(rp, rsnap)
         self.built_batches += 1
         return up, rp
 
+    def snapshot_of(self, times: np.ndarray) -> Optional[np.ndarray]:
+        """``[n]`` the graph snapshot each time reads (-1: none yet), or None without graph features."""
+        if self.snapshots is None or not self.cfg.metapaths:
+            return None
+        return self.snapshots.index(times)
+
     def _user_side(self, users: np.ndarray, times: np.ndarray, exclude: Optional[np.ndarray]):
-        """The user side without the endpoints' Θ (hop 1), and the rows whose graph features are hidden."""
+        """The user side without the endpoints' Θ (hop 1), and each row's graph snapshot (or None)."""
         cfg = self.cfg
         ut = torch.from_numpy(users)
         hist, hist_code = {}, {}
@@ -166,35 +176,35 @@ class BatchBuilder:
         if cfg.user_activity and self.user_activity is not None:
             own = None if exclude is None else (np.asarray(exclude) != PAD).astype(np.float64)
             up.activity = torch.from_numpy(self.user_activity.features(users, times, own))
-        self._node_features(up, "user", ut)
-        hide = None
-        if cfg.metapaths and self.graph_cutoff is not None:
-            hide = np.asarray(times) < self.graph_cutoff
-        return up, hide
+        snap = self.snapshot_of(times)
+        self._node_features(up, "user", ut, snap)
+        return up, snap
 
     @staticmethod
-    def _hide_graph(up: UserPart, hide: Optional[np.ndarray]) -> None:
-        """Rows inside the graph's own period see the user side as a user without gifts would: zero Θ, no
-        expansions (``graphrec.data.split.graph_period``)."""
-        if hide is None or not hide.any():
+    def _hide_graph(part, snap: Optional[np.ndarray]) -> None:
+        """Rows (of a user part) or distinct (author, snapshot) entries (of a room part) from before the first
+        graph snapshot see no graph: zero Θ, no expansions, as a node without gifts would."""
+        if snap is None or not (snap < 0).any():
             return
-        rows = torch.from_numpy(hide)
-        if up.theta is not None:
-            up.theta = up.theta.masked_fill(rows.to(up.theta.device)[:, None], 0.0)
-        for m in up.exp:
-            up.exp[m] = up.exp[m].masked_fill(rows.to(up.exp[m].device)[:, None], PAD)
-            if m in up.exp_theta:
-                up.exp_theta[m] = up.exp_theta[m].masked_fill(rows.to(up.exp_theta[m].device)[:, None, None], 0.0)
+        rows = torch.from_numpy(snap < 0)
+        if part.theta is not None:
+            part.theta = part.theta.masked_fill(rows.to(part.theta.device)[:, None], 0.0)
+        for m in part.exp:
+            part.exp[m] = part.exp[m].masked_fill(rows.to(part.exp[m].device)[:, None], PAD)
+            if m in part.exp_theta:
+                part.exp_theta[m] = part.exp_theta[m].masked_fill(rows.to(part.exp_theta[m].device)[:, None, None], 0.0)
 
-    def _node_features(self, part, ntype: str, ids: torch.Tensor, extra: List[str] = ()) -> Dict[str, torch.Tensor]:
-        """Hop 1 of one node type, one read: Θ and the expansions seeded there (into ``part``), and ``extra``."""
+    def _node_features(self, part, ntype: str, ids: torch.Tensor, snap: Optional[np.ndarray],
+                       extra: List[str] = ()) -> Dict[str, torch.Tensor]:
+        """Hop 1 of one node type, one read: Θ and the expansions seeded there (into ``part``; of each id's
+        graph snapshot ``snap``), and ``extra``."""
         cfg = self.cfg
         seeded = [m for m in cfg.metapaths if METAPATHS[m].seed == ntype]
         names = (["theta"] if cfg.metapaths and cfg.theta_pretrained else []) + [f"exp_{m}" for m in seeded]
         names += list(extra)
         if not names:
             return {}
-        got = self.store.rows(ntype, ids, names)
+        got = self.store.rows(ntype, ids, names, snapshot=None if snap is None else torch.from_numpy(snap))
         if "theta" in got:
             part.theta = got["theta"]
         for m in seeded:
@@ -202,33 +212,47 @@ class BatchBuilder:
         return got
 
     def _endpoint_theta(self, *parts) -> None:
-        """Hop 2: the Θ of every expansion endpoint of ``parts``, one read per endpoint node type (the ids
-        over every metapath; a distributed store pulls each distinct row once), split back per metapath."""
+        """Hop 2: the Θ of every expansion endpoint of ``parts`` (``(part, snapshot per row)`` pairs; an
+        endpoint's Θ is of its row's snapshot), one read per endpoint node type (the ids over every metapath;
+        a distributed store pulls each distinct row once), split back per metapath."""
         if not self.cfg.theta_pretrained:
             return
         uses: Dict[str, list] = {}
-        for part in parts:
+        for part, snap in parts:
             for m in part.exp:
-                uses.setdefault(METAPATHS[m].endpoint, []).append((part, m))
+                uses.setdefault(METAPATHS[m].endpoint, []).append((part, snap, m))
         found = {}
         for ntype, pm in uses.items():
-            flat = [part.exp[m].clamp(min=0).reshape(-1) for part, m in pm]
-            theta = self.store.rows(ntype, torch.cat(flat), ["theta"])["theta"]
-            for (part, m), rows in zip(pm, torch.split(theta, [len(f) for f in flat])):
+            flat = [part.exp[m].clamp(min=0).reshape(-1) for part, _, m in pm]
+            snaps = None
+            if pm[0][1] is not None:                         # each endpoint in its row's snapshot
+                snaps = torch.cat([torch.from_numpy(snap).repeat_interleave(part.exp[m].shape[1])
+                                   for part, snap, m in pm])
+            theta = self.store.rows(ntype, torch.cat(flat), ["theta"], snapshot=snaps)["theta"]
+            for (part, _, m), rows in zip(pm, torch.split(theta, [len(f) for f in flat])):
                 found[(id(part), m)] = rows.view(*part.exp[m].shape, theta.shape[-1])
-        for part in parts:                                   # in the order of the expansions
+        for part, _ in parts:                                # in the order of the expansions
             part.exp_theta = {m: found[(id(part), m)] for m in part.exp}
 
     def _room_side(self, authors: np.ndarray, times: np.ndarray, own: Optional[np.ndarray] = None,
-                   segments: Optional[np.ndarray] = None) -> RoomPart:
-        """The author side without the endpoints' Θ (hop 1)."""
+                   segments: Optional[np.ndarray] = None):
+        """The author side without the endpoints' Θ (hop 1), and the graph snapshot of each distinct entry
+        (or None). Author-only pieces are computed once per distinct author — per distinct (author, snapshot)
+        pair when the rows read several graph snapshots."""
         cfg = self.cfg
-        uniq, inv = np.unique(authors, return_inverse=True)
+        snap = self.snapshot_of(times)
+        if snap is None:
+            uniq, inv = np.unique(authors, return_inverse=True)
+            usnap = None
+        else:
+            span = len(self.snapshots) + 1
+            ukey, inv = np.unique(np.asarray(authors, dtype=np.int64) * span + (snap + 1), return_inverse=True)
+            uniq, usnap = ukey // span, ukey % span - 1
         ut = torch.from_numpy(uniq)
         rp = RoomPart(author=torch.from_numpy(authors), uniq=ut, inv=torch.from_numpy(inv.astype(np.int64)),
                       cats={k: torch.from_numpy(v[0][uniq]) for k, v in self.author_cats.items()},
                       dense=None if self.author_dense is None else torch.from_numpy(self.author_dense[uniq]))
-        got = self._node_features(rp, "author", ut, ["prod_time", "prod_feat"] if cfg.product_cats else [])
+        got = self._node_features(rp, "author", ut, usnap, ["prod_time", "prod_feat"] if cfg.product_cats else [])
         if cfg.modalities:
             seg = self.segments.rows(authors, times) if segments is None else segments
             # a room with no segment on air keeps a key of its own (its author's query, no tokens)
@@ -255,7 +279,7 @@ class BatchBuilder:
             rp.popularity = torch.from_numpy(self.activity.features(authors, times, own))
         if cfg.product_cats:
             rp.prod_probs, rp.prod_enc = self._product_features(got["prod_time"], got["prod_feat"], rp.inv, times)
-        return rp
+        return rp, usnap
 
     def _product_features(self, ptime: torch.Tensor, pfeat: torch.Tensor, inv: torch.Tensor, times: np.ndarray):
         """The product forecaster's output after the products on sale up to the time (an offline table

@@ -24,21 +24,46 @@ import torch
 PAD = -1
 
 
+def per_snapshot(name: str) -> bool:
+    """Whether node data ``name`` has a graph-snapshot axis (``[N, snapshots, ...]``): Θ and the expansions,
+    which are rebuilt with the gifting graph (``graph.snapshots``)."""
+    return name == "theta" or name.startswith("exp_")
+
+
+def at_snapshot(rows: torch.Tensor, snapshot: torch.Tensor) -> torch.Tensor:
+    """``rows [n, S, ...]`` read at each row's ``snapshot [n]`` (``-1``, no snapshot yet, reads the first:
+    the batch builder blanks those rows)."""
+    idx = torch.arange(len(rows), device=rows.device)
+    return rows[idx, snapshot.to(rows.device).long().clamp(min=0)]
+
+
 class TensorStore:
-    """``{ntype: {name: tensor}}`` node data, read by node id (see the module docstring)."""
+    """``{ntype: {name: tensor}}`` node data, read by node id (see the module docstring). Θ and the
+    expansions are ``[N, snapshots, ...]`` (:func:`per_snapshot`); a read with ``snapshot`` takes each id's
+    row of that snapshot."""
 
     def __init__(self, data: Mapping[str, Mapping[str, torch.Tensor]], device: str = "cpu") -> None:
         self.device = torch.device(device)
         self.data = {nt: {k: v.to(self.device) for k, v in feats.items()} for nt, feats in data.items()}
 
-    def rows(self, ntype: str, ids: torch.Tensor, names: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """``{name: tensor [len(ids), ...]}``: the features ``names`` of nodes ``ids``."""
+    def rows(self, ntype: str, ids: torch.Tensor, names: Sequence[str],
+             snapshot: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """``{name: tensor [len(ids), ...]}``: the features ``names`` of nodes ``ids``; with ``snapshot [len(ids)]``
+        the per-snapshot features (:func:`per_snapshot`) of that snapshot only, else all of them."""
         feats = self.data.get(ntype, {})
         missing = [n for n in names if n not in feats]
         if missing:
             raise KeyError(f"feature store has no {ntype} feature(s) {missing} (it has {sorted(feats)})")
         idx = ids.to(self.device).long()
-        return {n: feats[n][idx] for n in names}
+        out = {}
+        for n in names:
+            t = feats[n]
+            if snapshot is not None and per_snapshot(n):      # one row of the [N * S, ...] view: no over-read
+                S = t.shape[1]
+                out[n] = t.reshape(-1, *t.shape[2:])[idx * S + snapshot.to(self.device).long().clamp(min=0)]
+            else:
+                out[n] = t[idx]
+        return out
 
     def swap(self, tables: Mapping[str, torch.Tensor]):
         """Serve ``{name: tensor}`` instead of the node data of that name (whatever its node type) until

@@ -14,12 +14,13 @@ import torch
 
 from ..config import Config
 from ..data.dataset import SPLITS, Dataset
-from ..data.split import graph_period
+from ..data.split import graph_snapshots
 from ..errors import UserError
 from ..schema import METAPATHS
 from ..stage import RunContext, Stage
 from .batches import BatchBuilder, BatchConfig, PairSet, side_features
-from .features import Activity, History, RoomStatistics, TensorStore, ValueCodes, author_stat_arrays
+from .features import (Activity, History, RoomStatistics, TensorStore, ValueCodes, author_stat_arrays,
+                       per_snapshot)
 
 MMBEE_MODULES = ("metapaths", "modalities", "stat_forecast", "product_forecast")
 
@@ -81,18 +82,25 @@ def product_tables(ds: Dataset, model) -> Dict[str, torch.Tensor]:
             "prod_time": torch.from_numpy(times)}
 
 
+def with_snapshot_axis(x, per_node_dims: int = 1):
+    """Θ ``[N, D]`` or an expansion ``[N, K]`` (numpy or torch) written before graph snapshots existed, as one
+    snapshot ``[N, 1, ...]``; already ``[N, snapshots, ...]`` otherwise."""
+    return x[:, None] if x.ndim == 1 + per_node_dims else x
+
+
 def node_data(ds: Dataset, mods: Mapping[str, Any], artifacts: Mapping[str, Any]) -> Dict[str, Dict[str, torch.Tensor]]:
-    """``{ntype: {name: tensor}}``: every ranker feature that lives on the graph's nodes."""
+    """``{ntype: {name: tensor}}``: every ranker feature that lives on the graph's nodes; Θ and the
+    expansions with their graph-snapshot axis, ``[N, snapshots, ...]``."""
     U = ds.num_users
     data: Dict[str, Dict[str, torch.Tensor]] = {"user": {}, "author": {}, "segment": {}}
     if mods["theta_pretrained"]:
-        theta = artifacts["theta"]
+        theta = with_snapshot_axis(artifacts["theta"], 1)
         data["user"]["theta"] = theta[:U].float()
         data["author"]["theta"] = theta[U:].float()
     for m in mods["metapaths"]:
         # int32 as cached (the batch builder widens the rows it reads): at 1M users this halves 480 MB
         data[METAPATHS[m].seed][f"exp_{m}"] = torch.from_numpy(
-            np.ascontiguousarray(artifacts["expansions"][m], dtype=np.int32))
+            np.ascontiguousarray(with_snapshot_axis(artifacts["expansions"][m], 1), dtype=np.int32))
     if mods["modalities"]:
         seg = ds.tables["segments"]
         for m in mods["modalities"]:
@@ -163,8 +171,12 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
                        logq=sec.logq_correction, implicit=ds.implicit)
     user_side = side_features(ds.tables["users"], truth.get("users", []))
     author_side = side_features(ds.tables["authors"], truth.get("authors", []))
+    snapshots = None
+    if mods["metapaths"]:
+        snapshots = graph_snapshots(ds, cfg.graph.past_fraction, cfg.graph.snapshots)
+        check_snapshot_count(store, snapshots)
     builder = BatchBuilder(ds, store, bcfg, histories, user_side, author_side, activity, room_stats, known,
-                           user_activity, graph_period(ds, cfg.graph.past_fraction)[1] if mods["metapaths"] else None)
+                           user_activity, snapshots)
     spec = RankerSpec(
         num_users=ds.num_users, num_authors=ds.num_authors, tasks=heads, histories=list(histories),
         user_cats={k: v[1] for k, v in user_side[0].items()}, author_cats={k: v[1] for k, v in author_side[0].items()},
@@ -186,6 +198,19 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
     torch.manual_seed(cfg.run.seed)
     model = Ranker(spec).to(device)
     return model, builder, spec
+
+
+def check_snapshot_count(store, snapshots) -> None:
+    """The feature store's Θ and expansions must have one slice per graph snapshot of the configuration."""
+    layouts = getattr(store, "data", None)
+    if layouts is None:                          # a distributed store checks its own layout at partition time
+        return
+    for nt, feats in layouts.items():
+        for name, t in feats.items():
+            if per_snapshot(name) and t.shape[1] != len(snapshots):
+                raise UserError(f"{nt} feature '{name}' has {t.shape[1]} graph snapshot(s) but graph.snapshots / "
+                                f"graph.past_fraction make {len(snapshots)}: the expansions and Θ were built with "
+                                f"another graph configuration")
 
 
 def history_value_codes(sec, ds: Dataset):
@@ -238,15 +263,20 @@ def fit_spec(cfg: Config, ds: Dataset):
                    amp=cfg.run.amp, tag="ranker", checkpoint_every_s=cfg.run.checkpoint_every_s)
 
 
-def expansion_redraws(cfg: Config, graph, metapaths, device: str):
-    """``epoch -> {metapath: [N, K]}``: every enabled expansion drawn afresh with the CSR walker on ``device``
-    (``ranker.redraw_expansions``; the offline cache stays what evaluation and serving read)."""
+def expansion_redraws(cfg: Config, graphs, metapaths, device: str):
+    """``epoch -> {metapath: [N, snapshots, K]}``: every enabled expansion of every graph snapshot drawn afresh
+    with the CSR walker on ``device`` (``ranker.redraw_expansions``; the offline cache stays what evaluation
+    and serving read)."""
     from ..fit import epoch_seed
     from ..gie.metapath import ExpansionSampler
 
     ks = {m: cfg.expansion[f"k_{m}"] for m in metapaths}
-    sampler = ExpansionSampler(graph, ks, "torch", device, cfg.expansion.retries)
-    return lambda epoch: sampler.draw(epoch_seed(cfg.run.seed + 1, epoch))
+    samplers = [ExpansionSampler(g, ks, "torch", device, cfg.expansion.retries) for g in graphs]
+
+    def draw(epoch: int):
+        drawn = [s.draw(epoch_seed(cfg.run.seed + 1, epoch) + j) for j, s in enumerate(samplers)]
+        return {m: torch.stack([d[m] for d in drawn], dim=1) for m in drawn[0]}
+    return draw
 
 
 def train_ranker(cfg: Config, ds: Dataset, model, builder, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -262,8 +292,11 @@ def train_ranker(cfg: Config, ds: Dataset, model, builder, train_idx: np.ndarray
     objective = RankerObjective(heads, ds.labels, {t: sec[f"weight_{t}"] for t in ds.labels}, ds.implicit,
                                 ds.main_label if ds.implicit else ("exposure" if "exposure" in heads else None),
                                 sec.weight_exposure)
-    task = RankerTask(builder, train_idx, sec.batch_size, objective, sec.max_train_impressions,
-                      comm.world if comm is not None else 1, redraw)
+    world = comm.world if comm is not None else 1
+    # the global batch stays ranker.batch_size: each of n trainers takes 1/n of it, so a distributed run makes as
+    # many optimizer steps per epoch, of the same size, as a standalone one (the same model at equal epochs)
+    task = RankerTask(builder, train_idx, max(1, sec.batch_size // world), objective, sec.max_train_impressions,
+                      world, redraw)
     validate = validation(lambda: RankerScorer(model, builder, device), ds, val_idx, cfg.eval.k, cfg.eval.negatives,
                           cfg.run.seed + 1, comm)
     embeddings = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
@@ -282,7 +315,7 @@ class RankerStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         from ..checkpoint import save_checkpoint
-        from ..evaluation import evaluate, record
+        from ..evaluation import activity_buckets, evaluate, record
         from .train import RankerScorer
 
         ds, cfg = ctx.dataset, ctx.cfg
@@ -295,8 +328,8 @@ class RankerStage(Stage):
         ctx.log.info("ranker '%s': modules %s; %s train / %s val impressions", name, mods, f"{len(train_idx):,}",
                      f"{len(val_idx):,}")
         redraw = None
-        if cfg.ranker.redraw_expansions and mods["metapaths"] and ctx.state.get("graph") is not None:
-            redraw = expansion_redraws(cfg, ctx.state["graph"], mods["metapaths"], ctx.device)
+        if cfg.ranker.redraw_expansions and mods["metapaths"] and ctx.state.get("graphs"):
+            redraw = expansion_redraws(cfg, ctx.state["graphs"], mods["metapaths"], ctx.device)
         result = train_ranker(cfg, ds, model, builder, train_idx, val_idx, ctx.device,
                               ctx.run_dir / "checkpoints" / "ranker_last.pt", ctx.state.get("resume", False),
                               ctx.writer, ctx.log.info, ctx.progress, redraw=redraw)
@@ -314,7 +347,8 @@ class RankerStage(Stage):
             if not (split == SPLITS[split_name]).any():
                 continue
             entry = evaluate(scorer, ds, split_name, cfg.eval.k, cfg.eval.negatives, cfg.run.seed + 1,
-                             two_stage=two_stage(cfg, ds, scorer, ctx.state.get("lightgcn")), topk=cfg.eval.topk)
+                             two_stage=two_stage(cfg, ds, scorer, ctx.state.get("lightgcn")), topk=cfg.eval.topk,
+                             buckets=activity_buckets(ds, cfg.eval.activity_buckets))
             record(ctx.metrics, split_name, name, entry, ctx.writer, ctx.log.info)
         test_idx = np.flatnonzero(split == SPLITS["test"])
         if len(test_idx) and not ds.implicit:

@@ -71,37 +71,35 @@ SPLIT_WITHOUT_POSITIVES = {
 
 
 # ----------------------------------------------------------------------------- GIE
-def graph_label(ctx: RunContext) -> str:
-    return ctx.cfg.graph.label or ctx.dataset.main_label
-
-
 class GraphStage(Stage):
     name = "graph"
     section = "graph"
     summary = "build the U2A/A2U/A2A gifting heterograph (Swing top-k) from training positives, one per snapshot"
 
     def missing_inputs(self, ctx: RunContext) -> Optional[str]:
-        label = graph_label(ctx)
+        from .gie.graph import graph_label
+
+        label = graph_label(ctx.cfg, ctx.dataset)
         if label not in ctx.dataset.labels:
             return f"graph.label={label!r} is not a label of this dataset {ctx.dataset.labels}"
         return None
 
     def run(self, ctx: RunContext) -> None:
         from .data.split import graph_snapshots
-        from .gie.graph import build_gift_graph, graph_fingerprint
+        from .gie.graph import build_gift_graph, graph_fingerprint, graph_label
 
         sec = ctx.cfg.graph
         snaps = graph_snapshots(ctx.dataset, sec.past_fraction, sec.snapshots)
         swing = {"alpha": sec.swing_alpha, "a2a_topk": sec.a2a_topk, "max_authors_per_user": sec.max_authors_per_user,
                  "max_users_per_author": sec.max_users_per_author}
-        graphs = [build_gift_graph(ctx.dataset, graph_label(ctx), swing, seed=ctx.cfg.run.seed, rows=rows)
-                  for rows in snaps.rows]
+        label = graph_label(ctx.cfg, ctx.dataset)
+        graphs = [build_gift_graph(ctx.dataset, label, swing, seed=ctx.cfg.run.seed, rows=rows) for rows in snaps.rows]
         fps = [graph_fingerprint(g) for g in graphs]
         g = graphs[-1]                                 # the latest: what validation, test and serving read
         ctx.state.update(graph=g, graphs=graphs, snapshots=snaps, graph_fingerprints=fps,
                          graph_fingerprint=fps[0] if len(fps) == 1 else combined_fingerprint(fps))
         edges = {et: int(g.num_edges(et)) for _, et, _ in g.canonical_etypes}
-        ctx.metrics["graph"] = {"label": graph_label(ctx), "fingerprint": ctx.state["graph_fingerprint"],
+        ctx.metrics["graph"] = {"label": label, "fingerprint": ctx.state["graph_fingerprint"],
                                 "nodes": {nt: int(g.num_nodes(nt)) for nt in g.ntypes}, "edges": edges,
                                 "users_with_gifts": int((g.out_degrees(etype="u2a") > 0).sum()),
                                 "snapshots": [{"cut": None if snaps.cuts is None else int(snaps.cuts[j]),
@@ -197,13 +195,14 @@ class GraphCLStage(Stage):
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
         from .data.split import graph_snapshots
+        from .gie.graph import graph_label
         from .gie.graphcl import HeldOutGifts, train_graphcl
 
         ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
         snaps = ctx.state.get("snapshots") or graph_snapshots(ds, ctx.cfg.graph.past_fraction, ctx.cfg.graph.snapshots)
         thetas, per_snapshot, init, result, gifts, initial = [], [], None, None, None, None
         for j, rows in enumerate(snaps.rows):
-            gifts = HeldOutGifts(ds, graph_label(ctx), rows, sec.eval_negatives, ctx.cfg.run.seed)
+            gifts = HeldOutGifts(ds, graph_label(ctx.cfg, ds), rows, sec.eval_negatives, ctx.cfg.run.seed)
             validate = None
             if len(gifts.val[0]):              # early stopping on link prediction of the validation gifts
                 def validate(model, epoch: int, gifts=gifts) -> Dict[str, float]:

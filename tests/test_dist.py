@@ -159,6 +159,31 @@ def test_partition_keeps_features_and_the_id_mapping(tmp_path):
         load_prepared(part_dir, other)
 
 
+def test_partition_signature_holds_every_ranker_setting_that_changes_the_node_data():
+    """A ranker setting that changes which features become node data (``enabled_modules``) is in the partitions'
+    signature (read from the config schema), so a launch with another value is refused, not run on partitions
+    made for another ranker."""
+    from types import SimpleNamespace
+
+    from graphrec.config import Config, Section, load_config, load_schema
+    from graphrec.dist.prepare import SIGNATURE_KEYS
+    from graphrec.ranking.stage import enabled_modules
+
+    ds = SimpleNamespace(implicit=False, has=lambda table: True, modalities=lambda: ["frame", "speech"])
+    artifacts = {"expansions": dict.fromkeys(METAPATHS, 0), "theta": 0, "stat_forecaster": 0, "product_forecaster": 0}
+    base = load_config(None, [])
+    changing = set()
+    for key, spec in load_schema()["ranker"].items():
+        if spec.type not in ("bool", "int"):
+            continue
+        cfg = Config({s: Section(dict(v)) for s, v in base.items()})
+        cfg.ranker[key] = (not spec.default) if spec.type == "bool" else (0 if spec.default else 1)
+        if enabled_modules(cfg, ds, artifacts) != enabled_modules(base, ds, artifacts):
+            changing.add(("ranker", key))
+    assert {("ranker", f"use_{m}") for m in METAPATHS} <= changing      # one switch per metapath of the schema
+    assert changing <= set(SIGNATURE_KEYS), changing - set(SIGNATURE_KEYS)
+
+
 # ----------------------------------------------------------------------------- launcher input errors
 def test_launcher_reports_bad_input(tmp_path, capsys):
     from graphrec.launch import main, read_ip_config

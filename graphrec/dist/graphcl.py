@@ -34,11 +34,12 @@ from torch import nn
 
 from ..data.dataset import save_table
 from ..data.split import graph_snapshots
+from ..gie.graph import graph_label
 from ..gie.graphcl import GraphCL, HeldOutGifts, anchor_loss, graphcl_loss
 from ..gie.metapath import PAD
+from ..schema import GRAPHCL_POSITIVES, NODE_TYPES
 
-NTYPES = ("user", "author")
-POSITIVES = {"user": "exp_u2a2u", "author": "exp_a2u2a"}      # node data holding each type's positives
+POSITIVES = {nt: f"exp_{m}" for nt, m in GRAPHCL_POSITIVES.items()}   # the node data holding each type's positives
 VALIDATION = ("link_auc", "link_mrr")                           # what HeldOutGifts.validation returns
 
 
@@ -73,7 +74,7 @@ class DistTheta(nn.Module):
         self.temperature, self.nce_weight = temperature, nce_weight
         g = store.graph
         self.emb = {nt: DistEmbedding(g.num_nodes(nt), dim, name=f"{name}_{nt}",
-                                      part_policy=g.get_node_partition_policy(nt)) for nt in NTYPES}
+                                      part_policy=g.get_node_partition_policy(nt)) for nt in NODE_TYPES}
 
     def forward(self, anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> Dict[str, torch.Tensor]:
         self.on_read()
@@ -262,7 +263,7 @@ class DistGraphCLTask:
 def read_anchors(store, num_users: int, rank: int):
     """This trainer's share of both node types: ``(nodes [N] global ids, has_positive [N], rows [N, K])``."""
     nodes, rows = [], []
-    for nt in NTYPES:
+    for nt in NODE_TYPES:
         orig = owned_nodes(store, nt, rank)
         cand = store.rows(nt, orig, [POSITIVES[nt]])[POSITIVES[nt]][:, 0].long()   # one graph snapshot
         if nt == "author":
@@ -299,8 +300,8 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
     opt = SparseOptimizer(theta, sec.lr)
     task = DistGraphCLTask(anchors, rows[has_pos], U, A, sec.negatives, steps)
 
-    gifts = HeldOutGifts(ds, cfg.graph.label or ds.main_label,
-                         graph_snapshots(ds, cfg.graph.past_fraction, cfg.graph.snapshots).rows[-1], sec.eval_negatives, seed)
+    graph_rows = graph_snapshots(ds, cfg.graph.past_fraction, cfg.graph.snapshots).rows[-1]
+    gifts = HeldOutGifts(ds, graph_label(cfg, ds), graph_rows, sec.eval_negatives, seed)
     validate = None
     if len(gifts.val[0]):
         def validate(model, epoch: int) -> Dict[str, float]:
@@ -315,7 +316,7 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
     train_seconds = time.perf_counter() - t0
 
     # Θ into the node data the ranker reads: each trainer its own share, zero where there is no positive
-    for nt in NTYPES:
+    for nt in NODE_TYPES:
         mine = nodes[nodes >= U] - U if nt == "author" else nodes[nodes < U]
         pos = has_pos[nodes >= U] if nt == "author" else has_pos[nodes < U]
         values = theta.table(nt, mine)

@@ -16,14 +16,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..config import Config, Section
+from ..config import Config, Section, load_schema
 from ..data.dataset import atomic_write_text
 from ..errors import ConfigError, DataError
+from ..schema import GRAPHCL_POSITIVES, METAPATHS
 
 PREPARED = "prepared.json"
 # 1: one node data tensor per feature; 2: one packed byte table per node type ("features": layouts)
@@ -31,10 +32,24 @@ PARTITION_FORMAT = 2
 STAGES_AFTER_PARTITION = ["lightgcn", "ranker", "evaluation", "report"]
 # the configuration a partition folder depends on: a launch with other values here must re-partition
 SIGNATURE_SECTIONS = ("data", "simulate", "graph", "expansion", "graphcl", "stat_forecast", "product_forecast")
-SIGNATURE_KEYS = (("run", "seed"), ("ranker", "use_gie"), ("ranker", "use_mfq"), ("ranker", "use_stat_forecast"),
-                  ("ranker", "use_product_forecast"), ("ranker", "use_u2a2u"), ("ranker", "use_u2a2u2a"),
-                  ("ranker", "use_u2a2a"), ("ranker", "use_a2a"), ("ranker", "use_a2u2a"), ("ranker", "realtime_steps"),
-                  ("ranker", "use_activity"), ("ranker", "use_user_activity"), ("ranker", "exposure_head"))
+# ranker settings besides its ``use_*`` switches that decide which features become node data (enabled_modules)
+RANKER_FEATURE_SETTINGS = ("realtime_steps", "exposure_head")
+
+
+def signature_keys() -> Tuple[Tuple[str, str], ...]:
+    """``(section, key)`` outside :data:`SIGNATURE_SECTIONS` that the partitions depend on: ``run.seed``, every
+    ``ranker.use_*`` switch of the configuration schema (``use_gie``, ``use_<metapath>`` for every metapath of
+    :data:`graphrec.schema.METAPATHS`, ``use_mfq``, ...) and :data:`RANKER_FEATURE_SETTINGS`. Read from the
+    schema, so a new switch or metapath is part of the signature without an edit here."""
+    ranker = load_schema()["ranker"]
+    missing = [f"use_{m}" for m in METAPATHS if f"use_{m}" not in ranker]
+    if missing:
+        raise RuntimeError(f"graphrec/defaults.yaml: ranker has no switch {missing} for the metapath(s) of graphrec.schema")
+    switches = [k for k in ranker if k.startswith("use_")]
+    return (("run", "seed"),) + tuple(("ranker", k) for k in switches + list(RANKER_FEATURE_SETTINGS))
+
+
+SIGNATURE_KEYS = signature_keys()
 CHECKPOINTS = {"stat_forecast": "stat_forecast.pt", "product_forecast": "product_forecast.pt"}
 
 
@@ -149,7 +164,7 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
     data = node_data(ds, mods, state)
     dist_graphcl = dist_graphcl and mods["theta_pretrained"]
     if dist_graphcl:                                # its positives, whether the ranker reads them or not
-        for nt, m in (("user", "u2a2u"), ("author", "a2u2a")):
+        for nt, m in GRAPHCL_POSITIVES.items():
             data.setdefault(nt, {}).setdefault(f"exp_{m}", torch.from_numpy(
                 np.ascontiguousarray(state["expansions"][m], dtype=np.int32)))
     seg_author = ds.tables["segments"]["author"] if mods["modalities"] else None

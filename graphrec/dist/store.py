@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..ranking.features import at_snapshot, per_snapshot
-from ..schema import REVERSE_ETYPES
+from ..schema import CANONICAL_ETYPES, ETYPE_ENDS, REVERSE_ETYPES
 from .packed import DTYPES, layout_of, pack, unpack
 
 PACKED = "packed"          # node data: every feature of a node type, as bytes (graphrec.dist.packed)
@@ -57,9 +57,11 @@ def partition_features(graph, num_users: int, num_authors: int, segment_author: 
         for et in graph.canonical_etypes:
             if graph.num_edges(et) > 0:          # DGL 2.1 cannot partition empty edge types
                 edges[et] = graph.edges(etype=et)
-        a2a = ("author", "a2a", "author")
-        if a2a in edges:                         # distributed walks step along in-edges (see dist/walk.py)
-            edges[("author", REVERSE_ETYPES["a2a"], "author")] = edges[a2a][::-1]
+        # distributed walks step along in-edges (see dist/walk.py): every edge type whose reverse is not an edge
+        # type of the graph already (a2a's a2a_rev) gets it here
+        for src, et, dst in CANONICAL_ETYPES:
+            if (src, et, dst) in edges and REVERSE_ETYPES[et] not in ETYPE_ENDS:
+                edges[(dst, REVERSE_ETYPES[et], src)] = edges[(src, et, dst)][::-1]
     nodes = {"user": num_users, "author": num_authors}
     if segment_author is not None and len(segment_author):
         nodes["segment"] = len(segment_author)

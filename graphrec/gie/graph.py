@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 from ..data.dataset import SPLITS, Dataset
+from ..schema import CANONICAL_ETYPES, NODE_TYPES
 from .swing import swing, top_k_per_source
 
-NODE_TYPES = ("user", "author")
-CANONICAL_ETYPES = (("user", "u2a", "author"), ("author", "a2u", "user"), ("author", "a2a", "author"))
 EType = Union[str, Tuple[str, str, str]]
 
 
@@ -131,11 +130,18 @@ def build_graph(users: np.ndarray, authors: np.ndarray, num_users: int, num_auth
                       "a2a": {"score": torch.from_numpy(score)}})
 
 
-def build_gift_graph(ds: Dataset, label: Optional[str] = None, swing_cfg: Optional[Mapping] = None, seed: int = 0,
+def graph_label(cfg: Mapping, ds: Dataset) -> str:
+    """The label whose training positives make the gifting graph (and GraphCL's held-out gifts): ``graph.label``,
+    or the dataset's main label when that is null. ``cfg``: the run's configuration or its ``graph`` section.
+    The standalone stages and the distributed trainers all ask here."""
+    section = cfg["graph"] if "graph" in cfg else cfg
+    return section["label"] or ds.main_label
+
+
+def build_gift_graph(ds: Dataset, label: str, swing_cfg: Optional[Mapping] = None, seed: int = 0,
                      rows: Optional[np.ndarray] = None) -> GiftGraph:
-    """The gift graph from ``ds``'s *training* positives of ``label`` (default: the main label); ``rows``:
+    """The gift graph from ``ds``'s *training* positives of ``label`` (:func:`graph_label`); ``rows``:
     the training rows to take them from (default all; see ``graphrec.data.split.graph_period``)."""
-    label = label or ds.main_label
     train = ds.impressions["split"] == SPLITS["train"] if rows is None else rows
     u, a, count, value = gift_edges(ds, label, train)
     return build_graph(u, a, ds.num_users, ds.num_authors, count, value, swing_cfg, seed)

@@ -1,8 +1,10 @@
-"""The one training loop: the prefetching thread, when the epoch checkpoint is written, early stopping,
-exact resumption, gradient clipping and what an epoch's history holds."""
+"""The one training loop: the prefetching thread, when the checkpoint is written (after epochs and inside them),
+early stopping, exact resumption (after an epoch, after any step, distributed), gradient clipping, what an epoch's
+history holds, and the progress lines of long epochs."""
 import copy
 import math
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -385,8 +387,13 @@ def test_checkpoint_by_time_waits_for_the_interval_and_a_resume_continues_from_t
 
     class Slow(_Noisy):
         def batches(self, epoch, rng):
-            clock.now += 10.0                                   # every epoch takes 10 s
+            self.left = 3
             return super().batches(epoch, rng)
+
+        def loss(self, model, batch):
+            self.left -= 1
+            clock.now += 10.0 * (self.left == 0)                # every epoch takes 10 s, all in its last step
+            return super().loss(model, batch)
 
     def run(ck, resume=False, stop_after=None):
         model, seen = _net(), []
@@ -465,3 +472,371 @@ def test_only_the_given_trainable_parameters_change():
             parameters=[{"params": given[:1], "weight_decay": 0.1}, {"params": given[1:]}] if groups else given)
         after = _state(model)
         assert {k for k in before if not torch.equal(before[k], after[k])} == {"0.weight", "1.weight"}
+
+
+# ---------------------------------------------------------------- checkpoints inside an epoch
+
+class _Ticking:
+    """fit's ``time``: every reading is a second after the one before, so that with ``checkpoint_every_s=0.5`` a
+    checkpoint is due after every step (inside an epoch, and at its end)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+class _StopAt:
+    """fit's ``save_checkpoint``: writes, and records where each checkpoint was written, as ``(epoch, step)``
+    (1-based; an epoch's end is step ``steps``) and which were epoch-end ones (``ends``); raises
+    :class:`_Interrupted` after writing the one at ``at``."""
+
+    def __init__(self, steps, at=None):
+        from graphrec.checkpoint import save_checkpoint
+
+        self.steps, self.at, self.seen, self.ends, self.save = steps, at, [], [], save_checkpoint
+
+    def __call__(self, path, payload):
+        self.save(path, payload)
+        part = payload.get("partial")
+        where = (part["epoch"] + 1, part["step"]) if part else (payload["epoch"] + 1, self.steps)
+        self.seen.append(where)
+        self.ends.append(part is None)
+        if where == self.at:
+            raise _Interrupted
+
+
+class _Sampled:
+    """Like the ranker's task (:class:`graphrec.ranking.train.RankerTask`): the epoch's permutation of this trainer's
+    20 rows is drawn first, then each of the 5 batches of 4 is built lazily (by the ranker's own ``_Batches``),
+    drawing 3 negatives per row from the same epoch generator; the loss is a regression plus a softmax of each
+    row against its negatives. ``built``: ``(epoch, first row)`` of every batch built."""
+
+    N, B, NEG = 20, 4, 3
+    STEPS = 5
+
+    def __init__(self, rows_seed=1):
+        g = torch.Generator().manual_seed(rows_seed)
+        self.x = torch.randn(self.N, 2, generator=g)
+        self.built = []
+
+    def chunks(self, rng):
+        order = rng.permutation(self.N)
+        return [order[s:s + self.B] for s in range(0, self.N, self.B)]
+
+    def build(self, epoch, c, rng):
+        self.built.append((epoch, int(c[0])))
+        return self.x[c], self.x[rng.integers(0, self.N, size=(len(c), self.NEG))]
+
+    def batches(self, epoch, rng):
+        from graphrec.ranking.train import _Batches
+
+        return _Batches(self.chunks(rng), lambda c: self.build(epoch, c, rng))
+
+    def loss(self, model, batch):
+        x, neg = batch
+        pos = model(x)
+        logits = torch.cat([pos, model(neg)[..., 0]], dim=1)
+        ce = torch.nn.functional.cross_entropy(logits, torch.zeros(len(x), dtype=torch.long))
+        return ((pos - x @ W) ** 2).mean() + ce, len(x), {"ce": ce}
+
+
+class _Prefetched(_Sampled):
+    """Built ahead in fit's background thread (on CPU too, in these tests): the thread has drawn later batches'
+    negatives by the time a step's checkpoint is written."""
+
+    prefetch = True
+
+
+class _Generated(_Sampled):
+    """Batches from a generator, with no length and no chunks to drop: a resume builds the done ones and drops them."""
+
+    def batches(self, epoch, rng):
+        return (self.build(epoch, c, rng) for c in self.chunks(rng))
+
+
+TASKS = {"noisy": (_Noisy, 3), "sampled": (_Sampled, 5), "prefetched": (_Prefetched, 5), "generated": (_Generated, 5)}
+
+
+def _stepped_run(monkeypatch, kind, ck, resume=False, at=None, init_seed=0):
+    """A run of ``kind`` (dropout, Adam, clipping, a monitored metric) that writes its checkpoint after every step,
+    interrupted right after the checkpoint at ``at = (epoch, step)``."""
+    from graphrec.fit import FitSpec, fit
+
+    cls, steps = TASKS[kind]
+    monkeypatch.setattr("graphrec.fit.time", _Ticking())
+    monkeypatch.setattr("graphrec.fit._prefetching", lambda device, task: getattr(task, "prefetch", False))
+    saver = _StopAt(steps, at)
+    monkeypatch.setattr("graphrec.fit.save_checkpoint", saver)
+    model, task = _net(init_seed), cls()
+    spec = FitSpec(epochs=EPOCHS, lr=0.05, seed=3, grad_clip=1.0, monitor="mse", mode="min", checkpoint_every_s=0.5,
+                   checkpoint_share=1.0)            # the clock's second per write: no slower cadence for it
+    res = fit(model, task, spec, checkpoint=ck, resume=resume, validate=_val_mse)
+    return model, res, task, saver.seen
+
+
+@pytest.mark.parametrize("kind", list(TASKS))
+@pytest.mark.parametrize("epoch, step", [(1, 1), (2, 2), (3, -1), (4, 1), (EPOCHS, -1), (2, 0), (EPOCHS, 1)])
+def test_a_run_interrupted_after_any_step_resumes_to_the_same_weights_adam_state_and_history(
+        tmp_path, monkeypatch, one_thread, kind, epoch, step):
+    """``step`` -1: the epoch's last step before its end (the last checkpoint inside it); 0: the epoch's end (its
+    last step, then validation: the epoch-end checkpoint; a task without a length writes one after its last step
+    too, which comes first)."""
+    from graphrec.checkpoint import load_checkpoint
+
+    steps = TASKS[kind][1]
+    step = {-1: steps - 1, 0: steps}.get(step, step)
+    full_ck, ck = tmp_path / "full.pt", tmp_path / "interrupted.pt"
+    full, full_res, _, seen = _stepped_run(monkeypatch, kind, full_ck)
+    assert (epoch, step) in seen and len(seen) > EPOCHS * (steps - 1)       # every step's checkpoint was written
+    with pytest.raises(_Interrupted):
+        _stepped_run(monkeypatch, kind, ck, at=(epoch, step))
+    written = load_checkpoint(ck)
+    inside = "partial" in written
+    assert inside == (step < steps or kind == "generated")
+    resumed, res, task, _ = _stepped_run(monkeypatch, kind, ck, resume=True, init_seed=100 + epoch)
+    assert (res.resumed_from, res.resumed_at_step) == ((epoch - 1, step) if inside else (epoch, 0))
+    if kind in ("sampled", "prefetched"):       # the done batches of the resumed epoch were never built
+        assert [e for e, _ in task.built].count(epoch - 1) == (steps - step if inside else 0)
+        assert min(e for e, _ in task.built) >= epoch - 1 + (not inside)
+    assert _without_seconds(res.history) == _without_seconds(full_res.history)
+    assert (res.best_epoch, res.best) == (full_res.best_epoch, full_res.best)
+    assert _same(_state(resumed), _state(full))                                       # the best epoch's weights
+    assert _same(load_checkpoint(ck)["model"], load_checkpoint(full_ck)["model"])     # and the last step's
+    adam, full_adam = load_checkpoint(ck)["optim"]["state"], load_checkpoint(full_ck)["optim"]["state"]
+    assert adam.keys() == full_adam.keys() and all(_same(adam[i], full_adam[i]) for i in adam)   # and Adam's
+
+
+def test_a_checkpoint_inside_an_epoch_holds_the_generators_after_its_step_and_the_running_sums(
+        tmp_path, monkeypatch, one_thread):
+    """The payload of a checkpoint written after step 2 of epoch 2: numpy's state is the one right after batch 2
+    was built (not after the batches a prefetching thread built since), the sums are those of steps 1-2."""
+    import numpy as np
+
+    from graphrec.checkpoint import load_checkpoint
+    from graphrec.fit import epoch_seed
+
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(_Interrupted):
+        _stepped_run(monkeypatch, "prefetched", ck, at=(2, 2))
+    written = load_checkpoint(ck)
+    part = written["partial"]
+    assert (written["epoch"], len(written["history"])) == (0, 1)       # epoch 1 done, epoch 2 under way
+    assert {k: part[k] for k in ("epoch", "step", "steps", "world")} == {"epoch": 1, "step": 2, "steps": 5, "world": 1}
+    rng = np.random.default_rng(epoch_seed(3, 1))
+    task = _Sampled()
+    chunks = task.chunks(rng)
+    for c in chunks[:2]:
+        task.build(1, c, rng)
+    (mine,) = part["ranks"]
+    assert mine["numpy"] == rng.bit_generator.state
+    assert mine["count"] == 8 and set(mine["extras"]) == {"ce"}
+    assert mine["loss_sum"].dtype == torch.float64 and float(mine["loss_sum"]) > float(mine["extras"]["ce"]) > 0
+
+
+def test_checkpoints_inside_epochs_follow_the_clock_and_a_resume_continues_the_cadence(tmp_path, monkeypatch,
+                                                                                      one_thread):
+    from graphrec.fit import FitSpec, fit
+
+    clock = _Clock()
+    clock.now = 0.0
+    monkeypatch.setattr("graphrec.fit.time", clock)
+
+    class Slow(_Sampled):
+        def loss(self, model, batch):
+            clock.now += 3.0                                   # every step takes 3 s, 15 s an epoch
+            return super().loss(model, batch)
+
+    def run(ck, resume=False, at=None):
+        saver = _StopAt(5, at)
+        monkeypatch.setattr("graphrec.fit.save_checkpoint", saver)
+        model = _net()
+        try:
+            res = fit(model, Slow(), FitSpec(epochs=5, lr=0.05, checkpoint_every_s=7.0), checkpoint=ck,
+                      resume=resume)
+        except _Interrupted:
+            res = None
+        return model, res, saver
+
+    full, full_res, saver = run(tmp_path / "full.pt")
+    seen, ends = saver.seen, [w for w, end in zip(saver.seen, saver.ends) if end]
+    # 7 s after the last one, after the step that crosses it (9 s, 18 s, 27 s, ...); never after an epoch's last
+    # step (15 s, 30 s, 45 s, ...), where the epoch's end checks instead (due at 45 s); always after the last epoch
+    assert seen == [(1, 3), (2, 1), (2, 4), (3, 2), (3, 5), (4, 3), (5, 1), (5, 4), (5, 5)]
+    assert ends == [(3, 5), (5, 5)]
+    assert [h["seconds"] for h in full_res.history] == [15.0] * 5
+    ck = tmp_path / "ck.pt"
+    clock.now = 0.0
+    _, interrupted, saver = run(ck, at=(2, 4))
+    assert interrupted is None and saver.seen == [(1, 3), (2, 1), (2, 4)]
+    model, res, saver = run(ck, resume=True)                  # the interval counts from the resume (27 s)
+    assert (res.resumed_from, res.resumed_at_step) == (1, 4)
+    assert saver.seen == seen[3:] and saver.ends == [False, True, False, False, False, True]
+    assert res.history == full_res.history and _same(_state(model), _state(full))    # seconds too: 12 s + 3 s
+
+
+def test_slow_checkpoint_writes_space_out_the_checkpoints_inside_epochs(tmp_path, monkeypatch):
+    """A write of 2 s with ``checkpoint_share`` 0.1: the next one inside an epoch waits 18 s, not 7; the epoch's end
+    keeps its 7 s."""
+    from graphrec.fit import FitSpec, fit
+
+    clock = _Clock()
+    clock.now = 0.0
+    monkeypatch.setattr("graphrec.fit.time", clock)
+
+    class Slow(_Sampled):
+        def loss(self, model, batch):
+            clock.now += 3.0
+            return super().loss(model, batch)
+
+    class SlowSaver(_StopAt):
+        def __call__(self, path, payload):
+            clock.now += 2.0
+            super().__call__(path, payload)
+
+    def run(share):
+        saver, lines = SlowSaver(5), []
+        monkeypatch.setattr("graphrec.fit.save_checkpoint", saver)
+        clock.now = 0.0
+        fit(_net(), Slow(), FitSpec(epochs=5, lr=0.05, checkpoint_every_s=7.0, checkpoint_share=share),
+            checkpoint=tmp_path / f"{share}.pt", log=lines.append)
+        return saver.seen, [s for s in lines if "to write" in s]
+
+    assert run(0.1) == ([(1, 3), (2, 4), (3, 5), (4, 5), (5, 5)],
+                        ["train: a checkpoint takes 2.0 s to write: inside an epoch, one every 18 s at most "
+                         "(checkpoint writes at most 10% of the time)"])
+    assert run(1.0) == ([(1, 3), (2, 1), (2, 4), (3, 2), (3, 5), (4, 2), (4, 5), (5, 2), (5, 5)], [])
+
+
+class _Timed(_Noisy):
+    """``steps`` batches of 8, each step ``dt`` simulated seconds."""
+
+    def __init__(self, clock, steps, dt):
+        self.clock, self.steps, self.dt = clock, steps, dt
+        self.fixed = [(x, x @ W) for x in torch.randn(steps, 8, 2, generator=torch.Generator().manual_seed(0))]
+
+    def batches(self, epoch, rng):
+        return self.fixed
+
+    def loss(self, model, batch):
+        self.clock.now += self.dt
+        return super().loss(model, batch)
+
+
+def test_long_epochs_log_their_progress_and_time_left_and_short_ones_stay_quiet(monkeypatch):
+    from graphrec.fit import FitSpec, fit
+
+    clock = _Clock()
+    clock.now = 0.0
+    monkeypatch.setattr("graphrec.fit.time", clock)
+
+    def run(dt, patience=0):
+        lines, writer = [], _Writer()
+        spec = FitSpec(epochs=3, lr=0.01, tag="t", patience=patience, monitor="m", log_every=1000)
+        fit(_net(), _Timed(clock, 20, dt), spec, log=lines.append, writer=writer, validate=lambda m, e: {"m": 1.0})
+        rates = [p for p in writer.points if p[0] in ("t/steps_per_s", "t/eta_epoch_s")]
+        return [s for s in lines if "ETA" in s], rates
+
+    lines, points = run(7.0)                   # 140 s epochs: a line 60 s into the epoch and every 60 s after
+    assert lines == [
+        "t epoch 1/3, step 9/20 (45%), 0.14 steps/s, 1 examples/s, ETA epoch 01:17, ETA run 05:57",
+        "t epoch 1/3, step 18/20 (90%), 0.14 steps/s, 1 examples/s, ETA epoch 00:14, ETA run 04:54",
+        "t epoch 2/3, step 9/20 (45%), 0.14 steps/s, 1 examples/s, ETA epoch 01:17, ETA run 03:37",
+        "t epoch 2/3, step 18/20 (90%), 0.14 steps/s, 1 examples/s, ETA epoch 00:14, ETA run 02:34",
+        "t epoch 3/3, step 9/20 (45%), 0.14 steps/s, 1 examples/s, ETA epoch 01:17, ETA run 01:17",
+        "t epoch 3/3, step 18/20 (90%), 0.14 steps/s, 1 examples/s, ETA epoch 00:14, ETA run 00:14"]
+    at = [e * 20 + s - 1 for e in range(3) for s in (9, 18)]                 # the global step, as train_loss_step's
+    assert points == [p for step, eta in zip(at, [77.0, 14.0] * 3)
+                      for p in (("t/steps_per_s", pytest.approx(1 / 7), step),
+                                ("t/eta_epoch_s", pytest.approx(eta), step))]
+    lines, _ = run(7.0, patience=1)             # the monitor never improves after epoch 1: patience 1 stops after 2
+    assert lines[0].endswith("ETA epoch 01:17, ETA run 05:57 at the epoch budget (2 more epochs), "
+                             "01:17 if patience 1 stops it (0 more)")
+    assert len(lines) == 4 and lines[2].endswith(                # epoch 2 without improvement would be the last
+        "ETA epoch 01:17, ETA run 03:37 at the epoch budget (1 more epoch), 01:17 if patience 1 stops it (0 more)")
+    assert run(2.9) == ([], [])                 # 58 s epochs: nothing inside them
+
+
+def _ddp_worker(rank, world, port, out_dir, at):
+    """One gloo trainer of the test below: an uninterrupted run, one interrupted in the step after the checkpoint
+    at ``at``, and its resume; every trainer its own rows, generators and dropout."""
+    import os
+    import shutil
+
+    import torch.distributed as dist
+
+    import graphrec.fit as F
+    from graphrec.dist.comm import DDPComm
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    comm = DDPComm("gloo", timeout_s=60)
+    F.time = _Ticking()                        # rank 0's clock: a checkpoint is due at every agreement
+    F.SYNC_STEPS = 2                           # the trainers agree after steps 2 and 4 of 5
+    out_dir = Path(out_dir)
+
+    class Stopping(_Sampled):
+        def batches(self, epoch, rng):
+            self.epoch, self.calls = epoch, 0
+            return super().batches(epoch, rng)
+
+        def loss(self, model, batch):
+            self.calls += 1
+            if (self.epoch + 1, self.calls) == (at[0], at[1] + 1):
+                raise _Interrupted
+            return super().loss(model, batch)
+
+    spec = F.FitSpec(epochs=3, lr=0.05, seed=3, grad_clip=1.0, monitor="mse", mode="min", checkpoint_every_s=0.5,
+                     checkpoint_share=1.0)
+    full = _net(0)
+    full_res = F.fit(full, _Sampled(rank + 1), spec, checkpoint=out_dir / "full.pt", comm=comm, validate=_val_mse)
+    comm.barrier()
+    try:
+        F.fit(_net(0), Stopping(rank + 1), spec, checkpoint=out_dir / "ck.pt", comm=comm, validate=_val_mse)
+    except _Interrupted:
+        pass
+    comm.barrier()
+    if rank == 0:
+        shutil.copy(out_dir / "ck.pt", out_dir / "inside.pt")
+    comm.barrier()
+    resumed, task = _net(100), _Sampled(rank + 1)
+    res = F.fit(resumed, task, spec, checkpoint=out_dir / "ck.pt", resume=True, comm=comm, validate=_val_mse)
+    torch.save({"full": _state(full), "full_history": _without_seconds(full_res.history),
+                "resumed": _state(resumed), "history": _without_seconds(res.history),
+                "at": [res.resumed_from, res.resumed_at_step], "built": task.built}, out_dir / f"{rank}.pt")
+    comm.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("epoch, step", [(2, 4)])
+def test_distributed_trainers_all_resume_at_the_checkpoints_step_each_with_its_own_generators(tmp_path, epoch, step):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from graphrec.checkpoint import load_checkpoint
+    from graphrec.errors import DataError
+    from graphrec.fit import FitSpec, fit
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path), (epoch, step)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    inside = load_checkpoint(tmp_path / "inside.pt")
+    part = inside["partial"]
+    assert (part["epoch"] + 1, part["step"], part["world"], len(part["ranks"])) == (epoch, step, 2, 2)
+    assert part["ranks"][0]["numpy"] != part["ranks"][1]["numpy"]              # each trainer's own generator
+    for r in ranks:
+        assert r["at"] == [epoch - 1, step]                                       # every trainer at the same step
+        assert [e for e, _ in r["built"]].count(epoch - 1) == 5 - step            # the done batches never built
+        assert r["history"] == r["full_history"] and _same(r["resumed"], r["full"])
+    assert _same(ranks[0]["full"], ranks[1]["full"])
+    ck, full_ck = load_checkpoint(tmp_path / "ck.pt"), load_checkpoint(tmp_path / "full.pt")
+    assert _same(ck["model"], full_ck["model"])
+    assert all(_same(ck["optim"]["state"][i], full_ck["optim"]["state"][i]) for i in full_ck["optim"]["state"])
+    with pytest.raises(DataError, match="by 2 trainer"):                          # not by another number of trainers
+        fit(_net(), _Sampled(), FitSpec(epochs=3, lr=0.05, checkpoint_every_s=0.5), checkpoint=tmp_path / "inside.pt",
+            resume=True)

@@ -9,7 +9,11 @@ PYTEST_ARGS ?=
 
 export DGLBACKEND := pytorch
 
-.PHONY: run test venv clean-venv
+# A second, DGL-free environment on a current PyTorch (requirements-current.txt; docs/gpu.md "Two PyTorch versions").
+VENV_CURRENT ?= .venv-current
+STAMP_CURRENT := $(VENV_CURRENT)/.installed
+
+.PHONY: run test venv clean-venv venv-current test-current run-current
 
 venv: $(STAMP)
 
@@ -25,4 +29,18 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VENV_CURRENT)
+
+venv-current: $(STAMP_CURRENT)
+
+$(STAMP_CURRENT): requirements-current.txt setup.cfg pyproject.toml
+	@test -x $(VENV_CURRENT)/bin/python || $(PYTHON) -m venv $(VENV_CURRENT)
+	$(VENV_CURRENT)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-current.txt
+	$(VENV_CURRENT)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP_CURRENT)
+
+test-current: $(STAMP_CURRENT)
+	$(VENV_CURRENT)/bin/python -m pytest $(PYTEST_ARGS)
+
+run-current: $(STAMP_CURRENT)
+	$(VENV_CURRENT)/bin/python -m graphrec.run --cfg $(CFG)

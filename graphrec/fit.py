@@ -21,7 +21,6 @@ optimizer state and history as without the interruption. Plain PyTorch: importin
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import queue
 import threading
@@ -209,10 +208,9 @@ class _Rest:
 
 def remaining_batches(batches: Iterable[Any], k: int) -> Iterable[Any]:
     """An epoch's batches without its first ``k`` (those a resumed epoch already trained on), built as little as
-    the object allows: ``batches.skip(k)`` where it has that method; a slice of a list or tuple (built already); a
-    lazy sequence of the ranker's kind (:class:`graphrec.ranking.train._Batches`: a ``chunks`` list, each chunk
-    built by ``build`` while iterating, in order) a copy with ``chunks[k:]``, so the skipped chunks are never
-    built; anything else is iterated and its first ``k`` dropped (built here: their draws on the epoch's
+    the object allows: ``batches.skip(k)`` where it has that method (the ranker's lazy batches,
+    :class:`graphrec.ranking.train._Batches`, never build the skipped ones); a slice of a list or tuple (built
+    already); anything else is iterated and its first ``k`` dropped (built here: their draws on the epoch's
     generators are undone by the restore of the checkpoint's generator states that follows)."""
     if k == 0:
         return batches
@@ -220,10 +218,6 @@ def remaining_batches(batches: Iterable[Any], k: int) -> Iterable[Any]:
         return batches.skip(k)  # type: ignore[attr-defined]
     if isinstance(batches, (list, tuple)):
         return batches[k:]
-    if isinstance(getattr(batches, "chunks", None), list) and callable(getattr(batches, "build", None)):
-        rest = copy.copy(batches)
-        rest.chunks = batches.chunks[k:]  # type: ignore[attr-defined]
-        return rest
     n = _length(batches)
     it = iter(batches)
     end = object()

@@ -238,6 +238,33 @@ def plot_abtest(abtest_dir: Path, out: Path) -> Path:
     return _save(fig, Path(out) / "abtest.png")
 
 
+def plot_dose_response(results: Dict, out: Path) -> Path:
+    """The full model's paired gains (mean ± sd over seeds) over −GIE and −GraphCL against the world's gift-only
+    signal (``simulate.weight_patronage``), test AUC and GAUC, overall and per user-activity bucket
+    (:mod:`graphrec.bench.dose`)."""
+    plt = _pyplot()
+    weights = sorted(results["weights"], key=float)
+    x = [float(w) for w in weights]
+    over = [v for v in ("-GIE", "-GraphCL", "DIN") if v in results["weights"][weights[0]]["gain_of_full_over"]]
+    fig, axes = plt.subplots(len(over), 2, figsize=(10, 3.2 * len(over)), squeeze=False)
+    for row, v in enumerate(over):
+        for col, metric in enumerate(("auc", "gauc")):
+            ax = axes[row][col]
+            keys = [k for k in results["weights"][weights[0]]["gain_of_full_over"][v]
+                    if k.startswith(f"test {metric}")]
+            for key in keys:
+                g = [results["weights"][w]["gain_of_full_over"][v][key] for w in weights]
+                label = "overall" if "@" not in key else f"users with {key.split('@')[1]} gifts"
+                ax.errorbar(x, [e["mean"] for e in g], yerr=[e["sd"] for e in g], marker="o", capsize=3, label=label)
+            ax.axhline(0.0, color="grey", lw=0.8)
+            ax.set_title(f"full − ({v}): test {metric.upper()}", fontsize=10)
+            ax.set_xlabel("simulate.weight_patronage (gift-only signal)")
+            ax.set_ylabel("gain (paired, mean ± sd over seeds)")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
 @command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphrec.plots", description=__doc__.split("\n\n")[0])

@@ -60,6 +60,10 @@ class _Batches:
     def __len__(self) -> int:
         return len(self.chunks)
 
+    def skip(self, k: int) -> "_Batches":
+        """The epoch's batches after its first ``k``, which are never built (a resumed epoch: graphrec.fit)."""
+        return _Batches(self.chunks[k:], self.build, self.setup)
+
     def __iter__(self):
         undo = self.setup() if self.setup is not None else None
         try:
@@ -77,6 +81,7 @@ class RankerTask:
     on a GPU (``prefetch``)."""
 
     prefetch = True
+    unit = "impressions"                 # what fit's progress lines count
 
     def __init__(self, builder, train_idx: np.ndarray, batch_size: int, objective: RankerObjective,
                  max_train: int = 0, world: int = 1, redraw=None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
@@ -89,6 +89,28 @@ def _load_expansions(run_dir: Path, names) -> Dict[str, np.ndarray]:
                         f"file first)") from None
 
 
+# where a run folder keeps each forecaster's checkpoint (a partition folder too: graphrec.dist.prepare copies them)
+FORECASTER_CHECKPOINTS = {"stat_forecast": "checkpoints/stat_forecast.pt",
+                          "product_forecast": "checkpoints/product_forecast.pt"}
+
+
+def load_forecasters(folder: Path, mods: Mapping[str, Any],
+                     checkpoints: Mapping[str, str] = FORECASTER_CHECKPOINTS) -> Dict[str, Any]:
+    """The forecasters the ranker modules ``mods`` use, read from ``folder`` (``checkpoints``: module -> file
+    relative to it): ``{"stat_forecaster": ..., "product_forecaster": ...}``, the artifact names
+    :func:`graphrec.ranking.stage.build_ranker` reads. A run folder and the distributed trainers' partition
+    folder both load them here."""
+    from .models.product_forecaster import ProductForecaster
+    from .models.stat_forecaster import StatForecaster
+
+    out: Dict[str, Any] = {}
+    if mods["stat_forecast"]:
+        out["stat_forecaster"] = StatForecaster.from_checkpoint(Path(folder) / checkpoints["stat_forecast"])
+    if mods["product_forecast"]:
+        out["product_forecaster"] = ProductForecaster.from_checkpoint(Path(folder) / checkpoints["product_forecast"])
+    return out
+
+
 def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     """Reload the run in ``run_dir`` (a folder written by ``python -m graphrec.run``)."""
     from .checkpoint import load_checkpoint
@@ -96,9 +118,7 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
     from .data.dataset import load_dataset
     from .data.split import ensure_split
     from .gie.metapath import METAPATHS
-    from .models.product_forecaster import ProductForecaster
     from .models.ranker import Ranker, RankerSpec
-    from .models.stat_forecaster import StatForecaster
     from .ranking.stage import build_ranker
 
     run_dir = Path(run_dir)
@@ -119,10 +139,7 @@ def load_run(run_dir, device: str = "cpu") -> LoadedRun:
         art["expansions"] = _load_expansions(run_dir, METAPATHS)
     if mods["theta_pretrained"]:
         art["theta"] = load_checkpoint(_need(run_dir / "checkpoints" / "graphcl.pt", "GraphCL's Θ"))["theta"]
-    if mods["stat_forecast"]:
-        art["stat_forecaster"] = StatForecaster.from_checkpoint(run_dir / "checkpoints" / "stat_forecast.pt")
-    if mods["product_forecast"]:
-        art["product_forecaster"] = ProductForecaster.from_checkpoint(run_dir / "checkpoints" / "product_forecast.pt")
+    art.update(load_forecasters(run_dir, mods))
     _, builder, spec = build_ranker(cfg, ds, mods, art, device=device)
     ck = load_checkpoint(run_dir / "checkpoints" / "ranker.pt")
     if RankerSpec(**ck["spec"]) != spec:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from graphrec.dist.comm import Watchdog
+from graphrec.dist.lifecycle import Watchdog
 from graphrec.dist.lifecycle import pid_alive
 from graphrec.gie.metapath import METAPATHS, PAD, expand
 
@@ -186,7 +186,7 @@ def test_partition_signature_holds_every_ranker_setting_that_changes_the_node_da
 
 # ----------------------------------------------------------------------------- launcher input errors
 def test_launcher_reports_bad_input(tmp_path, capsys):
-    from graphrec.launch import main, read_ip_config
+    from graphrec.dist.launch import main, read_ip_config
     from graphrec.errors import ConfigError
 
     bad = tmp_path / "ip.txt"
@@ -352,7 +352,7 @@ def test_crashed_trainer_is_restarted_from_the_last_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------- two simulated machines
 @pytest.fixture
 def two_machines():
-    from graphrec.dist.netns import list_namespaces, simulated_machines, unavailable_reason
+    from graphrec.bench.netns import list_namespaces, simulated_machines, unavailable_reason
 
     reason = unavailable_reason()
     if reason:

@@ -46,7 +46,7 @@ def test_children_die_with_the_launcher_even_by_kill_9(tmp_path):
 
 @pytest.mark.parametrize("unread", [False, True])          # the peer's kernel sends a FIN, or a reset
 def test_watchdog_names_the_peer_that_closed_its_connections(unread, capsys):
-    from graphrec.dist.comm import Watchdog
+    from graphrec.dist.lifecycle import Watchdog
 
     with socket.create_server(("127.0.0.1", 0)) as srv:
         peer = subprocess.Popen([sys.executable, "-c", "import socket, time; c = socket.create_connection("
@@ -71,7 +71,7 @@ def test_watchdog_names_the_peer_that_closed_its_connections(unread, capsys):
 
 def test_recorded_processes_are_told_from_reused_pids(tmp_path):
     from graphrec.dist import lifecycle
-    from graphrec.launch import RunInUse, refuse_if_running
+    from graphrec.dist.launch import RunInUse, refuse_if_running
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -214,7 +214,7 @@ def test_a_launch_into_a_running_run_is_refused_and_changes_nothing(world):
                 os.kill(pid, signal.SIGCONT)
         p.kill()
         p.wait()
-    from graphrec.launch import refuse_if_running
+    from graphrec.dist.launch import refuse_if_running
 
     refuse_if_running(run_dir, 0, resume=True)          # all gone: a resume may start
 

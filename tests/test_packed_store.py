@@ -54,11 +54,19 @@ def test_packing_round_trips_every_dtype_exactly():
 
 
 # ----------------------------------------------------------------------------- a tiny world, both stores
+def open_store(graph, num_users: int, num_authors: int, segment_author, node_data, workdir, graph_name: str):
+    """Partition (one part) and open the standalone ``DistGraph`` feature store under ``workdir``."""
+    from graphrec.dist.store import FeatureStore, partition_features
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    orig, layouts = partition_features(graph, num_users, num_authors, segment_author, node_data, workdir, graph_name)
+    return FeatureStore(workdir / f"{graph_name}.json", graph_name, orig, layouts)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny world with every module (hand-made Θ and expansions), its ranker built on the standalone
     TensorStore and again on a one-part DistGraph FeatureStore."""
-    from graphrec.dist.store import open_store
     from graphrec.models.product_forecaster import ProductForecaster
     from graphrec.models.stat_forecaster import StatForecaster
     from graphrec.ranking.stage import build_ranker, enabled_modules, node_data

@@ -107,7 +107,7 @@ def run(cfg: Optional[str], overrides: List[str], trainers: int, workdir: Path, 
     rows.append(_row(f"1 machine x {trainers}", f"1 server + {trainers} trainers", main, m,
                      m["dist"]["train_seconds"], m["dist"]["wall_seconds"]))
 
-    from ..dist.netns import unavailable_reason
+    from .netns import unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -175,7 +175,7 @@ class _PeakRSS:
 def _launch_two_machines(base: List[str], workdir: Path, run_dir: Path, timeout: float = 3600) -> List[int]:
     """``graphrec.launch`` on two simulated machines (network namespaces), one server and one trainer
     each; returns each machine's peak resident bytes (its processes together, sampled every second)."""
-    from ..dist.netns import simulated_machines
+    from .netns import simulated_machines
 
     py = sys.executable
     with simulated_machines(2) as machines:
@@ -203,7 +203,7 @@ def rehearse(preset: str, cfg: Optional[str], overrides: List[str], ranker_impre
     """The full-size rehearsal (module docstring): partition in two, then two simulated machines."""
     import resource
 
-    from ..dist.netns import unavailable_reason
+    from .netns import unavailable_reason
     from .scale import PRESETS
 
     reason = unavailable_reason()

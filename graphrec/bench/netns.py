@@ -1,4 +1,7 @@
-"""Simulated machines on one Linux host, for rehearsing (and testing) multi-machine runs.
+"""Simulated machines on one Linux host: a test and benchmark harness, not part of a distributed run.
+
+The multi-machine tests (``tests/test_dist*.py``) and ``python -m graphrec.bench dist`` rehearse several
+machines with it; a real run starts one ``python -m graphrec.launch`` per machine and never imports it.
 
 A DGL trainer finds its machine by matching the ip config's addresses with its host's interfaces
 and reads its partition through shared memory named after the graph, so two "machines" on one

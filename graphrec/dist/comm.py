@@ -8,14 +8,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import sys
-import threading
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
-
-from .lifecycle import WATCHDOG_EXIT, pid_alive
 
 
 def trainer_device(run_device: str, backend: str, local_rank: int, cuda_count: int) -> Tuple[str, str]:
@@ -112,67 +107,3 @@ class DDPComm(LocalComm):
         import torch.distributed as dist
 
         dist.barrier()
-
-
-class Watchdog:
-    """Ends the process with a message when ``kick`` has not been called for ``timeout_s`` seconds,
-    when one of ``server_pids`` (the graph servers on this machine) is gone, when this process's
-    parent is no longer ``launcher_pid`` (the launcher is gone; the kernel's parent-death signal,
-    :func:`graphrec.dist.lifecycle.die_with_launcher`, normally ends the trainer first), or when a peer
-    of ``peers`` (``{ip: "machine 1 (ip)"}``) closed a connection this process holds (its launcher
-    ended and took its servers and trainers with it, or one of them died): then it says which.
-
-    A DGL client whose server died can block forever on a remote pull, and a trainer that reads
-    only its local partition (shared memory) never notices the death at all; both must fail."""
-
-    def __init__(self, timeout_s: float, server_pids: Sequence[int] = (), what: str = "trainer",
-                 exit: Callable[[int], None] = os._exit, poll_s: float = 0.5, launcher_pid: Optional[int] = None,
-                 on_stall: Callable[[], str] = lambda: "", peers: Optional[Dict[str, str]] = None) -> None:
-        from .lifecycle import PeerSockets
-
-        self.timeout_s, self.server_pids, self.what, self._exit, self.poll_s = timeout_s, list(server_pids), what, exit, poll_s
-        self.launcher_pid, self.on_stall, self.peers = launcher_pid, on_stall, dict(peers or {})
-        self._sockets = PeerSockets(self.peers)
-        self.last = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="graphrec-watchdog", daemon=True)
-
-    def start(self) -> "Watchdog":
-        self._thread.start()
-        return self
-
-    def kick(self) -> None:
-        self.last = time.monotonic()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _fail(self, msg: str) -> None:
-        if self._stop.is_set():            # stopped while checking: the run ended normally
-            return
-        print(f"error: {self.what}: {msg}", file=sys.stderr, flush=True)
-        self._exit(WATCHDOG_EXIT)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            if self.launcher_pid is not None and os.getppid() != self.launcher_pid:
-                self._fail(f"the launcher on this machine (pid {self.launcher_pid}) is gone; stopping")
-                return
-            for i, pid in enumerate(self.server_pids):
-                if not pid_alive(pid):
-                    self._fail(f"graph server {i} on this machine (pid {pid}) is gone; stopping")
-                    return
-            closed = self._sockets.closed() if self.peers else []
-            if closed:
-                self._fail(f"{', '.join(self.peers[ip] for ip in closed)} closed its connections to this trainer: "
-                           "its launcher, graph server or a trainer there went away; stopping")
-                return
-            idle = time.monotonic() - self.last
-            if idle > self.timeout_s:
-                try:
-                    why = self.on_stall()
-                except Exception:                   # the message must come out whatever the probe does
-                    why = ""
-                self._fail(f"no progress for {idle:.0f} s (dist.stall_timeout_s={self.timeout_s:g}): "
-                           f"{why or 'a graph server or another trainer is unreachable'}; stopping")
-                return

@@ -43,17 +43,6 @@ POSITIVES = {nt: f"exp_{m}" for nt, m in GRAPHCL_POSITIVES.items()}   # the node
 VALIDATION = ("link_auc", "link_mrr")                           # what HeldOutGifts.validation returns
 
 
-def owned_nodes(store, ntype: str, rank: int) -> torch.Tensor:
-    """Original ids of the ``ntype`` nodes ``dgl.distributed.node_split`` gives trainer ``rank`` (disjoint and
-    covering across trainers; mostly nodes of this machine's partition)."""
-    import dgl
-
-    g = store.graph
-    mask = torch.ones(g.num_nodes(ntype), dtype=torch.bool)
-    new = dgl.distributed.node_split(mask, g.get_partition_book(), ntype=ntype, force_even=True, rank=rank)
-    return store.orig_of_new[ntype][new]
-
-
 def _chunk(n: int, rank: int, world: int) -> torch.Tensor:
     """The rows ``[rank*n/world, (rank+1)*n/world)``: which slice of a whole table each trainer writes back."""
     return torch.arange(n * rank // world, n * (rank + 1) // world)
@@ -264,7 +253,7 @@ def read_anchors(store, num_users: int, rank: int):
     """This trainer's share of both node types: ``(nodes [N] global ids, has_positive [N], rows [N, K])``."""
     nodes, rows = [], []
     for nt in NODE_TYPES:
-        orig = owned_nodes(store, nt, rank)
+        orig = store.owned_nodes(nt, rank)
         cand = store.rows(nt, orig, [POSITIVES[nt]])[POSITIVES[nt]][:, 0].long()   # one graph snapshot
         if nt == "author":
             orig = orig + num_users

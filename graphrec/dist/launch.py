@@ -20,6 +20,7 @@ other machines then stop naming the machine that went away. ``--resume RUN_DIR``
 from the run's last epoch checkpoint; it (and ``--run-dir`` into an existing run) is refused while the
 processes recorded in ``processes-<machine>.json`` still run.
 """
+# Users type ``python -m graphrec.launch``: graphrec/launch.py only runs this module, to keep that name.
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,10 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .config import load_config
-from .dist import lifecycle
-from .dist.lifecycle import die_with_launcher
-from .errors import ConfigError, UserError, command
+from ..config import load_config
+from ..errors import ConfigError, UserError, command
+from . import lifecycle
+from .lifecycle import die_with_launcher
 
 DEFAULT_PORT = 30050
 
@@ -86,7 +87,7 @@ def local_machine(machines: Sequence[Tuple[str, int]]) -> int:
 
 def _write_ip_config(run_dir: Path, machines: Sequence[Tuple[str, int]]) -> Path:
     path = run_dir / "ip_config.txt"
-    from .data.dataset import atomic_write_text
+    from ..data.dataset import atomic_write_text
 
     atomic_write_text(path, "".join(f"{ip} {port}\n" for ip, port in machines))
     return path
@@ -184,9 +185,9 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
            num_servers: int = 1, machine_rank: Optional[int] = None, run_dir: Optional[Path] = None,
            resume: bool = False, stage: str = "all") -> Tuple[int, Path]:
     """Start this machine's servers and trainers and wait for them; returns ``(exit code, run folder)``."""
-    from .data.dataset import atomic_write_text
-    from .dist.prepare import load_prepared, part_dir_of
-    from .run import make_run_dir
+    from ..data.dataset import atomic_write_text
+    from ..run import make_run_dir
+    from .prepare import load_prepared, part_dir_of
 
     if num_trainers < 1 or num_servers < 1:
         raise ConfigError("--num-trainers and --num-servers must be at least 1")
@@ -203,7 +204,7 @@ def launch(cfg_file: Optional[str], overrides: Sequence[str], ip_config: Optiona
                           f"partition(s); every machine serves one partition")
     import torch
 
-    from .dist.comm import trainer_device
+    from .comm import trainer_device
 
     # one GPU per trainer, and a bad run.device / dist.backend, refused before anything starts
     trainer_device(cfg.run.device, cfg.dist.backend, num_trainers - 1, torch.cuda.device_count())

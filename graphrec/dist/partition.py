@@ -4,14 +4,15 @@ Prepares a distributed run: the stages before the ranker, then the partitioned h
 every ranker feature as node data, in ``dist.part_dir`` (see :mod:`graphrec.dist.prepare`).
 Copy that folder to every machine (the same path), then start ``python -m graphrec.launch`` there.
 """
+# Users type ``python -m graphrec.partition``: graphrec/partition.py only runs this module, to keep that name.
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Optional, Sequence
 
-from .config import load_config
-from .errors import command
+from ..config import load_config
+from ..errors import command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         extra.append(f"dist.part_method={args.part_method}")
     if args.out:
         extra.append(f"dist.part_dir={args.out}")
-    from .dist.prepare import prepare
+    from .prepare import prepare
 
     cfg = load_config(args.cfg, list(args.overrides) + extra)
     part_dir = prepare(cfg, args.cfg, log=lambda m: print(f"[graphrec] {m}", file=sys.stderr))

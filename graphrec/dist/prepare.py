@@ -24,6 +24,7 @@ import torch
 from ..config import Config, Section, load_schema
 from ..data.dataset import atomic_write_text
 from ..errors import ConfigError, DataError
+from ..reload import FORECASTER_CHECKPOINTS
 from ..schema import GRAPHCL_POSITIVES, METAPATHS
 
 PREPARED = "prepared.json"
@@ -50,7 +51,6 @@ def signature_keys() -> Tuple[Tuple[str, str], ...]:
 
 
 SIGNATURE_KEYS = signature_keys()
-CHECKPOINTS = {"stat_forecast": "stat_forecast.pt", "product_forecast": "product_forecast.pt"}
 
 
 def distributed_graphcl(cfg: Config) -> bool:
@@ -184,11 +184,11 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
         method = _partition(part, tmp, graph_name, cfg.dist.num_parts, cfg.dist.part_method, log)
         np.savez(tmp / "orig_ids.npz", **{nt: ids.numpy() for nt, ids in orig.items()})
         (tmp / "checkpoints").mkdir()
-        checkpoints = {}
-        for key, fname in CHECKPOINTS.items():
+        checkpoints = {}                             # the forecasters, where a run folder keeps them
+        for key, rel in FORECASTER_CHECKPOINTS.items():
             if mods[key]:
-                shutil.copy2(result.run_dir / "checkpoints" / fname, tmp / "checkpoints" / fname)
-                checkpoints[key] = f"checkpoints/{fname}"
+                shutil.copy2(result.run_dir / rel, tmp / rel)
+                checkpoints[key] = rel
         prepared = {"format": PARTITION_FORMAT, "graph_name": graph_name, "part_config": f"{graph_name}.json", "num_parts": cfg.dist.num_parts,
                     "part_method": method, "modules": mods, "checkpoints": checkpoints,
                     "features": layouts, "graphcl": "distributed" if dist_graphcl else "standalone",

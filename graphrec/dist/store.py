@@ -133,6 +133,20 @@ class FeatureStore:
             inv[orig] = torch.arange(len(orig))
             self.new_of_orig[nt] = inv
 
+    def owned_nodes(self, ntype: str, rank: int) -> torch.Tensor:
+        """Original ids of the ``ntype`` nodes trainer ``rank`` owns: ``dgl.distributed.node_split`` of every node
+        (``force_even``), disjoint and covering across trainers, mostly nodes of this machine's partition. The
+        ranker's impressions (those of its users), GraphCL's anchors and the walked seeds all follow it.
+
+        ``rank`` is the DDP rank (machine * trainers per machine + local rank), not DGL's own trainer rank, which
+        follows the order the trainers happened to register with the servers: a resumed trainer must own the
+        share it trained on before (its epoch seeds follow its rank)."""
+        import dgl
+
+        mask = torch.ones(self.graph.num_nodes(ntype), dtype=torch.bool)
+        new = dgl.distributed.node_split(mask, self.book, ntype=ntype, force_even=True, rank=rank)
+        return self.orig_of_new[ntype][new]
+
     def _columns(self, ntype: str, names: Sequence[str]) -> Dict[str, Dict[str, object]]:
         columns = self.layouts.get(ntype, {}).get("columns", {})
         missing = [n for n in names if n not in columns]
@@ -280,15 +294,6 @@ class _RowCache:
         self.rows[self.n:self.n + len(ids)] = rows
         self.slot[ids] = torch.arange(self.n, self.n + len(ids))
         self.n += len(ids)
-
-
-def open_store(graph, num_users: int, num_authors: int, segment_author: Optional[np.ndarray],
-               node_data: Mapping[str, Mapping[str, torch.Tensor]], workdir: Path, graph_name: str) -> FeatureStore:
-    """Partition (one part) and open the standalone ``DistGraph`` feature store under ``workdir``."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    orig, layouts = partition_features(graph, num_users, num_authors, segment_author, node_data, workdir, graph_name)
-    return FeatureStore(workdir / f"{graph_name}.json", graph_name, orig, layouts)
 
 
 def graph_name_for(folder: Path) -> str:

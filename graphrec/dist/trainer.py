@@ -1,10 +1,18 @@
 """One distributed trainer process (started by ``python -m graphrec.launch``, never by hand).
 
-It connects to the graph servers (``dgl.distributed.initialize``), joins the DDP group, opens the
-partitioned features as a ``DistGraph``, takes its share of the impressions (the impressions of the
-users ``dgl.distributed.node_split`` gives it, so user features are mostly local), optionally walks
-the expansions of the seeds it owns, with ``graphcl.distributed`` pre-trains Θ on the DistGraph
-(:mod:`graphrec.dist.graphcl`), and trains the ranker with :func:`graphrec.ranking.train.train_ranker`.
+:func:`train` runs its steps in order:
+
+1. :func:`connect`: reach the graph servers (``dgl.distributed.initialize``), join the DDP group;
+2. :func:`load_inputs`: the dataset, the forecasters, the partitioned features as a ``DistGraph``
+   (:class:`graphrec.dist.store.FeatureStore`), watched from then on;
+3. :func:`walk_expansions` (``dist.expansion=walk``): walk the expansions of the seeds it owns;
+   :func:`pretrain_graphcl` (``graphcl.distributed``): pre-train Θ on the DistGraph (:mod:`graphrec.dist.graphcl`);
+4. :func:`train_ranker_share`: take its share of the impressions (those of the users
+   ``dgl.distributed.node_split`` gives it, so user features are mostly local) and train the ranker with
+   :func:`graphrec.ranking.stage.train_ranker`;
+5. :func:`evaluate_ranker`: validation and test, each trainer scoring its share;
+6. :func:`write_metrics`: rank 0 writes the checkpoint and ``metrics.json``.
+
 Rank 0 writes the checkpoints, ``metrics.json`` and TensorBoard; every rank writes its log and its
 share (``shares/rank<r>.npz``) to the run folder.
 """
@@ -17,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -56,18 +65,10 @@ def _logger(run_dir: Path, rank: int, world: int) -> logging.Logger:
 
 
 def owned_impressions(store, users: np.ndarray, rank: int) -> np.ndarray:
-    """Mask of the impressions whose user ``node_split`` gives trainer ``rank`` (disjoint, covering).
-
-    ``rank`` is the DDP rank (machine * trainers per machine + local rank), not DGL's own trainer rank,
-    which follows the order the trainers happened to register with the servers: a resumed trainer must
-    own the share it trained on before (its epoch seeds follow its rank)."""
-    import dgl
-
-    g = store.graph
-    mask = torch.ones(g.num_nodes("user"), dtype=torch.bool)
-    new = dgl.distributed.node_split(mask, g.get_partition_book(), ntype="user", force_even=True, rank=rank)
-    owner = np.zeros(g.num_nodes("user"), dtype=bool)
-    owner[store.orig_of_new["user"][new].numpy()] = True
+    """Mask of the impressions whose user trainer ``rank`` owns (:meth:`~graphrec.dist.store.FeatureStore.owned_nodes`:
+    disjoint, covering)."""
+    owner = np.zeros(store.graph.num_nodes("user"), dtype=bool)
+    owner[store.owned_nodes("user", rank).numpy()] = True
     return owner[users]
 
 
@@ -112,7 +113,7 @@ def evaluate_distributed(scorer, ds, split: str, share: np.ndarray, cfg: Config,
 
 
 def _machines(ip_config: Path):
-    from ..launch import read_ip_config
+    from .launch import read_ip_config
 
     try:
         return read_ip_config(ip_config)
@@ -190,23 +191,67 @@ class FeatureReads:
                 "per_rank": per_rank}
 
 
+@dataclass
+class Trainer:
+    """What the steps of one trainer share (the distributed counterpart of :class:`graphrec.stage.RunContext`)."""
+
+    cfg: Config
+    part_dir: Path
+    run_dir: Path
+    ip_config: Path
+    prepared: Dict[str, Any]           # the partition folder's prepared.json
+    comm: Any                          # graphrec.dist.comm.DDPComm
+    device: str
+    log: logging.Logger
+    writer: Any                        # TensorBoard on rank 0, a NullWriter elsewhere
+    t_start: float
+    watchdog: Any = None               # graphrec.dist.lifecycle.Watchdog, from load_inputs on
+    store: Any = None                  # graphrec.dist.store.FeatureStore, from load_inputs on
+
+    @property
+    def modules(self) -> Dict[str, Any]:
+        return self.prepared["modules"]
+
+
+@dataclass
+class RankerRun:
+    """What :func:`train_ranker_share` leaves for the evaluation and the metrics."""
+
+    model: Any
+    builder: Any
+    spec: Any                          # graphrec.models.ranker.RankerSpec
+    name: str                          # mmbee or din
+    share: Dict[str, np.ndarray]       # this trainer's impressions per split
+    result: Any                        # graphrec.fit.FitResult
+    reads: FeatureReads
+    seconds: float
+
+
 def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False,
           stage: str = "all") -> Dict[str, Any]:
-    """The body of one trainer; every rank returns the same metrics (rank 0 also writes them). ``stage``
-    ``graphcl``: stop after the distributed GraphCL pre-training (metrics: its entry only)."""
+    """The body of one trainer, step by step; every rank returns the same metrics (rank 0 also writes them).
+    ``stage`` ``graphcl``: stop after the distributed GraphCL pre-training (metrics: its entry only)."""
+    t = connect(cfg, part_dir, run_dir, ip_config)
+    ds, artifacts = load_inputs(t)
+    walked = walk_expansions(t)
+    graphcl = pretrain_graphcl(t, ds, resume, stage)
+    if stage == "graphcl":
+        return write_graphcl_metrics(t, graphcl)
+    ranker = train_ranker_share(t, ds, artifacts, resume)
+    evals = evaluate_ranker(t, ds, ranker)
+    # the process group is not destroyed: ProcessGroupGloo's destructor joins its worker threads while
+    # holding the GIL, and a worker still freeing the tensors of the last collective waits for the GIL (a
+    # deadlock, seen in about 1 of 10 runs). The process leaves with os._exit instead (see __main__).
+    return write_metrics(t, ds, ranker, evals, walked, graphcl)
+
+
+def connect(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path) -> Trainer:
+    """Check the partitions against ``cfg``, reach every graph server (``dgl.distributed.initialize``), join the
+    DDP group (after DGL: its rule), and open this rank's log and, on rank 0, TensorBoard."""
     import dgl
 
-    from ..checkpoint import save_checkpoint
-    from ..data.dataset import SPLITS
-    from ..data.sources import load_data
-    from ..models.product_forecaster import ProductForecaster
-    from ..models.stat_forecaster import StatForecaster
-    from ..ranking.stage import build_ranker, model_name, train_ranker
-    from ..ranking.train import RankerScorer
-    from .comm import DDPComm, Watchdog, trainer_device
-    from .prepare import check_one_snapshot_on_trainers, load_orig_ids, load_prepared
-    from .store import FeatureStore
-    from .walk import walk_owned_expansions
+    from .comm import DDPComm, trainer_device
+    from .prepare import check_one_snapshot_on_trainers, load_prepared
 
     t_start = time.perf_counter()
     prepared = load_prepared(part_dir, cfg)
@@ -227,54 +272,87 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir))
-    ds = load_data(cfg, log=log.info)
-    mods = prepared["modules"]
-    artifacts: Dict[str, Any] = {}
-    if mods["stat_forecast"]:
-        artifacts["stat_forecaster"] = StatForecaster.from_checkpoint(part_dir / prepared["checkpoints"]["stat_forecast"])
-    if mods["product_forecast"]:
-        artifacts["product_forecaster"] = ProductForecaster.from_checkpoint(
-            part_dir / prepared["checkpoints"]["product_forecast"])
+    return Trainer(cfg, part_dir, run_dir, ip_config, prepared, comm, device, log, writer, t_start)
 
+
+def load_inputs(t: Trainer):
+    """``(dataset, forecasters)``: the dataset and the forecasters the partitions were made with; then the
+    feature store (the ``DistGraph``), watched from here on: a trainer that stalls, or whose graph servers,
+    launcher or peers go away, stops with a message (:class:`graphrec.dist.lifecycle.Watchdog`)."""
+    from ..data.sources import load_data
+    from ..reload import load_forecasters
+    from .lifecycle import Watchdog
+    from .prepare import load_orig_ids
+    from .store import FeatureStore
+
+    ds = load_data(t.cfg, log=t.log.info)
+    artifacts = load_forecasters(t.part_dir, t.modules, t.prepared["checkpoints"])
     pids = [int(p) for p in os.environ.get("GRAPHREC_SERVER_PIDS", "").split(",") if p]
     launcher = os.environ.get("GRAPHREC_LAUNCHER_PID")
-    machines = _machines(ip_config)
+    machines = _machines(t.ip_config)
     here = _this_machine(machines)
     peers = {ip: f"machine {m} ({ip})" if m != here else f"a process on this machine (machine {m}, {ip})"
              for m, (ip, _) in enumerate(machines)}
-    watchdog = Watchdog(cfg.dist.stall_timeout_s, pids, what=f"trainer {comm.rank}",
-                        launcher_pid=int(launcher) if launcher else None, peers=peers,
-                        on_stall=lambda: unreachable_servers(machines)).start()
-    store = FeatureStore(part_dir / prepared["part_config"], prepared["graph_name"], load_orig_ids(part_dir),
-                         prepared["features"], on_read=watchdog.kick)
-    walked = {}
-    if cfg.dist.expansion == "walk" and mods["metapaths"]:
-        t0 = time.perf_counter()
-        ks = {m: cfg.expansion[f"k_{m}"] for m in mods["metapaths"]}
-        mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, comm.rank, log=log.info)
-        store.graph.barrier()               # every trainer's walks are written before anyone reads them
-        walked = {"seconds": time.perf_counter() - t0, "metapaths": sorted(mine),
-                  "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0
-                                   for m, (_, e) in mine.items()}}
-        save_table(run_dir / "expansions" / f"rank{comm.rank}.npz",     # what this trainer walked, original ids
-                  {**{f"{m}_seeds": s.numpy() for m, (s, _) in mine.items()},
-                   **{m: e.numpy().astype(np.int32) for m, (_, e) in mine.items()}})
-    graphcl: Dict[str, Any] = {}
-    if prepared.get("graphcl") == "distributed":      # Θ first, into the node data the ranker reads
+    t.watchdog = Watchdog(t.cfg.dist.stall_timeout_s, pids, what=f"trainer {t.comm.rank}",
+                          launcher_pid=int(launcher) if launcher else None, peers=peers,
+                          on_stall=lambda: unreachable_servers(machines)).start()
+    t.store = FeatureStore(t.part_dir / t.prepared["part_config"], t.prepared["graph_name"], load_orig_ids(t.part_dir),
+                           t.prepared["features"], on_read=t.watchdog.kick)
+    return ds, artifacts
+
+
+def walk_expansions(t: Trainer) -> Dict[str, Any]:
+    """With ``dist.expansion=walk``: walk the metapaths from the seeds this trainer owns into the node data
+    (:func:`graphrec.dist.walk.walk_owned_expansions`), then wait for every trainer's walks; returns the
+    ``dist.walked`` entry ({} when nothing was walked)."""
+    from .walk import walk_owned_expansions
+
+    cfg, store, rank = t.cfg, t.store, t.comm.rank
+    if cfg.dist.expansion != "walk" or not t.modules["metapaths"]:
+        return {}
+    t0 = time.perf_counter()
+    ks = {m: cfg.expansion[f"k_{m}"] for m in t.modules["metapaths"]}
+    mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, rank, log=t.log.info)
+    store.graph.barrier()               # every trainer's walks are written before anyone reads them
+    save_table(t.run_dir / "expansions" / f"rank{rank}.npz",     # what this trainer walked, original ids
+               {**{f"{m}_seeds": s.numpy() for m, (s, _) in mine.items()},
+                **{m: e.numpy().astype(np.int32) for m, (_, e) in mine.items()}})
+    return {"seconds": time.perf_counter() - t0, "metapaths": sorted(mine),
+            "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0 for m, (_, e) in mine.items()}}
+
+
+def pretrain_graphcl(t: Trainer, ds, resume: bool, stage: str) -> Dict[str, Any]:
+    """With partitions made for ``graphcl.distributed``: pre-train Θ across the trainers into the node data the
+    ranker reads (:func:`graphrec.dist.graphcl.train_dist_graphcl`); returns its metrics entry ({} otherwise)."""
+    if t.prepared.get("graphcl") == "distributed":
         from .graphcl import train_dist_graphcl
 
-        graphcl = train_dist_graphcl(cfg, ds, store, comm, run_dir, resume, log.info, writer, kick=watchdog.kick)
-    elif stage == "graphcl":
-        raise UserError(f"--stage graphcl: the partitions in {part_dir} hold a Θ trained by graphrec.partition; "
-                        f"partition with --set graphcl.distributed=true to pre-train on the trainers")
+        return train_dist_graphcl(t.cfg, ds, t.store, t.comm, t.run_dir, resume, t.log.info, t.writer,
+                                  kick=t.watchdog.kick)
     if stage == "graphcl":
-        watchdog.stop()
-        metrics = {"run": {"dir": str(run_dir), "seed": cfg.run.seed, "distributed": True, "stage": stage},
-                   "dist": {"world_size": comm.world, "num_parts": prepared["num_parts"], "part_dir": str(part_dir),
-                            "graphcl_seconds": graphcl["seconds"], "wall_seconds": time.perf_counter() - t_start},
-                   "graphcl": graphcl}
-        _write_metrics(run_dir, metrics, writer, comm)
-        return metrics
+        raise UserError(f"--stage graphcl: the partitions in {t.part_dir} hold a Θ trained by graphrec.partition; "
+                        f"partition with --set graphcl.distributed=true to pre-train on the trainers")
+    return {}
+
+
+def write_graphcl_metrics(t: Trainer, graphcl: Dict[str, Any]) -> Dict[str, Any]:
+    """``--stage graphcl``: the metrics of a run that stops after the pre-training."""
+    t.watchdog.stop()
+    metrics = {"run": {"dir": str(t.run_dir), "seed": t.cfg.run.seed, "distributed": True, "stage": "graphcl"},
+               "dist": {"world_size": t.comm.world, "num_parts": t.prepared["num_parts"], "part_dir": str(t.part_dir),
+                        "graphcl_seconds": graphcl["seconds"], "wall_seconds": time.perf_counter() - t.t_start},
+               "graphcl": graphcl}
+    _write_metrics(t.run_dir, metrics, t.writer, t.comm)
+    return metrics
+
+
+def train_ranker_share(t: Trainer, ds, artifacts: Dict[str, Any], resume: bool) -> RankerRun:
+    """Build the ranker on the feature store and train it with DDP on this trainer's share: the impressions of
+    the users it owns (:meth:`graphrec.dist.store.FeatureStore.owned_nodes`), saved to ``shares/rank<r>.npz``."""
+    from ..data.dataset import SPLITS
+    from ..ranking.stage import build_ranker, model_name, train_ranker
+
+    cfg, store, comm, log = t.cfg, t.store, t.comm, t.log
     if cfg.dist.remote_cache_mb:
         store.graph.barrier()               # every trainer's Θ and walks are written before rows are cached
         store.cache_remote(cfg.dist.remote_cache_mb << 20)
@@ -282,43 +360,58 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
         held = store.prefetch_remote()
         log.info("cache of remote rows: %.1f MB of other machines' tables prefetched in %.1f s (budget %d MB)",
                  held / 2**20, time.perf_counter() - t_cache, cfg.dist.remote_cache_mb)
-    model, builder, spec = build_ranker(cfg, ds, mods, artifacts, store=store)
+    model, builder, spec = build_ranker(cfg, ds, t.modules, artifacts, store=store)
 
     imp = ds.impressions
     mine = owned_impressions(store, imp["user"], comm.rank)
     share = {s: np.flatnonzero(mine & (imp["split"] == code)) for s, code in SPLITS.items()}
-    save_table(run_dir / "shares" / f"rank{comm.rank}.npz", share)
+    save_table(t.run_dir / "shares" / f"rank{comm.rank}.npz", share)
     log.info("share: %s impressions (%s)", f"{int(mine.sum()):,}",
              ", ".join(f"{s} {len(v):,}" for s, v in share.items()))
 
     reads = FeatureReads(store, builder, log.info)
     t_train = time.perf_counter()
-    model.to(device)                    # the feature store stays in CPU memory; batches are copied over
-    result = train_ranker(cfg, ds, model, builder, share["train"], share["val"], device,
-                          run_dir / "checkpoints" / "ranker_last.pt", resume=resume, writer=writer, log=log.info,
+    model.to(t.device)                  # the feature store stays in CPU memory; batches are copied over
+    result = train_ranker(cfg, ds, model, builder, share["train"], share["val"], t.device,
+                          t.run_dir / "checkpoints" / "ranker_last.pt", resume=resume, writer=t.writer, log=log.info,
                           comm=comm, on_epoch_end=reads.epoch_end)
-    train_seconds = time.perf_counter() - t_train
-    name = model_name(mods)
+    return RankerRun(model, builder, spec, model_name(t.modules), share, result, reads, time.perf_counter() - t_train)
+
+
+def evaluate_ranker(t: Trainer, ds, r: RankerRun) -> Dict[str, Any]:
+    """The ``eval`` entry: validation and test, each trainer scoring its share (:func:`evaluate_distributed`)."""
+    from ..ranking.train import RankerScorer
+
     evals: Dict[str, Any] = {}
-    scorer = RankerScorer(model, builder, device)
+    scorer = RankerScorer(r.model, r.builder, t.device)
     for split_name in ("val", "test"):
-        entry = evaluate_distributed(scorer, ds, split_name, share[split_name], cfg, comm,
-                                     lambda users: owned_impressions(store, users, comm.rank))
-        evals[split_name] = {name: entry}
-        for key, r in entry.items():
-            log.info("%s %s: %s", split_name, key, r)
-    counts = comm.gather({s: int(len(v)) for s, v in share.items()})
-    feature_reads = FeatureReads.summary(comm.gather(reads.epochs))
-    watchdog.stop()
-    metrics = {"run": {"dir": str(run_dir), "seed": cfg.run.seed, "distributed": True},
+        entry = evaluate_distributed(scorer, ds, split_name, r.share[split_name], t.cfg, t.comm,
+                                     lambda users: owned_impressions(t.store, users, t.comm.rank))
+        evals[split_name] = {r.name: entry}
+        for key, rep in entry.items():
+            t.log.info("%s %s: %s", split_name, key, rep)
+    return evals
+
+
+def write_metrics(t: Trainer, ds, r: RankerRun, evals: Dict[str, Any], walked: Dict[str, Any],
+                  graphcl: Dict[str, Any]) -> Dict[str, Any]:
+    """Every rank's shares and feature reads gathered; rank 0 writes ``checkpoints/ranker.pt`` and
+    ``metrics.json`` (the standalone schema plus ``dist``)."""
+    from ..checkpoint import save_checkpoint
+
+    cfg, comm, result = t.cfg, t.comm, r.result
+    counts = comm.gather({s: int(len(v)) for s, v in r.share.items()})
+    feature_reads = FeatureReads.summary(comm.gather(r.reads.epochs))
+    t.watchdog.stop()
+    metrics = {"run": {"dir": str(t.run_dir), "seed": cfg.run.seed, "distributed": True},
                "data": {"path": str(ds.path), "name": ds.name, "main_label": ds.main_label,
                         "feedback": "implicit" if ds.implicit else "explicit", "timed": ds.timed, **ds.counts()},
-               "dist": {"world_size": comm.world, "num_parts": prepared["num_parts"],
-                        "part_method": prepared["part_method"], "part_dir": str(part_dir),
+               "dist": {"world_size": comm.world, "num_parts": t.prepared["num_parts"],
+                        "part_method": t.prepared["part_method"], "part_dir": str(t.part_dir),
                         "expansion": cfg.dist.expansion, "walked": walked, "shares": counts,
                         "feature_reads": feature_reads,
-                        "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t_start},
-               "ranker": {"model": name, "modules": mods, "history": result.history,
+                        "train_seconds": r.seconds, "wall_seconds": time.perf_counter() - t.t_start},
+               "ranker": {"model": r.name, "modules": t.modules, "history": result.history,
                           "best_epoch": result.best_epoch, "best_val": result.best,
                           "stopped_early": result.stopped_early, "epochs_run": len(result.history),
                           "resumed_from_epoch": result.resumed_from},
@@ -329,12 +422,9 @@ def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: b
     if comm.is_main:
         import dataclasses
 
-        save_checkpoint(run_dir / "checkpoints" / "ranker.pt",
-                        {"state_dict": model.state_dict(), "spec": dataclasses.asdict(spec)})
-    _write_metrics(run_dir, metrics, writer, comm)
-    # the process group is not destroyed: ProcessGroupGloo's destructor joins its worker threads while
-    # holding the GIL, and a worker still freeing the tensors of the last collective waits for the GIL (a
-    # deadlock, seen in about 1 of 10 runs). The process leaves with os._exit instead (see __main__).
+        save_checkpoint(t.run_dir / "checkpoints" / "ranker.pt",
+                        {"state_dict": r.model.state_dict(), "spec": dataclasses.asdict(r.spec)})
+    _write_metrics(t.run_dir, metrics, t.writer, comm)
     return metrics
 
 

@@ -98,8 +98,6 @@ def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: 
     write them, in original ids, into ``store``'s ``exp_<name>`` (every trainer reads them there after
     a barrier, which is the caller's). Returns ``{name: (seeds, expansions)}``, this trainer's own walks
     in original ids."""
-    import dgl
-
     g = store.graph
     walker = DistWalker(g, on_hop=store.on_read)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + rank)
@@ -109,10 +107,8 @@ def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: 
         if k <= 0:
             continue
         seed_type = METAPATHS[name].seed
-        if seed_type not in owned:
-            mask = torch.ones(g.num_nodes(seed_type), dtype=torch.bool)
-            owned[seed_type] = dgl.distributed.node_split(mask, g.get_partition_book(), ntype=seed_type,
-                                                          force_even=True, rank=rank)
+        if seed_type not in owned:                  # partition ids: the walker steps in them
+            owned[seed_type] = store.new_of_orig[seed_type][store.owned_nodes(seed_type, rank)]
         seeds = owned[seed_type]
         end = METAPATHS[name].endpoint
         parts = []

@@ -19,13 +19,14 @@ a body not sent as ``Content-Type: application/json`` a 415. ``GET /health`` ans
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -114,10 +115,15 @@ class SegmentCache:
 
 
 class Scorer:
-    """A trained run, ready to score (user, candidate authors) requests; knows nothing of HTTP."""
+    """A trained run, ready to score (user, candidate authors) requests; knows nothing of HTTP.
 
-    # Pairs per forward pass: a batch is cut into passes no larger than the largest single request,
-    # so it needs no more memory than one.
+    A batch of requests is scored with the work of each part done once for the whole batch: the user
+    side once per distinct (user, time), the author side once per distinct (author, time) (MFQ's ``h_m``
+    once per segment, through the :class:`SegmentCache`), and only the pair part (target attention and
+    the MLP tower) per (request, candidate). A single request is a batch of one."""
+
+    # Pairs per forward pass (padding included): a batch is cut into passes no larger than the largest
+    # single request, so it needs no more memory than one.
     max_pairs_per_forward = MAX_CANDIDATES
 
     def __init__(self, run_dir: Path) -> None:
@@ -141,7 +147,7 @@ class Scorer:
         return self.score_batch([request])[0]
 
     def score_batch(self, requests: Sequence[ScoreRequest]) -> List[Dict[str, Any]]:
-        """One answer per request, in order; every known user's pairs go through the model together."""
+        """One answer per request, in order; every known user's candidates go through the model together."""
         results, warm = [], []
         for r in requests:
             known = [a for a in r.authors if 0 <= a < self.num_authors]
@@ -154,26 +160,75 @@ class Scorer:
             elif known:
                 warm.append((res, r.user, known, self.default_time if r.time is None else r.time))
         if warm:
-            sizes = [len(w[2]) for w in warm]
-            p = self._probabilities(np.repeat(np.array([w[1] for w in warm], dtype=np.int64), sizes),
-                                    np.concatenate([np.asarray(w[2], dtype=np.int64) for w in warm]),
-                                    np.repeat(np.array([w[3] for w in warm], dtype=np.int64), sizes))
-            for (res, _, known, _), block in zip(warm, np.split(p, np.cumsum(sizes)[:-1])):
+            blocks = self._probabilities(np.array([w[1] for w in warm], dtype=np.int64),
+                                         [np.asarray(w[2], dtype=np.int64) for w in warm],
+                                         np.array([w[3] for w in warm], dtype=np.int64))
+            for (res, _, known, _), block in zip(warm, blocks):
                 res["scores"] = self._rows(known, block)
         for res in results:
             res["scores"].sort(key=lambda s: -s[self.main])
         return results
 
-    def _probabilities(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> np.ndarray:
-        step = self.max_pairs_per_forward
+    def _passes(self, sizes: Sequence[int]) -> List[List[Tuple[int, int, int]]]:
+        """The batch cut into forward passes: lists of ``(request, start, stop)`` slices of the requests'
+        candidates, each pass at most ``max_pairs_per_forward`` pairs once its slices are padded to its
+        widest. A request wider than that is cut; slices go widest first, so like widths share a pass."""
+        step = max(1, int(self.max_pairs_per_forward))
+        pieces = [(r, s, min(s + step, int(n))) for r, n in enumerate(sizes) for s in range(0, int(n), step)]
+        pieces.sort(key=lambda x: x[1] - x[2])                    # widest first (stable)
+        passes: List[List[Tuple[int, int, int]]] = []
+        for piece in pieces:                                      # a pass's first slice is its widest
+            if passes and (len(passes[-1]) + 1) * (passes[-1][0][2] - passes[-1][0][1]) <= step:
+                passes[-1].append(piece)
+            else:
+                passes.append([piece])
+        return passes
+
+    def _probabilities(self, users: np.ndarray, authors: List[np.ndarray], times: np.ndarray) -> List[np.ndarray]:
+        """Label probabilities ``[len(authors[i]), labels]`` of each request ``i``: user ``users[i]`` at
+        ``times[i]`` against ``authors[i]``. The user side is built and run once per distinct (user, time) of
+        the batch, the author side once per pass and distinct (author, time) (MFQ through the segment cache);
+        only the pair part (target attention, the tower) runs per (request, candidate)."""
+        model, builder, heads = self.model, self.builder, self.rank.label_heads
+        sizes = [len(a) for a in authors]
+        tkeys, tidx = np.unique(times, return_inverse=True)
+        nt, tidx = len(tkeys), tidx.reshape(-1)     # (id, time) keys: id * nt + time index (known ids are small)
+        ukeys, urow = np.unique(users * nt + tidx, return_inverse=True)
+        urow = urow.reshape(-1)
+        out = [np.empty((n, len(heads)), dtype=np.float32) for n in sizes]
         with self.lock, torch.no_grad():
-            out = [torch.sigmoid(self.model(self.builder.pairs(users[s:s + step], authors[s:s + step],
-                                                               times[s:s + step]))[:, 0][:, self.rank.label_heads])
-                   for s in range(0, len(users), step)]
-        return torch.cat(out).numpy()
+            ur = model.user_side(builder.user_part(ukeys // nt, tkeys[ukeys % nt]))
+            for pieces in self._passes(sizes):
+                keys = np.concatenate([authors[r][s:e] * nt + tidx[r] for r, s, e in pieces])
+                ckeys, cinv = np.unique(keys, return_inverse=True)
+                ar = model.author_side(builder.room_part(ckeys // nt, tkeys[ckeys % nt]))
+                cand = np.zeros((len(pieces), pieces[0][2] - pieces[0][1]), dtype=np.int64)   # padding: candidate 0
+                for i, chunk in enumerate(np.split(cinv.reshape(-1), np.cumsum([e - s for _, s, e in pieces])[:-1])):
+                    cand[i, :len(chunk)] = chunk
+                rows = torch.from_numpy(urow[[r for r, _, _ in pieces]])
+                p = torch.sigmoid(model.logits(_user_rows(ur, rows), ar, torch.from_numpy(cand))[:, :, heads]).numpy()
+                for i, (r, s, e) in enumerate(pieces):
+                    out[r][s:e] = p[i, :e - s]                  # the padding is dropped
+        return out
 
     def _rows(self, authors: List[int], p: np.ndarray) -> List[Dict[str, Any]]:
         return [{"author": int(a), **dict(zip(self.tasks, row))} for a, row in zip(authors, p.tolist())]
+
+
+def _user_rows(ur, rows: torch.Tensor):
+    """The rows ``rows`` of a user side (a ``UserRep``), each behaviour history cut to the longest of these
+    rows (histories are left-aligned), so a pass's attention costs its own longest history, as the
+    builder trims a batch's."""
+    hist_ids, hist_emb = {}, {}
+    for name, ids in ur.hist_ids.items():
+        ids = ids[rows]
+        valid = (ids >= 0).any(0).nonzero()
+        n = int(valid[-1]) + 1 if len(valid) else 1
+        hist_ids[name], hist_emb[name] = ids[:, :n], ur.hist_emb[name][rows, :n]
+    return ur._replace(fields=ur.fields[rows], hist_emb=hist_emb, hist_ids=hist_ids,
+                       seqs={k: v[rows] for k, v in ur.seqs.items()},
+                       seq_ids={k: v[rows] for k, v in ur.seq_ids.items()},
+                       bias=None if ur.bias is None else ur.bias[rows])
 
 
 # ---------------------------------------------------------------- HTTP
@@ -346,6 +401,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     server = uvicorn.Server(uvicorn.Config(make_app(scorer), log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=10))
+    # The loaded run is some 10^5 objects that live as long as the server: kept out of the garbage
+    # collector's full passes, which would otherwise walk them all every few requests (~0.1 s each).
+    gc.collect()
+    gc.freeze()
     # uvicorn shuts down on SIGINT/SIGTERM, then re-raises the signal to the handler it found: this one
     # (not the default, which would kill the process) makes a signalled shutdown exit 0.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -100,38 +100,85 @@ def test_score_sorting_cold_start_and_unknown_authors(scorer):
 
 
 def _same_answers(got, want):
-    """Equal answers: every field, and each author's scores to float precision."""
+    """Equal answers: every field, and each author's scores to float32 rounding (a batch's matrix products
+    have other shapes than one request's, and BLAS may round them differently: a few units in the last place)."""
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert {k: v for k, v in g.items() if k != "scores"} == {k: v for k, v in w.items() if k != "scores"}
         assert sorted(r["author"] for r in g["scores"]) == sorted(r["author"] for r in w["scores"])
         by_author = {r["author"]: r for r in w["scores"]}
         for r in g["scores"]:
-            assert r == pytest.approx(by_author[r["author"]], abs=1e-6)
+            assert r == pytest.approx(by_author[r["author"]], rel=1e-5, abs=1e-12)
 
 
-def test_a_batch_is_one_forward_and_answers_as_single_requests(scorer, monkeypatch):
+def _spy(monkeypatch, obj, name, calls, record):
+    real = getattr(obj, name)
+
+    def spy(*args, **kwargs):
+        calls.setdefault(name, []).append(record(*args))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, spy)
+
+
+def test_a_batch_does_each_part_once_and_answers_as_single_requests(scorer, monkeypatch):
+    end = scorer.default_time
     reqs = [ScoreRequest(user=u, authors=list(range(-1, 42, k)), time=t)
-            for u, k, t in ((3, 1, None), (17, 3, 0), (250, 2, 900), (3, 5, 10**15))]
+            for u, k, t in ((3, 1, None), (17, 3, 0), (250, 2, 900), (3, 5, 10**15),
+                            (17, 4, 0),                      # user 17 again at the same time, other authors
+                            (3, 2, end))]                    # user 3 a third time: `end` is what None means
     reqs += [ScoreRequest(user=10**6, authors=[0, 1, 2]),             # cold: popularity
              ScoreRequest(user=5, authors=[999, -3]),                  # nothing known to score
-             ScoreRequest(user=8, authors=[4, 4, 7])]                  # duplicates are scored as sent
+             ScoreRequest(user=8, authors=[4, 4, 7]),                  # duplicates are scored as sent
+             ScoreRequest(user=250, authors=[5, 6, 7], time=901)]      # user 250 a second later
     singles = [scorer.score(r) for r in reqs]
-    calls = []
-    pairs = scorer.builder.pairs
-    monkeypatch.setattr(scorer.builder, "pairs", lambda *a: calls.append(len(a[0])) or pairs(*a))
+    calls = {}
+    _spy(monkeypatch, scorer.builder, "user_part", calls, lambda users, times: len(users))
+    _spy(monkeypatch, scorer.builder, "room_part", calls, lambda authors, times: len(authors))
+    _spy(monkeypatch, scorer.builder, "pairs", calls, lambda *a: len(a[0]))
+    _spy(monkeypatch, scorer.model, "logits", calls, lambda ur, ar, cand: tuple(cand.shape))
     batch = scorer.score_batch(reqs)
-    assert calls == [sum(len([a for a in r.authors if 0 <= a < 40]) for r in reqs if r.user < 300)]   # one forward
+    known = [[a for a in r.authors if 0 <= a < 40] for r in reqs]
+    warm = [(r, k, end if r.time is None else r.time) for r, k in zip(reqs, known) if 0 <= r.user < 300 and k]
+    assert len(warm) == 8
+    # one user side per distinct (user, time), one author side per distinct (author, time), one forward pass
+    assert calls["user_part"] == [len({(r.user, t) for r, _, t in warm})] == [6]
+    assert calls["room_part"] == [len({(a, t) for _, k, t in warm for a in k})]
+    assert calls["logits"] == [(len(warm), max(len(k) for _, k, _ in warm))] and "pairs" not in calls
     _same_answers(batch, singles)
+    # ... and the scores are the ranker's own: one row per (user, author, time), as the run's evaluation scores
+    for r, k, out in zip(reqs, known, batch):
+        if out["cold_start"] or not k:
+            continue
+        n, t = len(k), end if r.time is None else r.time
+        with torch.no_grad():
+            logits = scorer.model(scorer.builder.pairs(np.full(n, r.user), np.array(k), np.full(n, t)))[:, 0]
+        p = torch.sigmoid(logits[:, scorer.rank.label_heads]).numpy()
+        ref = [{"author": a, **dict(zip(scorer.tasks, row))} for a, row in zip(k, p.tolist())]
+        _same_answers([out], [{**out, "scores": ref}])
     for out in batch:
         mains = [r[out["main_task"]] for r in out["scores"]]
         assert mains == sorted(mains, reverse=True)
-    assert batch[4]["cold_start"] and batch[5]["scores"] == [] and batch[5]["unknown_authors"] == [999, -3]
-    assert [r["author"] for r in batch[6]["scores"]].count(4) == 2
-    monkeypatch.setattr(scorer, "max_pairs_per_forward", 7)        # passes cut inside users' candidates
+    assert batch[6]["cold_start"] and batch[7]["scores"] == [] and batch[7]["unknown_authors"] == [999, -3]
+    assert [r["author"] for r in batch[8]["scores"]].count(4) == 2
+    monkeypatch.setattr(scorer, "max_pairs_per_forward", 7)        # passes, and requests cut across them
     calls.clear()
     _same_answers(scorer.score_batch(reqs), singles)
-    assert max(calls) == 7 and len(calls) > 1
+    assert len(calls["logits"]) > 1 and max(b * c for b, c in calls["logits"]) <= 7
+    assert sum(b * c for b, c in calls["logits"]) >= sum(len(k) for _, k, _ in warm) and calls["user_part"] == [6]
+
+
+def test_batch_passes_cover_every_candidate_once_within_the_bound(scorer, monkeypatch):
+    for step, sizes, count in ((7, [10, 8, 3, 1, 7], 5), (10_000, [200] * 16, 1), (5, [1] * 12, 3),
+                               (3, [2, 3, 1, 3], 4)):
+        monkeypatch.setattr(scorer, "max_pairs_per_forward", step)
+        passes = scorer._passes(np.array(sizes))
+        assert len(passes) == count
+        covered = sorted((r, i) for ps in passes for r, s, e in ps for i in range(s, e))
+        assert covered == [(r, i) for r, n in enumerate(sizes) for i in range(n)]
+        for ps in passes:
+            widths = [e - s for _, s, e in ps]
+            assert widths[0] == max(widths) and len(ps) * widths[0] <= step
 
 
 def test_http_contract(client, scorer):
@@ -338,6 +385,8 @@ def test_http_load_test_counts_requests_and_errors(trained_run, tmp_path, capsys
     # the rate is the requests over the measured wall time, in which each client's round trips follow one another
     assert res["requests_per_s"] == res["requests"] / res["seconds"] and 0 < res["p50_ms"] <= res["p99_ms"]
     assert res["mean_ms"] * res["requests"] <= res["clients"] * res["seconds"] * 1000
+    assert res["ms_per_user"] == pytest.approx(res["seconds"] * 1000 / (2 * res["requests"]))
+    assert res["p50_ms_per_user"] == res["p50_ms"] / 2
     assert "12 requests of 2 user(s) x 15 candidates" in capsys.readouterr().out
 
 

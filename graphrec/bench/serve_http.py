@@ -3,9 +3,10 @@
 Starts ``python -m graphrec.serve --run RUN --port 0`` on 127.0.0.1, sends ``--requests`` requests of
 1 user × ``--candidates`` authors (or ``--batch`` users per ``POST /score/batch``) from ``--clients``
 concurrent clients with keep-alive connections, and reports requests/s, p50/p99 latency per HTTP
-round trip and the error count; then stops the server with SIGTERM (it must exit 0). Needs a trained
-run: nothing is trained here. Standard library clients only (``http.client``), so the bench needs no
-test extras.
+round trip, the rate and the p50 also per user (compare batches with single requests at the same
+``--clients``: with several clients a round trip includes the wait for the others' turns), and the error
+count; then stops the server with SIGTERM (it must exit 0). Needs a trained run: nothing is trained here.
+Standard library clients only (``http.client``), so the bench needs no test extras.
 """
 from __future__ import annotations
 
@@ -144,9 +145,14 @@ def serve_http(run_dir: Path, requests: int = 300, clients: int = 4, candidates:
         res = load_test(server.url, request_bodies(requests, users, authors, candidates, batch, seed), clients, path)
     finally:
         exit_code = server.stop()
+    per = batch or 1
     res.update({"run": str(run_dir), "url": server.url, "path": path, "candidates": candidates,
-                "users_per_request": batch or 1, "users_per_s": res["requests_per_s"] * (batch or 1),
-                "server_exit_code": exit_code})
+                "users_per_request": per, "users_per_s": res["requests_per_s"] * per,
+                # per user: the wall time of the run over the users scored (with several clients, requests
+                # overlap), and one round trip's p50 over its users (with several clients it includes the
+                # wait for the lock): compare batches with single requests at the same --clients
+                "ms_per_user": 1000.0 / (res["requests_per_s"] * per) if res["requests_per_s"] else 0.0,
+                "p50_ms_per_user": res["p50_ms"] / per, "server_exit_code": exit_code})
     return res
 
 
@@ -168,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     res = serve_http(Path(args.run), args.requests, args.clients, args.candidates, args.batch)
     print(f"{res['requests']} requests of {res['users_per_request']} user(s) x {res['candidates']} candidates to "
           f"{res['path']}, {res['clients']} clients: {res['requests_per_s']:.1f} requests/s "
-          f"({res['users_per_s']:.1f} users/s), p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+          f"({res['users_per_s']:.1f} users/s, {res['ms_per_user']:.2f} ms per user), p50 {res['p50_ms']:.1f} ms "
+          f"({res['p50_ms_per_user']:.2f} ms per user), p99 {res['p99_ms']:.1f} ms, "
           f"{res['errors']} errors{' ' + str(res['error_kinds']) if res['errors'] else ''}; "
           f"server exit code {res['server_exit_code']}")
     write_results(res, args.out or "runs/bench/serve_http.json")

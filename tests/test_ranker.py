@@ -438,3 +438,38 @@ def test_history_values_carry_what_the_viewer_made_of_each_entry():
         history_value_codes(sec, SimpleNamespace(timed=False, impressions={"value": None}, name="tiktok"))
     with pytest.raises(UserError, match="no 'value'"):
         history_value_codes(sec, SimpleNamespace(timed=True, impressions={}, name="x"))
+
+
+def test_weight_decay_leaves_the_target_attentions_alive():
+    """The target attentions' scorers (DIN's MLP over the histories, GIE's query/key over the expansions) carry
+    no weight decay: under Adam's coupled L2 their tiny early gradients lose to the decay term and they shrink
+    to zero, leaving plain means (a trained default-world ranker had every attention weight below 1e-29). The
+    control shows the collapse with them decayed; the ranker's own groups keep them."""
+    import numpy as np
+
+    from graphrec.fit import FitSpec, fit
+    from graphrec.models.din import attention_parameters
+    from graphrec.ranking.stage import build_ranker, enabled_modules, parameter_groups
+    from graphrec.ranking.train import RankerObjective, RankerTask
+
+    from .conftest import ranker_world
+
+    cfg, ds, art = ranker_world(["ranker.use_mfq=false", "ranker.mlp=[16]", "ranker.histories=[gift, click]",
+                                 "ranker.weight_decay=1.0e-2", "ranker.embedding_decay=1.0e-2"])
+    train = np.flatnonzero(ds.impressions["split"] == 0)
+    norms = {}
+    for name in ("control", "ranker"):
+        model, builder, spec = build_ranker(cfg, ds, enabled_modules(cfg, ds, art), art)
+        att = attention_parameters(model)
+        assert {n for n, p in model.named_parameters() if any(p is a for a in att)} >= {
+            "hist_att.gift.score.0.weight", "exp_att.u2a2u2a.query.weight", "exp_att.a2u2a.key.weight"}
+        before = torch.cat([p.detach().flatten() for p in att]).norm()
+        groups = parameter_groups(model, cfg.ranker)
+        if name == "control":                              # the attentions in the decayed group, as before
+            groups = [groups[0], {"params": groups[1]["params"] + groups[2]["params"]}]
+        task = RankerTask(builder, train, 64, RankerObjective(spec.tasks, ds.labels, {t: 1.0 for t in ds.labels},
+                                                             False, None))
+        fit(model, task, FitSpec(epochs=5, lr=5.0e-3, weight_decay=cfg.ranker.weight_decay), parameters=groups)
+        norms[name] = float(torch.cat([p.detach().flatten() for p in att]).norm() / before)
+    assert norms["control"] < 0.05, norms                  # the failure mode: shrinking towards zero
+    assert norms["ranker"] > 0.5, norms

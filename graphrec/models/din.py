@@ -19,7 +19,7 @@ zero weight, and a row without any valid position pools to the zero vector.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -90,6 +90,17 @@ class TargetAttention(nn.Module):
         """Row-aligned pooling ``[B, d]``."""
         cand = torch.arange(len(target), device=target.device)[:, None]
         return self.grid(target, seq, mask, cand)[:, 0]
+
+
+def attention_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """The parameters of every target attention in ``model`` (:class:`TargetAttention`'s scoring MLP,
+    :class:`DotTargetAttention`'s query and key): they only shape the attention weights, and they must not be
+    weight-decayed. At initialisation the weights are near uniform and these parameters' gradients are tiny, so
+    Adam's L2 term (coupled: ``wd·p`` added to the gradient, then normalised) dominates their update and moves
+    each weight towards zero by about the learning rate per step; the scorer then gets no gradient at all and
+    decays geometrically (measured on the default world: every attention weight of a trained ranker was below
+    1e-29, so DIN's and GIE's target attentions were plain means)."""
+    return [p for m in model.modules() if isinstance(m, (TargetAttention, DotTargetAttention)) for p in m.parameters()]
 
 
 class DotTargetAttention(nn.Module):

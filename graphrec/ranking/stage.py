@@ -299,13 +299,23 @@ def train_ranker(cfg: Config, ds: Dataset, model, builder, train_idx: np.ndarray
                       world, redraw)
     validate = validation(lambda: RankerScorer(model, builder, device), ds, val_idx, cfg.eval.k, cfg.eval.negatives,
                           cfg.run.seed + 1, comm)
-    embeddings = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-    ids = {id(p) for p in embeddings}
-    groups = [{"params": embeddings, "weight_decay": sec.embedding_decay},
-              {"params": [p for p in model.parameters() if id(p) not in ids]}]
     return fit(model, task, fit_spec(cfg, ds), device, checkpoint=checkpoint, resume=resume, writer=writer, log=log,
-               progress=progress, comm=comm, validate=validate, parameters=groups,
+               progress=progress, comm=comm, validate=validate, parameters=parameter_groups(model, sec),
                on_epoch_end=on_epoch_end or (lambda epoch, h: None))
+
+
+def parameter_groups(model, sec) -> List[Dict[str, Any]]:
+    """The ranker's optimizer groups: the embedding tables with ``ranker.embedding_decay``, the target
+    attentions' scorers without weight decay (:func:`graphrec.models.din.attention_parameters` says why), the
+    rest with ``ranker.weight_decay`` (the optimizer's default)."""
+    from ..models.din import attention_parameters
+
+    embeddings = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    attention = attention_parameters(model)
+    taken = {id(p) for p in embeddings + attention}
+    return [{"params": embeddings, "weight_decay": sec.embedding_decay},
+            {"params": attention, "weight_decay": 0.0},
+            {"params": [p for p in model.parameters() if id(p) not in taken]}]
 
 
 class RankerStage(Stage):
@@ -316,6 +326,7 @@ class RankerStage(Stage):
     def run(self, ctx: RunContext) -> None:
         from ..checkpoint import save_checkpoint
         from ..evaluation import activity_buckets, evaluate, record
+        from ..metrics_schema import ranker_entry
         from .train import RankerScorer
 
         ds, cfg = ctx.dataset, ctx.cfg
@@ -333,12 +344,7 @@ class RankerStage(Stage):
         result = train_ranker(cfg, ds, model, builder, train_idx, val_idx, ctx.device,
                               ctx.run_dir / "checkpoints" / "ranker_last.pt", ctx.state.get("resume", False),
                               ctx.writer, ctx.log.info, ctx.progress, redraw=redraw)
-        ctx.metrics["ranker"] = {"model": name, "modules": mods, "history": result.history,
-                                 "best_epoch": result.best_epoch, "best_val": result.best,
-                                 "monitor": fit_spec(cfg, ds).monitor, "stopped_early": result.stopped_early,
-                                 "epochs_run": len(result.history), "resumed_from_epoch": result.resumed_from,
-                                 "train_seconds": result.seconds,
-                                 "parameters": int(sum(p.numel() for p in model.parameters()))}
+        ctx.metrics["ranker"] = ranker_entry(name, mods, result, fit_spec(cfg, ds).monitor, model)
         save_checkpoint(ctx.run_dir / "checkpoints" / "ranker.pt",
                         {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                          "spec": dataclasses.asdict(spec)})

@@ -139,10 +139,10 @@ def test_dist_benchmark_table_reads_the_one_metrics_schema():
                   "ranker": {"model": "mmbee", "history": [{}, {}]},
                   "graphcl": {"link_prediction": {"trained": {"auc": 0.81}}, "history": [{"seconds": 0.5}, {"seconds": 0.25}]},
                   "stages": [{"name": "graphcl", "seconds": 3.5}]}
-    dist = {"dist": {}, "eval": {"val": {"mmbee": {"gift": {"auc": 0.69, "gauc": 0.68}}},
-                                 "test": {"mmbee": {"gift": {"auc": 0.70}}}},
+    dist = {"dist": {"graphcl_seconds": 2.25}, "eval": {"val": {"mmbee": {"gift": {"auc": 0.69, "gauc": 0.68}}},
+                                                       "test": {"mmbee": {"gift": {"auc": 0.70}}}},
             "ranker": {"model": "mmbee", "history": [{}, {}, {}]},
-            "graphcl": {"mode": "distributed", "seconds": 2.25, "link_prediction": {"trained": {"auc": 0.79}}}}
+            "graphcl": {"mode": "distributed", "link_prediction": {"trained": {"auc": 0.79}}}}
     rows = [_row("standalone", "1 process", "gift", standalone, 10.0, 12.0),
             _row("1 machine x 2", "1 server + 2 trainers", "gift", dist, 8.0, 9.5),
             {"setup": "2 machines x 1", "skipped": "network namespaces need root"}]
@@ -178,3 +178,31 @@ def test_rss_of_a_process_tree_counts_its_children():
 
         os.killpg(root.pid, signal.SIGKILL)                          # the child too
         root.wait()
+
+
+def test_probe_blanks_one_input_and_restores_it():
+    """``bench probe``: inside the block the batches (or the id table) have the input blanked; after it the
+    builder and the model are what they were, bit for bit."""
+    from graphrec.bench.probe import blanked
+    from graphrec.ranking.stage import build_ranker, enabled_modules
+
+    from .conftest import ranker_world
+
+    cfg, ds, art = ranker_world(["ranker.use_mfq=false", "ranker.mlp=[16]", "ranker.histories=[gift, click]"])
+    model, builder, _ = build_ranker(cfg, ds, enabled_modules(cfg, ds, art), art)
+    idx = np.arange(0, 3000, 11)
+    before = builder.impressions(idx)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with blanked(model, builder, "graph"):
+        b = builder.impressions(idx)
+        assert (b.users.theta == 0).all() and (b.rooms.theta == 0).all()
+        assert all((e == -1).all() for e in list(b.users.exp.values()) + list(b.rooms.exp.values()))
+        assert torch.equal(b.users.hist["click"], before.users.hist["click"])        # the rest untouched
+    with blanked(model, builder, "histories"):
+        b = builder.rank_users(np.arange(20), int(ds.impressions["time"][-1]))
+        assert all((h == -1).all() for h in b.hist.values())
+    with blanked(model, builder, "user id"):
+        assert (model.user_emb.weight == 0).all()
+    after = builder.impressions(idx)
+    assert torch.equal(after.users.theta, before.users.theta) and (before.users.theta != 0).any()
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())

@@ -1,14 +1,14 @@
-"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, epochs, dose, serve,
-serve-http, dist, scale."""
+"""``python -m graphrec.bench <what> [options]``; ``<what>``: sampler, swing, train, epochs, dose, probe,
+serve, serve-http, dist, scale."""
 from __future__ import annotations
 
 import sys
 
 from ..errors import command
-from . import dist, dose, ranker, sampler, scale, serve_http
+from . import dist, dose, probe, ranker, sampler, scale, serve_http
 
 COMMANDS = {"sampler": sampler.main, "swing": sampler.swing_main, "train": ranker.train_main,
-            "epochs": ranker.epochs_main, "dose": dose.main,
+            "epochs": ranker.epochs_main, "dose": dose.main, "probe": probe.main,
             "serve": ranker.serve_main, "serve-http": serve_http.main,
             "dist": dist.main, "scale": scale.main}
 

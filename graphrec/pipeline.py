@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data.dataset import SPLITS, Dataset, atomic_write_text
+from .metrics_schema import data_entry, graphcl_entry, peak_rss_gib, stage_row
 from .ranking.stage import RankerStage, history_names
 from .schema import GRAPHCL_POSITIVES
 from .report import counts_table, run_report, summary_text
@@ -35,19 +36,11 @@ class DataStage(Stage):
         ds = load_data(ctx.cfg, progress=ctx.progress, log=ctx.log.info)
         if ctx.cfg.ranker.enabled and "ranker" not in ctx.cfg.run.skip_stages:
             history_names(ctx.cfg.ranker.histories, ds)    # names the data defines: fail now, not after pre-training
-        path = ds.path
-        imp = ds.impressions
         main = ds.main_label
-        split_counts = {s: int((imp["split"] == code).sum()) for s, code in SPLITS.items()}
-        split_positives = {s: int(((imp["split"] == code) & (imp[main] == 1)).sum()) for s, code in SPLITS.items()}
         counts = ds.counts()
         ctx.state["dataset"] = ds
-        ctx.metrics["data"] = {"path": str(Path(path).resolve()), "name": ds.name, "main_label": main,
-                               "feedback": "implicit" if ds.implicit else "explicit", "timed": ds.timed,
-                               **counts, "split": split_counts, "split_positives": split_positives}
-        for key in ("oracle", "gifting"):                 # the simulator's planted rates and gifting statistics
-            if key in ds.meta:
-                ctx.metrics["data"][key] = ds.meta[key]
+        ctx.metrics["data"] = data_entry(ds)
+        split_counts, split_positives = ctx.metrics["data"]["split"], ctx.metrics["data"]["split_positives"]
         ctx.log.info("dataset %s: %s", ds.name, ", ".join(f"{k}={v:,}" for k, v in counts.items()))
         ctx.log.info("split: %s", ", ".join(f"{k}={v:,} ({split_positives[k]:,} {main} positives)"
                                             for k, v in split_counts.items()))
@@ -222,11 +215,8 @@ class GraphCLStage(Stage):
                                  "best_val_link_auc": max((h.get("link_auc", float("nan")) for h in result.history),
                                                           default=float("nan"))})
         quality = gifts.report(result.model.author_embeddings(), initial[ds.num_users:])
-        ctx.metrics["graphcl"] = {"final_loss": result.history[-1]["train_loss"], "history": result.history,
-                                  "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                                  "link_prediction": quality}
-        if len(snaps) > 1:
-            ctx.metrics["graphcl"]["snapshots"] = per_snapshot
+        ctx.metrics["graphcl"] = graphcl_entry(result.history, result.best_epoch, quality, "standalone",
+                                               snapshots=per_snapshot if len(snaps) > 1 else None)
         summary_text(ctx.writer, "graphcl/summary", {f"link prediction, {which} Θ: {k}": v
                                                        for which, q in quality.items() for k, v in q.items()})
         ctx.log.info("GraphCL (%d epochs, best %d%s) link prediction on %d test gifts: trained AUC %.4f MRR %.4f, "
@@ -394,13 +384,6 @@ STAGES: List[Stage] = [DataStage(), GraphStage(), ExpansionStage(), GraphCLStage
                        ProductForecastStage(), LightGCNStage(), RankerStage(), EvaluationStage(), ReportStage()]
 
 
-def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def stage_names() -> List[str]:
     return [s.name for s in STAGES]
 
@@ -410,7 +393,7 @@ def run_stages(ctx: RunContext, stages: Optional[List[Stage]] = None) -> None:
     skip = set(ctx.cfg.run.skip_stages)
     rows = ctx.metrics.setdefault("stages", [])
     for i, stage in enumerate(stages, start=1):
-        row = {"name": stage.name, "status": "ran", "seconds": 0.0}
+        row = stage_row(stage.name)
         rows.append(row)  # before running, so the report stage lists itself
         reason = "skipped by run.skip_stages" if stage.name in skip else stage.skip_reason(ctx)
         if reason:

@@ -207,12 +207,26 @@ def run_report(m: Mapping[str, Any], name: str) -> str:
                 f"| most frequent category | {_cell(pf['hit_rate']['most_frequent_category'])} |",
                 f"| latest category | {_cell(pf['hit_rate']['latest_category'])} |",
                 f"| LiveForesighter (graphrec) | {_cell(pf['hit_rate']['model'])} |", ""]
+    if "dist" in m:
+        out += dist_section(m["dist"])
     if m.get("stages"):
         out += ["## Stages", "", "| stage | status | seconds | peak RSS so far (GiB) |", "|---|---|---|---|"]
         out += [f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {_cell(s.get('peak_rss_gib'))} |"
                 for s in m["stages"]]
         out.append("")
     return "\n".join(out)
+
+
+def dist_section(d: Mapping[str, Any]) -> List[str]:
+    """The keys only a distributed run has (``metrics["dist"]``); its stages are its trainers' steps (rank 0's)."""
+    reads = d.get("feature_reads") or {}
+    rows = [("trainers", d.get("world_size")), ("partitions", f"{d.get('num_parts')} ({d.get('part_method', '–')})"),
+            ("expansions", d.get("expansion")), ("GraphCL on the trainers (s)", d.get("graphcl_seconds")),
+            ("ranker training (s)", d.get("train_seconds")), ("trainer wall time (s)", d.get("wall_seconds")),
+            ("feature store pulls per batch", reads.get("pulls_per_batch")),
+            ("KB per batch from other machines", reads.get("remote_kb_per_batch"))]
+    return (["## Distributed run", "", f"Partitions `{d.get('part_dir')}`; the stages below are rank 0's steps.", "",
+             "| what | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in rows if v is not None] + [""])
 
 
 # ----------------------------------------------------------------------------- several seeds, ablations

@@ -74,6 +74,7 @@ def run(cfg: Config, config_file: Optional[str] = None, run_dir: Optional[Path] 
     from torch.utils.tensorboard import SummaryWriter
 
     from .data.dataset import atomic_write_text
+    from .metrics_schema import run_entry
     from .pipeline import RunContext, run_stages, stage_names
 
     unknown = [s for s in cfg.run.skip_stages if s not in stage_names()]
@@ -87,7 +88,7 @@ def run(cfg: Config, config_file: Optional[str] = None, run_dir: Optional[Path] 
     writer = SummaryWriter(log_dir=str(run_dir))
     ctx = RunContext(cfg=cfg, run_dir=run_dir, log=log, writer=writer, device=device,
                      progress=cfg.run.progress and sys.stderr.isatty())
-    ctx.metrics["run"] = {"name": cfg.run.name, "dir": str(run_dir), "device": device, "seed": cfg.run.seed}
+    ctx.metrics["run"] = run_entry(cfg, run_dir, device)
     ctx.metrics["config_file"] = config_file
     ctx.state["resume"] = resume
     writer.add_text("config", "```yaml\n" + cfg.to_yaml() + "```", 0)

@@ -282,7 +282,21 @@ def test_one_machine_one_server_two_trainers(tmp_path):
         assert {"gift@0", "topk@0"} <= keys
         # each trainer ranked its own users: together every user with a positive in the split, once
         assert m["eval"][split]["mmbee"]["topk"]["users"] == standalone["eval"][split]["mmbee"]["topk"]["users"] > 0
-    assert set(m["ranker"]) >= {"model", "modules", "history", "best_epoch", "best_val", "epochs_run"}
+    # one metrics.json (graphrec.metrics_schema): a standalone run's entries, the partition step's stage entries
+    # (graph, expansion, graphcl, forecasters) included, plus dist; the same keys in run, data, ranker, graphcl
+    assert set(m) - {"dist"} == set(standalone), set(m) ^ set(standalone)
+    assert {"data", "graph", "expansion", "graphcl", "ranker", "eval", "stages"} <= set(m)
+    for entry in ("run", "data", "ranker", "graphcl"):
+        assert set(m[entry]) == set(standalone[entry]), (entry, set(m[entry]) ^ set(standalone[entry]))
+    assert m["data"]["split"] == standalone["data"]["split"] and m["ranker"]["monitor"] == "gauc"
+    assert m["ranker"]["parameters"] > 0 and m["ranker"]["train_seconds"] > 0
+    assert [(s["name"], s["status"].split(":")[0]) for s in m["stages"]] == [
+        ("connect", "ran"), ("load", "ran"), ("walk", "skipped"), ("graphcl", "skipped"), ("ranker", "ran"),
+        ("evaluation", "ran"), ("report", "ran")]
+    report = (run_dir / "report.md").read_text()          # rendered as a standalone run's, plus its own section
+    for section in ("## Dataset", "## Metrics on test", "## Ranker training", "## Gifting graph", "## Distributed run",
+                    "## Stages"):
+        assert section in report, section
     shares = _shares(run_dir, 2)
     _assert_disjoint_and_complete(shares, data["impressions"])
     from graphrec.data.dataset import load_dataset

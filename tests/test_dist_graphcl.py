@@ -47,7 +47,7 @@ def _positive_nodes(tmp_path):
 
 def _check_run(tmp_path, run_dir: Path, world: int):
     m = json.loads((run_dir / "metrics.json").read_text())
-    g = m["graphcl"]
+    g, details = m["graphcl"], m["dist"]["graphcl"]
     assert g["mode"] == "distributed" and m["dist"]["world_size"] == world
     # every node with a positive is the anchor of exactly one trainer (each trainer's batches cover its
     # anchors exactly once per epoch: test_batches_cover_each_anchor_once_per_epoch)
@@ -55,14 +55,16 @@ def _check_run(tmp_path, run_dir: Path, world: int):
     everything = np.concatenate(anchors)
     assert len(everything) == len(np.unique(everything))
     assert sorted(everything.tolist()) == sorted(_positive_nodes(tmp_path).tolist())
-    assert g["anchors"] == [len(a) for a in anchors] and all(len(a) for a in anchors)
-    assert g["node_data_max_abs_diff"] == 0.0         # the ranker reads exactly the trained Θ
+    assert details["anchors"] == [len(a) for a in anchors] and all(len(a) for a in anchors)
+    assert details["node_data_max_abs_diff"] == 0.0   # the ranker reads exactly the trained Θ
     assert m["eval"]["val"]["mmbee"]["gift"]["auc"] > 0.5
     standalone = _standalone_graphcl(tmp_path)
+    assert set(g) == set(standalone)                  # one graphcl entry (graphrec.metrics_schema.graphcl_entry)
+    assert [s["status"] for s in m["stages"] if s["name"] == "graphcl"] == ["ran"]
     lp, ref = g["link_prediction"], standalone["link_prediction"]
     assert lp["untrained"] == ref["untrained"]          # the same initial Θ, the same report
     print(f"{world} trainers: distributed link AUC {lp['trained']['auc']:.4f} ({g['epochs_run']} epochs, best "
-          f"{g['best_epoch']}, {g['seconds']:.1f} s) vs standalone {ref['trained']['auc']:.4f} "
+          f"{g['best_epoch']}, {m['dist']['graphcl_seconds']:.1f} s) vs standalone {ref['trained']['auc']:.4f} "
           f"({standalone['epochs_run']} epochs, best {standalone['best_epoch']}); untrained {ref['untrained']['auc']:.4f}")
     assert lp["trained"]["auc"] > lp["untrained"]["auc"] + 0.1
     assert abs(lp["trained"]["auc"] - ref["trained"]["auc"]) < AUC_TOLERANCE, (lp["trained"], ref["trained"])

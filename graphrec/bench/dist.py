@@ -54,14 +54,17 @@ def _run(argv: List[str], env=None, timeout: float = 3600) -> subprocess.Complet
 def _graphcl(metrics: Dict) -> Dict:
     """GraphCL's seconds and test link AUC of a run: the trainers' (``graphcl.distributed``), else the stage's
     of the run itself (standalone) or of the partition step's run (distributed with a standalone Θ)."""
-    if "graphcl" not in metrics and "part_dir" in metrics.get("dist", {}):
+    g = metrics.get("graphcl")
+    if (not g or g.get("mode", "standalone") == "standalone") and "part_dir" in metrics.get("dist", {}):
         prepared = json.loads((Path(metrics["dist"]["part_dir"]) / "prepared.json").read_text())
         metrics = json.loads((Path(prepared["prepared_by"]) / "metrics.json").read_text())
-        metrics.setdefault("dist", {})
-    g = metrics.get("graphcl")
+        g = metrics.get("graphcl")
     if not g:
         return {"graphcl_seconds": None, "graphcl_loop_seconds": None, "graphcl_link_auc": None, "graphcl_mode": None}
-    seconds = g.get("seconds", next((s["seconds"] for s in metrics.get("stages", []) if s["name"] == "graphcl"), None))
+    if g.get("mode") == "distributed":
+        seconds = metrics.get("dist", {}).get("graphcl_seconds", g.get("seconds"))
+    else:
+        seconds = next((s["seconds"] for s in metrics.get("stages", []) if s["name"] == "graphcl"), None)
     # the loop alone (the epochs' steps and validation): like for like, where the standalone stage's seconds
     # also hold PyTorch's one-off set-up of the process's first torch.optim optimizer
     loop = sum(h["seconds"] for h in g["history"]) if g.get("history") else None

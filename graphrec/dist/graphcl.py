@@ -267,10 +267,14 @@ def read_anchors(store, num_users: int, rank: int):
 
 
 def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: Callable[[str], None],
-                       writer: Any = None, kick: Callable[[], None] = lambda: None) -> Dict[str, Any]:
+                       writer: Any = None, kick: Callable[[], None] = lambda: None
+                       ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Train Θ across the trainers and write it into the DistGraph's ``theta`` node data; returns the
-    metrics entry (the same keys as the standalone stage's, plus ``seconds`` and the shares)."""
+    ``graphcl`` metrics entry (:func:`graphrec.metrics_schema.graphcl_entry`, as the standalone stage's) and the
+    distributed details for ``dist.graphcl``: each trainer's anchors, steps per epoch, the largest difference
+    between Θ and what the ranker reads from the node data, the training and the whole phase's seconds."""
     from ..fit import FitSpec, fit
+    from ..metrics_schema import graphcl_entry
 
     t0 = time.perf_counter()
     sec, seed = cfg.graphcl, cfg.run.seed
@@ -327,10 +331,8 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
             f"{quality['trained']['pairs']} test gifts: trained AUC {quality['trained']['auc']:.4f}, "
             f"untrained AUC {quality['untrained']['auc']:.4f}")
     quality = comm.gather(quality)[0]
-    return {"mode": "distributed", "final_loss": result.history[-1]["train_loss"] if result.history else float("nan"),
-            "history": result.history, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "resumed_from_epoch": result.resumed_from,
-            "link_prediction": {k: quality[k] for k in ("trained", "untrained")},
-            "node_data_max_abs_diff": quality["node_data_max_abs_diff"],
-            "anchors": comm.gather(int(len(anchors))), "steps_per_epoch": steps,
-            "train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
+    entry = graphcl_entry(result.history, result.best_epoch, {k: quality[k] for k in ("trained", "untrained")},
+                          "distributed", resumed_from_epoch=result.resumed_from)
+    return entry, {"anchors": comm.gather(int(len(anchors))), "steps_per_epoch": steps,
+                   "node_data_max_abs_diff": quality["node_data_max_abs_diff"], "train_seconds": train_seconds,
+                   "seconds": time.perf_counter() - t0}

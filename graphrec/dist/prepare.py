@@ -24,6 +24,7 @@ import torch
 from ..config import Config, Section, load_schema
 from ..data.dataset import atomic_write_text
 from ..errors import ConfigError, DataError
+from ..metrics_schema import PARTITION_STEP_ENTRIES
 from ..reload import FORECASTER_CHECKPOINTS
 from ..schema import GRAPHCL_POSITIVES, METAPATHS
 
@@ -45,7 +46,8 @@ def signature_keys() -> Tuple[Tuple[str, str], ...]:
     ranker = load_schema()["ranker"]
     missing = [f"use_{m}" for m in METAPATHS if f"use_{m}" not in ranker]
     if missing:
-        raise RuntimeError(f"graphrec/defaults.yaml: ranker has no switch {missing} for the metapath(s) of graphrec.schema")
+        raise RuntimeError(f"graphrec/defaults.yaml: ranker has no switch {missing} for the metapath(s) of "
+                           "graphrec.schema")
     switches = [k for k in ranker if k.startswith("use_")]
     return (("run", "seed"),) + tuple(("ranker", k) for k in switches + list(RANKER_FEATURE_SETTINGS))
 
@@ -144,6 +146,7 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
     """Run the stages before the ranker and write ``dist.part_dir`` (see the module docstring)."""
     from ..ranking.stage import enabled_modules, node_data
     from ..run import run
+    from ..stage import jsonable
     from .store import graph_name_for, partition_features
 
     if not cfg.ranker.enabled:
@@ -193,7 +196,10 @@ def prepare(cfg: Config, config_file: Optional[str] = None, log: Callable[[str],
                     "part_method": method, "modules": mods, "checkpoints": checkpoints,
                     "features": layouts, "graphcl": "distributed" if dist_graphcl else "standalone",
                     "num_nodes": {nt: int(len(ids)) for nt, ids in orig.items()},
-                    "prepared_by": str(result.run_dir), "signature": signature(cfg)}
+                    "prepared_by": str(result.run_dir), "signature": signature(cfg),
+                    # the entries of the stages run here, for the trainers' metrics.json (graphrec.metrics_schema)
+                    "metrics": json.loads(json.dumps({k: result.metrics[k] for k in PARTITION_STEP_ENTRIES
+                                                      if k in result.metrics}, default=jsonable))}
         atomic_write_text(tmp / PREPARED, json.dumps(prepared, indent=2))
         if part_dir.exists():
             shutil.rmtree(part_dir)

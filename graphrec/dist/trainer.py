@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ import torch
 from ..config import Config, load_config
 from ..data.dataset import save_table
 from ..errors import UserError
+from ..metrics_schema import peak_rss_gib, stage_row
 from ..numerics import flush_denormals
 from .lifecycle import WATCHDOG_EXIT
 
@@ -196,6 +197,7 @@ class Trainer:
     """What the steps of one trainer share (the distributed counterpart of :class:`graphrec.stage.RunContext`)."""
 
     cfg: Config
+    config_file: Optional[str]         # the experiment file given (None: defaults only), for metrics.json
     part_dir: Path
     run_dir: Path
     ip_config: Path
@@ -227,25 +229,57 @@ class RankerRun:
     seconds: float
 
 
+class Steps:
+    """The trainer's steps as the rows of ``metrics.json``'s ``stages`` (:func:`graphrec.metrics_schema.stage_row`):
+    each one's seconds and this process's peak resident memory after it (rank 0's rows are the ones written)."""
+
+    def __init__(self) -> None:
+        self.rows: List[Dict[str, Any]] = []
+
+    def run(self, name: str, step: Callable[..., Any], *args: Any) -> Any:
+        row = stage_row(name)
+        self.rows.append(row)              # before running, so the report step lists itself
+        t0 = time.perf_counter()
+        out = step(*args)
+        row["seconds"] = time.perf_counter() - t0
+        row["peak_rss_gib"] = peak_rss_gib()
+        return out
+
+    def skip(self, name: str, why: str, value: Any = None) -> Any:
+        self.rows.append(stage_row(name, f"skipped: {why}"))
+        return value
+
+
 def train(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, resume: bool = False,
-          stage: str = "all") -> Dict[str, Any]:
+          stage: str = "all", config_file: Optional[str] = None) -> Dict[str, Any]:
     """The body of one trainer, step by step; every rank returns the same metrics (rank 0 also writes them).
-    ``stage`` ``graphcl``: stop after the distributed GraphCL pre-training (metrics: its entry only)."""
-    t = connect(cfg, part_dir, run_dir, ip_config)
-    ds, artifacts = load_inputs(t)
-    walked = walk_expansions(t)
-    graphcl = pretrain_graphcl(t, ds, resume, stage)
+    ``stage`` ``graphcl``: stop after the distributed GraphCL pre-training (no ranker entries)."""
+    steps = Steps()
+    t = steps.run("connect", connect, cfg, part_dir, run_dir, ip_config, config_file)
+    ds, artifacts = steps.run("load", load_inputs, t)
+    if cfg.dist.expansion == "walk" and t.modules["metapaths"]:
+        walked = steps.run("walk", walk_expansions, t)
+    else:
+        walked = steps.skip("walk", "no metapath in use" if not t.modules["metapaths"] else
+                            "dist.expansion=cache: the partitions' offline expansions", {})
+    if t.prepared.get("graphcl") == "distributed":
+        graphcl = steps.run("graphcl", pretrain_graphcl, t, ds, resume)
+    elif stage == "graphcl":
+        raise UserError(f"--stage graphcl: the partitions in {part_dir} hold a Θ trained by graphrec.partition; "
+                        f"partition with --set graphcl.distributed=true to pre-train on the trainers")
+    else:
+        graphcl = steps.skip("graphcl", "Θ was trained by graphrec.partition", ({}, {}))
     if stage == "graphcl":
-        return write_graphcl_metrics(t, graphcl)
-    ranker = train_ranker_share(t, ds, artifacts, resume)
-    evals = evaluate_ranker(t, ds, ranker)
+        return steps.run("report", write_metrics, t, ds, steps.rows, walked, graphcl)
+    ranker = steps.run("ranker", train_ranker_share, t, ds, artifacts, resume)
+    evals = steps.run("evaluation", evaluate_ranker, t, ds, ranker)
     # the process group is not destroyed: ProcessGroupGloo's destructor joins its worker threads while
     # holding the GIL, and a worker still freeing the tensors of the last collective waits for the GIL (a
     # deadlock, seen in about 1 of 10 runs). The process leaves with os._exit instead (see __main__).
-    return write_metrics(t, ds, ranker, evals, walked, graphcl)
+    return steps.run("report", write_metrics, t, ds, steps.rows, walked, graphcl, ranker, evals)
 
 
-def connect(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path) -> Trainer:
+def connect(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path, config_file: Optional[str] = None) -> Trainer:
     """Check the partitions against ``cfg``, reach every graph server (``dgl.distributed.initialize``), join the
     DDP group (after DGL: its rule), and open this rank's log and, on rank 0, TensorBoard."""
     import dgl
@@ -272,7 +306,7 @@ def connect(cfg: Config, part_dir: Path, run_dir: Path, ip_config: Path) -> Trai
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir))
-    return Trainer(cfg, part_dir, run_dir, ip_config, prepared, comm, device, log, writer, t_start)
+    return Trainer(cfg, config_file, part_dir, run_dir, ip_config, prepared, comm, device, log, writer, t_start)
 
 
 def load_inputs(t: Trainer):
@@ -302,14 +336,12 @@ def load_inputs(t: Trainer):
 
 
 def walk_expansions(t: Trainer) -> Dict[str, Any]:
-    """With ``dist.expansion=walk``: walk the metapaths from the seeds this trainer owns into the node data
+    """``dist.expansion=walk``: walk the metapaths in use from the seeds this trainer owns into the node data
     (:func:`graphrec.dist.walk.walk_owned_expansions`), then wait for every trainer's walks; returns the
-    ``dist.walked`` entry ({} when nothing was walked)."""
+    ``dist.walked`` entry."""
     from .walk import walk_owned_expansions
 
     cfg, store, rank = t.cfg, t.store, t.comm.rank
-    if cfg.dist.expansion != "walk" or not t.modules["metapaths"]:
-        return {}
     t0 = time.perf_counter()
     ks = {m: cfg.expansion[f"k_{m}"] for m in t.modules["metapaths"]}
     mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, rank, log=t.log.info)
@@ -321,29 +353,13 @@ def walk_expansions(t: Trainer) -> Dict[str, Any]:
             "pad_fraction": {m: float((e < 0).float().mean()) if e.numel() else 0.0 for m, (_, e) in mine.items()}}
 
 
-def pretrain_graphcl(t: Trainer, ds, resume: bool, stage: str) -> Dict[str, Any]:
-    """With partitions made for ``graphcl.distributed``: pre-train Θ across the trainers into the node data the
-    ranker reads (:func:`graphrec.dist.graphcl.train_dist_graphcl`); returns its metrics entry ({} otherwise)."""
-    if t.prepared.get("graphcl") == "distributed":
-        from .graphcl import train_dist_graphcl
+def pretrain_graphcl(t: Trainer, ds, resume: bool) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Partitions made for ``graphcl.distributed``: pre-train Θ across the trainers into the node data the ranker
+    reads (:func:`graphrec.dist.graphcl.train_dist_graphcl`); returns its ``graphcl`` entry and ``dist.graphcl``."""
+    from .graphcl import train_dist_graphcl
 
-        return train_dist_graphcl(t.cfg, ds, t.store, t.comm, t.run_dir, resume, t.log.info, t.writer,
-                                  kick=t.watchdog.kick)
-    if stage == "graphcl":
-        raise UserError(f"--stage graphcl: the partitions in {t.part_dir} hold a Θ trained by graphrec.partition; "
-                        f"partition with --set graphcl.distributed=true to pre-train on the trainers")
-    return {}
-
-
-def write_graphcl_metrics(t: Trainer, graphcl: Dict[str, Any]) -> Dict[str, Any]:
-    """``--stage graphcl``: the metrics of a run that stops after the pre-training."""
-    t.watchdog.stop()
-    metrics = {"run": {"dir": str(t.run_dir), "seed": t.cfg.run.seed, "distributed": True, "stage": "graphcl"},
-               "dist": {"world_size": t.comm.world, "num_parts": t.prepared["num_parts"], "part_dir": str(t.part_dir),
-                        "graphcl_seconds": graphcl["seconds"], "wall_seconds": time.perf_counter() - t.t_start},
-               "graphcl": graphcl}
-    _write_metrics(t.run_dir, metrics, t.writer, t.comm)
-    return metrics
+    return train_dist_graphcl(t.cfg, ds, t.store, t.comm, t.run_dir, resume, t.log.info, t.writer,
+                              kick=t.watchdog.kick)
 
 
 def train_ranker_share(t: Trainer, ds, artifacts: Dict[str, Any], resume: bool) -> RankerRun:
@@ -393,48 +409,62 @@ def evaluate_ranker(t: Trainer, ds, r: RankerRun) -> Dict[str, Any]:
     return evals
 
 
-def write_metrics(t: Trainer, ds, r: RankerRun, evals: Dict[str, Any], walked: Dict[str, Any],
-                  graphcl: Dict[str, Any]) -> Dict[str, Any]:
-    """Every rank's shares and feature reads gathered; rank 0 writes ``checkpoints/ranker.pt`` and
-    ``metrics.json`` (the standalone schema plus ``dist``)."""
+def write_metrics(t: Trainer, ds, stages: List[Dict[str, Any]], walked: Dict[str, Any],
+                  graphcl: Tuple[Dict[str, Any], Dict[str, Any]], ranker: Optional[RankerRun] = None,
+                  evals: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Every rank's shares and feature reads gathered; rank 0 writes ``checkpoints/ranker.pt``, ``metrics.json``
+    (a standalone run's entries, built by :mod:`graphrec.metrics_schema`, the partition step's stage entries,
+    plus ``dist``) and ``report.md``. Without ``ranker`` (``--stage graphcl``) there are no ranker entries."""
     from ..checkpoint import save_checkpoint
+    from ..metrics_schema import data_entry, ranker_entry, run_entry
+    from ..ranking.stage import fit_spec
 
-    cfg, comm, result = t.cfg, t.comm, r.result
-    counts = comm.gather({s: int(len(v)) for s, v in r.share.items()})
-    feature_reads = FeatureReads.summary(comm.gather(r.reads.epochs))
+    cfg, comm = t.cfg, t.comm
+    entry, graphcl_details = graphcl
+    dist: Dict[str, Any] = {"world_size": comm.world, "num_parts": t.prepared["num_parts"],
+                            "part_method": t.prepared["part_method"], "part_dir": str(t.part_dir),
+                            "expansion": cfg.dist.expansion, "walked": walked}
+    if ranker is None:
+        dist["stage"] = "graphcl"
+    else:
+        dist["shares"] = comm.gather({s: int(len(v)) for s, v in ranker.share.items()})
+        dist["feature_reads"] = FeatureReads.summary(comm.gather(ranker.reads.epochs))
+        dist["train_seconds"] = ranker.seconds
+    if entry:
+        dist["graphcl"] = graphcl_details
+        dist["graphcl_seconds"] = graphcl_details["seconds"]
     t.watchdog.stop()
-    metrics = {"run": {"dir": str(t.run_dir), "seed": cfg.run.seed, "distributed": True},
-               "data": {"path": str(ds.path), "name": ds.name, "main_label": ds.main_label,
-                        "feedback": "implicit" if ds.implicit else "explicit", "timed": ds.timed, **ds.counts()},
-               "dist": {"world_size": comm.world, "num_parts": t.prepared["num_parts"],
-                        "part_method": t.prepared["part_method"], "part_dir": str(t.part_dir),
-                        "expansion": cfg.dist.expansion, "walked": walked, "shares": counts,
-                        "feature_reads": feature_reads,
-                        "train_seconds": r.seconds, "wall_seconds": time.perf_counter() - t.t_start},
-               "ranker": {"model": r.name, "modules": t.modules, "history": result.history,
-                          "best_epoch": result.best_epoch, "best_val": result.best,
-                          "stopped_early": result.stopped_early, "epochs_run": len(result.history),
-                          "resumed_from_epoch": result.resumed_from},
-               "eval": evals}
-    if graphcl:
-        metrics["graphcl"] = graphcl
-        metrics["dist"]["graphcl_seconds"] = graphcl["seconds"]
-    if comm.is_main:
+    dist["wall_seconds"] = time.perf_counter() - t.t_start
+    metrics: Dict[str, Any] = {"run": run_entry(cfg, t.run_dir, t.device, distributed=True),
+                               "config_file": t.config_file, "data": data_entry(ds),
+                               **t.prepared.get("metrics", {})}     # the partition step's graph, expansion, ...
+    if entry:
+        metrics["graphcl"] = entry
+    if ranker is not None:
+        metrics["ranker"] = ranker_entry(ranker.name, t.modules, ranker.result, fit_spec(cfg, ds).monitor,
+                                         ranker.model)
+        metrics["eval"] = evals
+    metrics["stages"] = stages
+    metrics["dist"] = dist
+    if comm.is_main and ranker is not None:
         import dataclasses
 
         save_checkpoint(t.run_dir / "checkpoints" / "ranker.pt",
-                        {"state_dict": r.model.state_dict(), "spec": dataclasses.asdict(r.spec)})
+                        {"state_dict": ranker.model.state_dict(), "spec": dataclasses.asdict(ranker.spec)})
     _write_metrics(t.run_dir, metrics, t.writer, comm)
     return metrics
 
 
 def _write_metrics(run_dir: Path, metrics: Dict[str, Any], writer, comm) -> None:
-    """Rank 0 writes ``metrics.json`` and closes TensorBoard; then every rank waits for it."""
+    """Rank 0 writes ``metrics.json`` and ``report.md`` (:func:`graphrec.report.run_report`, as a standalone run)
+    and closes TensorBoard; then every rank waits for it."""
     if comm.is_main:
         from ..data.dataset import atomic_write_text
+        from ..report import run_report
         from ..stage import jsonable
 
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=jsonable))
+        atomic_write_text(run_dir / "report.md", run_report(metrics, run_dir.name))
         writer.close()
     comm.barrier()
 
@@ -461,7 +491,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         cfg = load_config(args.cfg, args.overrides)
-        train(cfg, Path(args.part_dir), Path(args.run_dir), Path(args.ip_config), args.resume, args.stage)
+        train(cfg, Path(args.part_dir), Path(args.run_dir), Path(args.ip_config), args.resume, args.stage, args.cfg)
     except UserError as exc:
         print(f"error: trainer {rank}: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -212,7 +212,7 @@ class GraphCLStage(Stage):
             init = result.model.theta.weight.detach().clone()
             thetas.append(result.theta())
             per_snapshot.append({"epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                                 "best_val_link_auc": max((h.get("link_auc", float("nan")) for h in result.history),
+                                 "best_val_link_auc": max((h.get("val_link_auc", float("nan")) for h in result.history),
                                                           default=float("nan"))})
         quality = gifts.report(result.model.author_embeddings(), initial[ds.num_users:])
         ctx.metrics["graphcl"] = graphcl_entry(result.history, result.best_epoch, quality, "standalone",

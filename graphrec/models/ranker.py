@@ -13,7 +13,8 @@ depends on (so that one user can be scored against every author, and a batch's r
   sequence encoding), the room's latest real-time statistics, and the author's recent activity;
 * **pair** (per user × candidate): each behaviour history pooled by DIN target attention against the
   candidate, and the user-seeded author expansions (``u2a2u2a``, ``u2a2a``) pooled by target attention
-  against the candidate's Θ, with the candidate itself masked out of them.
+  against the candidate's Θ, with the candidate itself masked out of them, and (``expansion_similarity``)
+  the cosines of the candidate's Θ with each of them (:func:`expansion_cosines`).
 
 The three parts meet in an MLP tower whose first layer is split by part (the user and author parts
 of it are computed once per user / candidate), plus a factorisation-machine term: the element-wise
@@ -72,6 +73,8 @@ class RankerSpec:
     popularity_offset_head: int = -1                              # head that gets w·logit(author rate); -1 = none
     user_activity_bias: bool = False                              # user activity as an additive per-head bias only
     history_value_codes: int = 0                                  # value codes of history entries (0 = off)
+    expansion_similarity: bool = False                            # cos(candidate Θ, each user-side author
+                                                                  # expansion) as pair inputs (ranker.expansion_similarity)
 
 
 class UserRep(NamedTuple):
@@ -94,6 +97,25 @@ class AuthorRep(NamedTuple):
 def pair_user_seqs(metapaths: List[str]) -> List[str]:
     """User-seeded metapaths that end on authors: pooled per (user, candidate) pair."""
     return [m for m in metapaths if METAPATHS[m].seed == "user" and METAPATHS[m].endpoint == "author"]
+
+
+def expansion_cosines(target: torch.Tensor, target_ids: torch.Tensor, seq: torch.Tensor, ids: torch.Tensor,
+                      pooled: torch.Tensor) -> torch.Tensor:
+    """``[B, C, 2]``: the cosine of each candidate's Θ ``target [B|1, C, td]`` (ids ``target_ids [B|1, C]``) with
+    the direction of a user-side expansion ``seq [B, K, td]`` (ids ``ids [B, K]``: the mean of its valid unit
+    vectors, the candidate's own positions left out as in the attention) and with its target-attention pooling
+    ``pooled [B, C, td]``; 0 where nothing is left. Pooled vectors alone leave the MLP to discover a dot product;
+    on the default world the first cosine alone ranks a 1–2-gift viewer's test gifts at AUC 0.70–0.71 (u2a2a,
+    u2a2u2a), as high as the ranker's whole score did without it."""
+    valid = ids >= 0
+    unit = F.normalize(seq.float(), dim=-1) * valid.unsqueeze(-1)
+    t = F.normalize(target.float(), dim=-1)
+    own = ((ids.unsqueeze(1) == target_ids.unsqueeze(-1)) & valid.unsqueeze(1)).sum(-1)      # [B, C]
+    left = valid.sum(1, keepdim=True) - own                                                 # positions kept
+    direction = F.normalize(unit.sum(1).unsqueeze(1) - own.unsqueeze(-1) * t, dim=-1)      # [B, C, td]
+    to_mean = torch.where(left > 0, (t * direction).sum(-1), torch.zeros_like(left, dtype=t.dtype))
+    to_pooled = (t * F.normalize(pooled.float(), dim=-1)).sum(-1)
+    return torch.stack([to_mean, to_pooled], dim=-1).to(pooled.dtype)
 
 
 class Ranker(nn.Module):
@@ -138,6 +160,8 @@ class Ranker(nn.Module):
             user_w += td * (1 + sum(METAPATHS[m].seed == "user" and m not in self.pair_seqs for m in spec.metapaths))
             author_w += td * (1 + sum(METAPATHS[m].seed == "author" for m in spec.metapaths))
             pair_w += td * len(self.pair_seqs)
+            if spec.expansion_similarity:                           # two cosines per user-side author expansion
+                pair_w += 2 * len(self.pair_seqs)
         self.mfq = None
         if spec.modality_dims:
             self.mfq = MFQ(spec.modality_dims, spec.num_authors, int(spec.mfq.get("dim", 32)),
@@ -264,7 +288,10 @@ class Ranker(nn.Module):
             target = at(ar.author, cand).unsqueeze(-1)              # [B|1, C, 1]
             for m in self.pair_seqs:                                # the candidate itself is masked out
                 ids = ur.seq_ids[m]
-                pair.append(self.exp_att[m].grid(ar.theta, ur.seqs[m], ids >= 0, cand, ids.unsqueeze(1) != target))
+                pooled = self.exp_att[m].grid(ar.theta, ur.seqs[m], ids >= 0, cand, ids.unsqueeze(1) != target)
+                pair.append(pooled)
+                if self.spec.expansion_similarity:
+                    pair.append(expansion_cosines(at(ar.theta, cand), target.squeeze(-1), ur.seqs[m], ids, pooled))
         if pair:
             x = (torch.cat(pair, dim=-1) @ w[:, wu + wa:].T).add_(h.unsqueeze(1)).add_(at(a, cand))   # in place
         else:

@@ -193,7 +193,8 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
         product_enc_dim=prod_model.dim if prod_model is not None else 0, mlp=list(sec.mlp), dropout=sec.dropout,
         fm_dim=sec.fm_dim, attention_hidden=sec.attention_hidden, user_id=sec.user_id,
         popularity_offset_head=offset_head(sec, ds, mods, heads), user_activity_bias=bool(sec.user_activity_bias),
-        history_value_codes=value_codes.num_codes if value_codes is not None else 0)
+        history_value_codes=value_codes.num_codes if value_codes is not None else 0,
+        expansion_similarity=bool(sec.expansion_similarity and mods["metapaths"]))
     warn_if_op_degenerate(ds, mods["modalities"], int(cfg.mfq["dim"]))
     torch.manual_seed(cfg.run.seed)
     model = Ranker(spec).to(device)

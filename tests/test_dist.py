@@ -26,6 +26,8 @@ from graphrec.gie.metapath import METAPATHS, PAD, expand
 from .conftest import FAST_MODELS, TINY_SIM
 from .test_gie import exact_endpoint_distribution, toy_graph
 
+pytest.importorskip("dgl", reason="DGL's distributed engine (the DGL-free environment has none)")
+
 # a world where the ranker learns something in a few seconds
 # 5% gifts: enough validation positives (~150) that standalone and distributed AUCs can be compared.
 DIST_SETS = TINY_SIM + FAST_MODELS + ["simulate.gift_rate=0.05", "ranker.epochs=4", "ranker.batch_size=256",

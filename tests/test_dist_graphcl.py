@@ -18,6 +18,8 @@ import torch
 
 from .test_dist import _launch_on, _partition, loopback_ip_config, python, sets, two_machines  # noqa: F401
 
+pytest.importorskip("dgl", reason="DGL's distributed engine (the DGL-free environment has none)")
+
 # GraphCL to convergence (early stopping on validation link AUC), a short ranker after it
 GCL = ["graphcl.distributed=true", "simulate.num_impressions=90000", "graphcl.epochs=200", "ranker.epochs=1",
        "ranker.max_train_impressions=5000"]

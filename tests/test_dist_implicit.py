@@ -19,6 +19,8 @@ import scipy.sparse as sp
 
 from .test_dist import loopback_ip_config, python, sets
 
+pytest.importorskip("dgl", reason="DGL's distributed engine (the DGL-free environment has none)")
+
 
 def implicit_split(d, users: int = 160, items: int = 48, seed: int = 0):
     """A TikTok-layout split (train/val/test user x item matrices and two item feature files) where each

@@ -20,6 +20,8 @@ from graphrec.dist.lifecycle import pid_alive, start_ticks
 
 from .test_dist import _partition, loopback_ip_config, python, sets, two_machines  # noqa: F401 (fixture)
 
+pytest.importorskip("dgl", reason="DGL's distributed engine (the DGL-free environment has none)")
+
 ORPHANS_GONE_S = 5.0          # kill -9 of a launcher -> none of its servers or trainers remains
 STALL_S = 20                  # dist.stall_timeout_s of these runs (also DDP's rendezvous timeout: keep room)
 

@@ -22,6 +22,8 @@ import torch
 
 from .test_dist import free_port, sets
 
+pytest.importorskip("dgl", reason="DGL's distributed engine (the DGL-free environment has none)")
+
 
 def _shuffled_partition_graph(real, seed: int = 7):
     """``dgl.distributed.partition_graph`` on the graph with every node type's ids permuted; the mapping

@@ -13,6 +13,8 @@ from graphrec.dist.packed import layout_of, pack, unpack
 from graphrec.ranking.features import PAD
 from graphrec.schema import METAPATHS
 
+pytest.importorskip("dgl", reason="DGL's distributed engine (the DGL-free environment has none)")
+
 INT64_MAX = torch.iinfo(torch.int64).max
 
 

@@ -99,7 +99,8 @@ def tiny():
     from .conftest import ranker_world
 
     cfg, ds, art = ranker_world(["mfq.dim=8", "mfq.heads=2", "mfq.query_tokens=2", "ranker.mlp=[16]",
-                                 "stat_forecast.dim=8", "stat_forecast.heads=2", "ranker.dropout=0.0"])
+                                 "stat_forecast.dim=8", "stat_forecast.heads=2", "ranker.dropout=0.0",
+                                 "ranker.expansion_similarity=true"])   # the opt-in cosines exercised too
     art["stat_forecaster"] = StatForecaster.from_config(cfg.stat_forecast, 8)
     mods = enabled_modules(cfg, ds, art)
     model, builder, spec = build_ranker(cfg, ds, mods, art)

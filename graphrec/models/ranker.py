@@ -162,9 +162,6 @@ class Ranker(nn.Module):
             pair_w += td * len(self.pair_seqs)
             if spec.expansion_similarity:                           # two cosines per user-side author expansion
                 pair_w += 2 * len(self.pair_seqs)
-                # ... into the tower, and each with its own weight per head straight into the logits (wide & deep)
-                self.cosine_weight = nn.Linear(2 * len(self.pair_seqs), len(spec.tasks), bias=False)
-                nn.init.zeros_(self.cosine_weight.weight)
         self.mfq = None
         if spec.modality_dims:
             self.mfq = MFQ(spec.modality_dims, spec.num_authors, int(spec.mfq.get("dim", 32)),
@@ -287,7 +284,6 @@ class Ranker(nn.Module):
         a = ar.fields @ w[:, wu:wu + wa].T                          # once per candidate
         pair = [self.hist_att[n].grid(ar.emb, ur.hist_emb[n], ur.hist_ids[n] >= 0, cand)
                 for n in self.spec.histories]
-        cosines = []
         if self.pair_seqs:
             target = at(ar.author, cand).unsqueeze(-1)              # [B|1, C, 1]
             for m in self.pair_seqs:                                # the candidate itself is masked out
@@ -295,15 +291,12 @@ class Ranker(nn.Module):
                 pooled = self.exp_att[m].grid(ar.theta, ur.seqs[m], ids >= 0, cand, ids.unsqueeze(1) != target)
                 pair.append(pooled)
                 if self.spec.expansion_similarity:
-                    cosines.append(expansion_cosines(at(ar.theta, cand), target.squeeze(-1), ur.seqs[m], ids, pooled))
-                    pair.append(cosines[-1])
+                    pair.append(expansion_cosines(at(ar.theta, cand), target.squeeze(-1), ur.seqs[m], ids, pooled))
         if pair:
             x = (torch.cat(pair, dim=-1) @ w[:, wu + wa:].T).add_(h.unsqueeze(1)).add_(at(a, cand))   # in place
         else:
             x = h.unsqueeze(1) + at(a, cand)
         out = self.heads(self.tower(self.drop(F.relu(x))))
-        if cosines:                                                 # wide: each cosine straight into every logit
-            out = out + self.cosine_weight(torch.cat(cosines, dim=-1))
         if self.fm_user is not None:
             out = out + (self.fm_user(ur.fields).unsqueeze(1) * at(self.fm_author(ar.fields), cand)) @ self.fm_weight.T
         if ar.offset is not None:

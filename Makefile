@@ -6,6 +6,8 @@ VENV   ?= .venv
 STAMP  := $(VENV)/.installed
 CFG    ?= yaml/live.yaml
 PYTEST_ARGS ?=
+# The suite on every core: one worker per core (each computing on one thread); DGL's distributed tests share one worker.
+PYTEST_PARALLEL ?= -n auto --dist loadgroup
 
 export DGLBACKEND := pytorch
 
@@ -26,7 +28,7 @@ run: $(STAMP)
 	$(VENV)/bin/python -m graphrec.run --cfg $(CFG)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV) $(VENV_CURRENT)
@@ -40,7 +42,7 @@ $(STAMP_CURRENT): requirements-current.txt setup.cfg pyproject.toml
 	@touch $(STAMP_CURRENT)
 
 test-current: $(STAMP_CURRENT)
-	$(VENV_CURRENT)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV_CURRENT)/bin/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 run-current: $(STAMP_CURRENT)
 	$(VENV_CURRENT)/bin/python -m graphrec.run --cfg $(CFG)

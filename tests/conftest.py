@@ -3,6 +3,21 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs the suite on every core (pytest-xdist): each worker then computes on one thread, and the
+# processes a test starts (distributed servers and trainers, seed workers) inherit that.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start DGL servers and trainers run one after another on one worker: side by side they
+    would each get a fraction of the cores their timeouts were set for."""
+    for item in items:
+        if item.fspath.basename.startswith(("test_dist", "test_packed_store")):
+            item.add_marker(pytest.mark.xdist_group("dist"))
+
+
 SHARED_DATA = Path(os.environ.get("GRAPHREC_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
 

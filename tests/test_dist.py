@@ -477,3 +477,15 @@ def test_two_machines_one_server_one_trainer_each(tmp_path, two_machines):
                              tmp_path / "runs" / "alone", only=[0], timeout=120)
     assert codes[0] != 0 and time.monotonic() - t0 < 60
     assert "cannot reach every graph server" in errs[0], errs[0][-3000:]
+
+
+def test_graph_names_differ_for_folders_of_the_same_name(tmp_path):
+    """DGL names shared memory after the graph: two partitions in folders called ``part`` (two experiments,
+    two test sessions on one host) once mapped each other's partition book and the trainer died with
+    ``'NoneType' object has no attribute 'ntypes'``."""
+    from graphrec.dist.store import graph_name_for
+
+    a, b = tmp_path / "one" / "part", tmp_path / "two" / "part"
+    assert graph_name_for(a) != graph_name_for(b)
+    assert graph_name_for(a) == graph_name_for(tmp_path / "one" / ".." / "one" / "part")   # the same folder
+    assert re.fullmatch(r"graphrec_part_[0-9a-f]{8}", graph_name_for(a))

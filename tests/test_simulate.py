@@ -175,8 +175,8 @@ def test_without_patronage_the_world_is_the_one_before_it():
     for fan_clubs in (cfg.simulate.fan_clubs, 7):                      # the clubs' draws touch nothing else
         ds = simulate(dict(cfg.simulate, fan_clubs=fan_clubs), seed=0)
         assert _digest(ds.impressions) == WORLD_BEFORE_PATRONAGE
-        for k, total in PROBABILITY_SUMS.items():
-            assert float(ds.impressions[k].astype(np.float64).sum()) == pytest.approx(total, rel=1e-7), k
+        for k, total in PROBABILITY_SUMS.items():     # float32 probabilities: numpy 1 and 2 round apart by ~1e-6
+            assert float(ds.impressions[k].astype(np.float64).sum()) == pytest.approx(total, rel=1e-5), k
     assert "fan_club" not in ds.tables["users"] and "fan_club" not in ds.tables["authors"]
 
 

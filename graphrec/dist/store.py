@@ -297,7 +297,11 @@ class _RowCache:
 
 
 def graph_name_for(folder: Path) -> str:
-    """DGL names shared memory after the graph: one name per run (or partition) folder."""
+    """DGL names shared memory after the graph: one name per run (or partition) folder. The folder's name
+    alone is not enough: two runs on one host in folders of the same name (``part`` under two experiments,
+    two test sessions) would map each other's partition book; a digest of the absolute path keeps them apart."""
+    import hashlib
     import re
 
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"graphrec_{Path(folder).name}")
+    where = hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"graphrec_{Path(folder).name}_{where}")

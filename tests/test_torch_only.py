@@ -61,7 +61,10 @@ def test_a_whole_standalone_run_needs_no_dgl(tmp_path):
 
     from .conftest import FAST_MODELS, TINY_SIM
 
-    sets = TINY_SIM + FAST_MODELS + [f"run.out_dir={tmp_path}", "run.name=nodgl", f"data.cache_dir={tmp_path / 'cache'}"]
+    # 5 ranker epochs, not FAST_MODELS' 2: after 2 the tiny world's test gift AUC is 0.55-0.61 over seeds 0-2
+    # (0.61 on seed 0, on torch 2.2.1 and 2.13 alike), too close to the bar below to say the run learned
+    sets = TINY_SIM + FAST_MODELS + [f"run.out_dir={tmp_path}", "run.name=nodgl", f"data.cache_dir={tmp_path / 'cache'}",
+                                     "ranker.epochs=5"]
     r = subprocess.run([sys.executable, "-c", RUN_SCRIPT.format(sets=sets)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (run_dir,) = tmp_path.glob("nodgl-*")

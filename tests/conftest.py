@@ -10,6 +10,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(_var, "1")
 
 
+@pytest.hookimpl(tryfirst=True)           # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Tests that start DGL servers and trainers run one after another on one worker: side by side they
     would each get a fraction of the cores their timeouts were set for."""

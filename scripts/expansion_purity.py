@@ -10,31 +10,27 @@ one that follows popularity lands in it about as often as the shown rooms.
     python scripts/expansion_purity.py runs/<run folder>
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from graphrec.config import load_config
-from graphrec.data.dataset import load_dataset
-from graphrec.data.split import ensure_split
+from graphrec.reload import load_run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a finished run folder of the simulator (with expansions.npz)")
     args = ap.parse_args()
-    m = json.loads((args.run / "metrics.json").read_text())
-    ds = load_dataset(Path(m["data"]["path"]))
+    run = load_run(args.run)                  # the dataset with its split, the expansions, from any directory
+    ds = run.dataset
     if "fan_club" not in ds.tables["users"]:
-        raise SystemExit(f"{m['data']['path']}: a world without patronage (simulate.weight_patronage=0) has no fan clubs")
-    cfg = load_config(args.run / "config.yaml")
-    ensure_split(ds, cfg.data.val_fraction, cfg.data.test_fraction)
-    with np.load(args.run / "expansions.npz", allow_pickle=False) as z:
-        exp = {k: z[k] for k in ("u2a2u2a", "u2a2a")}
+        raise SystemExit(f"{ds.path}: a world without patronage (simulate.weight_patronage=0) has no fan clubs")
+    if "expansions" not in run.artifacts:
+        raise SystemExit(f"{args.run}: the run used no metapath expansion (ranker.use_gie=false)")
+    exp = {k: run.artifacts["expansions"][k] for k in ("u2a2u2a", "u2a2a")}
     club_u, club_a = ds.tables["users"]["fan_club"], ds.tables["authors"]["fan_club"]
     imp = ds.impressions
-    label = m["data"]["main_label"]
+    label = ds.main_label
     train_gift = (imp["split"] == 0) & (imp[label] > 0)
     test = imp["split"] == 2
     gifts = np.bincount(imp["user"][train_gift], minlength=len(club_u))

@@ -20,8 +20,10 @@ Plain Python over plain values: importing it imports neither torch nor DGL.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 # the entries a distributed run takes from its partition step (which runs those stages standalone)
 PARTITION_STEP_ENTRIES = ("graph", "expansion", "graphcl", "stat_forecast", "product_forecast")
@@ -83,6 +85,15 @@ def stage_row(name: str, status: str = "ran", seconds: float = 0.0,
     if peak_rss_gib is not None:
         row["peak_rss_gib"] = peak_rss_gib
     return row
+
+
+@contextmanager
+def timed(row: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Fill a :func:`stage_row`'s ``seconds`` and ``peak_rss_gib`` with what the ``with`` block took."""
+    t0 = time.perf_counter()
+    yield row
+    row["seconds"] = time.perf_counter() - t0
+    row["peak_rss_gib"] = peak_rss_gib()
 
 
 def peak_rss_gib() -> float:

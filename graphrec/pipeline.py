@@ -10,15 +10,14 @@ written to ``metrics.json`` after each stage.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
 from .data.dataset import SPLITS, Dataset, atomic_write_text
-from .metrics_schema import data_entry, graphcl_entry, peak_rss_gib, stage_row
+from .metrics_schema import data_entry, graphcl_entry, stage_row, timed
 from .ranking.stage import RankerStage, history_names
 from .schema import GRAPHCL_POSITIVES
 from .report import counts_table, run_report, summary_text
@@ -401,10 +400,8 @@ def run_stages(ctx: RunContext, stages: Optional[List[Stage]] = None) -> None:
             ctx.log.info("[%d/%d] %s: skipped (%s)", i, len(stages), stage.name, reason)
             continue
         ctx.log.info("[%d/%d] %s: %s", i, len(stages), stage.name, stage.summary)
-        t0 = time.perf_counter()
-        stage.run(ctx)
-        row["seconds"] = time.perf_counter() - t0
-        row["peak_rss_gib"] = peak_rss_gib()
+        with timed(row):
+            stage.run(ctx)
         ctx.log.info("[%d/%d] %s: done in %.1fs (peak RSS so far %.2f GiB)", i, len(stages), stage.name,
                      row["seconds"], row["peak_rss_gib"])
         ctx.save_metrics()

@@ -35,7 +35,7 @@ import torch
 from ..config import Config, load_config
 from ..data.dataset import save_table
 from ..errors import UserError
-from ..metrics_schema import peak_rss_gib, stage_row
+from ..metrics_schema import stage_row, timed
 from ..numerics import flush_denormals
 from .lifecycle import WATCHDOG_EXIT
 
@@ -239,11 +239,8 @@ class Steps:
     def run(self, name: str, step: Callable[..., Any], *args: Any) -> Any:
         row = stage_row(name)
         self.rows.append(row)              # before running, so the report step lists itself
-        t0 = time.perf_counter()
-        out = step(*args)
-        row["seconds"] = time.perf_counter() - t0
-        row["peak_rss_gib"] = peak_rss_gib()
-        return out
+        with timed(row):
+            return step(*args)
 
     def skip(self, name: str, why: str, value: Any = None) -> Any:
         self.rows.append(stage_row(name, f"skipped: {why}"))

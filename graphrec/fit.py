@@ -71,6 +71,17 @@ class FitSpec:
                                          # a write of w seconds the next waits w * (1 - share) / share at least
     progress_every_s: float = 60.0       # seconds between progress lines (step, rate, time left) inside an epoch;
                                          # the first comes this long after the epoch's start; 0 = none
+    warmup_steps: int = 0                # the learning rate rises linearly from lr / warmup_steps to lr over the
+                                         # run's first this-many optimizer steps; 0 = none
+    lr_decay: float = 1.0                # the learning rate of epoch e (from 0) is lr * lr_decay ** e; 1 = constant
+
+
+def lr_factor(spec: FitSpec, epoch: int, step: int) -> float:
+    """The learning rate's multiplier at optimizer step ``step`` (counted over the run, from 0) of ``epoch``:
+    ``spec.warmup_steps`` of linear warm-up, then ``spec.lr_decay`` per epoch. A function of where training is,
+    not a scheduler's state, so a resumed run (after an epoch or inside one) takes the same rates."""
+    warm = min(1.0, (step + 1) / spec.warmup_steps) if spec.warmup_steps > 0 else 1.0
+    return warm * spec.lr_decay ** epoch
 
 
 @dataclass
@@ -263,7 +274,8 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
         log: Callable[[str], None] = lambda s: None, progress: bool = False, comm: Any = None,
         validate: Optional[Callable[[torch.nn.Module, int], Dict[str, float]]] = None,
         on_epoch_end: Callable[[int, Dict[str, float]], None] = lambda e, h: None,
-        parameters: Optional[Iterable[torch.nn.Parameter]] = None, optimizer: Any = None) -> FitResult:
+        parameters: Optional[Iterable[torch.nn.Parameter]] = None, optimizer: Any = None,
+        reinit: Optional[Callable[[int], List[torch.nn.Parameter]]] = None) -> FitResult:
     """Train ``model`` on ``task`` as ``spec`` says; returns the history and the best epoch.
 
     ``validate(model, epoch)`` (default: ``task.validate`` when the task has one) returns metrics;
@@ -285,7 +297,10 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
     (dicts, e.g. with their own ``weight_decay``). ``optimizer``: one built by the caller instead of Adam over
     ``parameters`` (DGL's sparse optimizer of a ``DistEmbedding``, :mod:`graphrec.dist.graphcl`), with torch's
     interface (``zero_grad``, ``step``, ``param_groups``, ``state_dict``, ``load_state_dict``); a model without
-    dense trainable parameters is then not wrapped in DDP (its optimizer synchronises the trainers)."""
+    dense trainable parameters is then not wrapped in DDP (its optimizer synchronises the trainers).
+    ``reinit(epoch)``: called at the start of every epoch after the first (not of one resumed inside), draws some
+    parameters afresh and returns them; their optimizer state is dropped (MEDA's per-epoch re-initialisation of
+    the embedding layer, Liu et al. 2023, arXiv 2305.19531). The learning rate follows :func:`lr_factor`."""
     from tqdm import tqdm
 
     from .dist.comm import LocalComm
@@ -303,6 +318,8 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
     fused = device.type == "cuda" and all(p.is_cuda and p.is_floating_point() for p in params) or None
     opt = optimizer or torch.optim.Adam([g for g in groups if g["params"]], lr=spec.lr,
                                         weight_decay=spec.weight_decay, fused=fused)
+    base_lr = [g["lr"] for g in opt.param_groups]
+    scheduled = spec.warmup_steps > 0 or spec.lr_decay != 1.0
     validate = validate or getattr(task, "validate", None)
     amp = spec.amp and device.type == "cuda"
     unit = getattr(task, "unit", "examples")
@@ -351,6 +368,9 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
         seed = epoch_seed(spec.seed, epoch, comm.rank)
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
+        if reinit is not None and epoch > 0 and partial is None:
+            for p in reinit(epoch):
+                opt.state.pop(p, None)
         model.train()
         total = torch.zeros((), dtype=torch.float64, device=device)
         extras: Dict[str, torch.Tensor] = {}
@@ -375,6 +395,8 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
         if _prefetching(device, task):
             batches = Prefetched(batches)
         step = epoch * steps if steps is not None else None
+        if scheduled and steps is None:
+            raise DataError(f"{spec.tag}: a learning-rate schedule (warm-up, decay) needs batches of known length")
         # the last step after which a checkpoint may be written inside the epoch (the epoch's end writes its own);
         # distributed: while every trainer still has batches, so that all of them take part
         limit = math.inf if steps is None else steps - 1
@@ -395,6 +417,10 @@ def fit(model: torch.nn.Module, task: Task, spec: FitSpec, device: Union[str, to
                 loss, n = out[0], out[1]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if scheduled:
+                    f = lr_factor(spec, epoch, step + i)
+                    for g, lr in zip(opt.param_groups, base_lr):
+                        g["lr"] = lr * f
                 if spec.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
                 opt.step()

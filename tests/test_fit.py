@@ -840,3 +840,80 @@ def test_distributed_trainers_all_resume_at_the_checkpoints_step_each_with_its_o
     with pytest.raises(DataError, match="by 2 trainer"):                          # not by another number of trainers
         fit(_net(), _Sampled(), FitSpec(epochs=3, lr=0.05, checkpoint_every_s=0.5), checkpoint=tmp_path / "inside.pt",
             resume=True)
+
+
+class _RecordingAdam(torch.optim.Adam):
+    """Adam that notes each step's learning rate and whether the first layer's weight still had Adam state."""
+
+    def __init__(self, params, watched, **kw):
+        super().__init__(params, **kw)
+        self.lrs, self.had_state, self.watched = [], [], watched
+
+    def step(self, closure=None):
+        self.lrs.append(self.param_groups[0]["lr"])
+        self.had_state.append(self.watched in self.state)
+        return super().step(closure)
+
+
+def test_warm_up_then_per_epoch_decay_sets_every_steps_learning_rate():
+    from graphrec.fit import FitSpec, fit
+
+    model = _net()
+    opt = _RecordingAdam(model.parameters(), model[0].weight, lr=0.1)
+    spec = FitSpec(epochs=3, lr=0.1, warmup_steps=4, lr_decay=0.5)
+    res = fit(model, _Noisy(), spec, optimizer=opt)             # 3 steps an epoch
+    want = [0.1 * min(1, (s + 1) / 4) * 0.5 ** (s // 3) for s in range(9)]
+    assert opt.lrs == pytest.approx(want)
+    assert [h["lr"] for h in res.history] == pytest.approx([want[2], want[5], want[8]])
+
+
+def test_reinit_draws_the_tables_afresh_each_later_epoch_and_drops_their_adam_state():
+    from graphrec.fit import FitSpec, fit
+
+    model = _net()
+    opt = _RecordingAdam(model.parameters(), model[0].weight, lr=0.05)
+    fresh, kept = {}, {}
+
+    def reinit(epoch):
+        kept[epoch] = model[3].weight.detach().clone()      # the last layer: never re-initialised
+        with torch.no_grad():
+            model[0].weight.fill_(float(epoch))
+        fresh[epoch] = model[0].weight.detach().clone()
+        return [model[0].weight]
+
+    fit(model, _Noisy(), FitSpec(epochs=3, lr=0.05), optimizer=opt, reinit=reinit)
+    assert sorted(fresh) == [1, 2]                               # not before the first epoch
+    # Adam state: none before each epoch's first step after a re-initialisation, kept within the epoch
+    assert opt.had_state == [False, True, True, False, True, True, False, True, True]
+    assert not torch.equal(model[0].weight, fresh[2])            # the epoch trained the fresh table
+    assert not torch.equal(kept[1], kept[2])                     # and the rest of the net kept learning
+
+
+def test_a_scheduled_and_reinitialised_run_resumes_after_any_epoch_to_the_same_weights(tmp_path, one_thread):
+    from graphrec.fit import FitSpec, fit
+
+    def run(ck, resume=False, stop_after=None, init_seed=0):
+        model = _net(init_seed)
+
+        def reinit(epoch):
+            gen = torch.Generator().manual_seed(epoch)
+            with torch.no_grad():
+                model[0].weight.copy_(torch.randn(model[0].weight.shape, generator=gen))
+            return [model[0].weight]
+
+        def interrupt(epoch, h):
+            if epoch + 1 == stop_after:
+                raise _Interrupted
+        spec = FitSpec(epochs=4, lr=0.05, seed=3, warmup_steps=5, lr_decay=0.7, monitor="mse", mode="min")
+        res = fit(model, _Noisy(), spec, checkpoint=ck, resume=resume, validate=_val_mse, on_epoch_end=interrupt,
+                  reinit=reinit)
+        return model, res
+
+    full, full_res = run(tmp_path / "full.pt")
+    for k in (1, 2):
+        ck = tmp_path / f"stop{k}.pt"
+        with pytest.raises(_Interrupted):
+            run(ck, stop_after=k)
+        resumed, res = run(ck, resume=True, init_seed=50 + k)
+        assert _without_seconds(res.history) == _without_seconds(full_res.history)
+        assert _same(_state(resumed), _state(full))

@@ -502,3 +502,33 @@ def test_expansion_cosines_compare_the_candidate_with_each_user_side_expansion(t
     assert model.spec.expansion_similarity and model.pair_seqs == ["u2a2u2a", "u2a2a"]
     d, td, H = model.spec.id_dim, model.spec.theta_dim, len(model.spec.histories)
     assert model.widths[2] == d * H + (td + 2) * len(model.pair_seqs)    # two cosines each, into the tower
+
+
+def test_reinit_ids_draws_every_id_table_afresh_from_the_epochs_seed_and_nothing_else(tiny):
+    """``ranker.reinit_ids`` (MEDA): the user and author ids, MFQ's per-author queries (and a −GraphCL ranker's
+    own Θ) are drawn again, the same for the same seed and epoch; the tower and attentions keep their weights."""
+    import copy
+    import dataclasses
+
+    from graphrec.models.ranker import Ranker
+    from graphrec.ranking.stage import id_reinit
+
+    _, _, model, _ = tiny
+    net = copy.deepcopy(model)
+    tables = {id(w) for w, _ in net.id_tables()}
+    assert {id(net.user_emb.weight), id(net.author_emb.weight), id(net.mfq.author_query.weight)} <= tables
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    returned = id_reinit(net, seed=3)(2)
+    assert {id(p) for p in returned} == tables
+    again = copy.deepcopy(model)
+    id_reinit(again, seed=3)(2)
+    for name, p in net.named_parameters():
+        if id(p) in tables:
+            assert not torch.equal(p, before[name]) and torch.equal(p, dict(again.named_parameters())[name])
+        else:
+            assert torch.equal(p, before[name]), name
+    other = copy.deepcopy(model)
+    id_reinit(other, seed=3)(3)                                   # another epoch: another draw
+    assert not torch.equal(other.author_emb.weight, net.author_emb.weight)
+    own = Ranker(dataclasses.replace(model.spec, theta_pretrained=False))
+    assert any(w is own.theta.weight for w, _ in own.id_tables())

@@ -6,7 +6,9 @@ and GAUC for impression logs): the histories (empty), the graph features (zero Î
 without gifts), the room's content (no tokens on air: MFQ sees only the author's query), the user-id
 embedding and the author-id embedding (zeroed; the author ids also embed the history entries), the room
 statistics and activity features (zeroed). A large drop says the model leans on that input; none says it
-ignores it. Selection stays on validation: probe ``--split val`` (the default).
+ignores it. Selection stays on validation: probe ``--split val`` (the default). ``--weights last`` probes the
+last epoch's weights (``checkpoints/ranker_last.pt``) instead of the best epoch's: what the model came to lean on
+as it went on training.
 """
 from __future__ import annotations
 
@@ -118,14 +120,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphrec.bench probe", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="a trained run folder")
     ap.add_argument("--split", default="val", choices=["val", "test"])
+    ap.add_argument("--weights", default="best", choices=["best", "last"],
+                    help="the best validation epoch's weights (the run's ranker) or the last epoch's")
     ap.add_argument("--out", help="JSON results (default runs/bench/probe.json)")
     args = ap.parse_args(argv)
     run = load_run(args.run)
+    if args.weights == "last":
+        from pathlib import Path
+
+        from ..checkpoint import load_checkpoint
+
+        last = load_checkpoint(Path(args.run) / "checkpoints" / "ranker_last.pt")
+        run.ranker.load_state_dict(last["model"])
+        print(f"{args.run}: the weights after epoch {last['epoch'] + 1} (the best was epoch {last['best_epoch']})")
     res = probe(run, args.split)
     keys = list(res["none"])
     print(f"{args.run}: {args.split} split, one input blanked at evaluation time")
     print(f"{'blanked':12s} " + " ".join(f"{k:>12s}" for k in keys))
     for what, rep in res.items():
         print(f"{what:12s} " + " ".join(f"{rep.get(k, float('nan')):12.4f}" for k in keys))
-    write_results({"run": args.run, "split": args.split, "probes": res}, args.out or "runs/bench/probe.json")
+    write_results({"run": args.run, "split": args.split, "weights": args.weights, "probes": res},
+                  args.out or "runs/bench/probe.json")
     return 0

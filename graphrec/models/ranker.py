@@ -28,7 +28,7 @@ With every module switched off it is the plain DIN baseline (ids + own history).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -201,6 +201,17 @@ class Ranker(nn.Module):
             self.offset_weight = nn.Parameter(torch.ones(()))
 
     # ------------------------------------------------------------------ Θ
+
+    def id_tables(self) -> List[Tuple[nn.Parameter, float]]:
+        """The tables indexed by a user or author id, each with the std it is initialised with: the id
+        embeddings, MFQ's per-author queries and, for −GraphCL, the Θ the ranker learns itself
+        (``ranker.reinit_ids`` draws them afresh each epoch)."""
+        out = [(e.weight, 0.01) for e in (self.user_emb, self.author_emb) if e is not None]
+        if self.mfq is not None:
+            out.append((self.mfq.author_query.weight, 0.02))
+        if getattr(self, "theta", None) is not None:
+            out.append((self.theta.weight, 0.1))
+        return out
     def _theta(self, kind: str, ids: torch.Tensor) -> torch.Tensor:
         """Θ vectors of ``ids`` (``kind`` user/author) from the ranker's own table (−GraphCL)."""
         offset = 0 if kind == "user" else self.spec.num_users

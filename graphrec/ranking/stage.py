@@ -261,7 +261,26 @@ def fit_spec(cfg: Config, ds: Dataset):
     monitor = f"recall@{cfg.eval.k}" if ds.implicit else "gauc"
     return FitSpec(epochs=sec.epochs, lr=sec.lr, seed=cfg.run.seed, weight_decay=sec.weight_decay,
                    grad_clip=sec.grad_clip, patience=sec.patience, monitor=monitor, mode="max",
-                   amp=cfg.run.amp, tag="ranker", checkpoint_every_s=cfg.run.checkpoint_every_s)
+                   amp=cfg.run.amp, tag="ranker", checkpoint_every_s=cfg.run.checkpoint_every_s,
+                   warmup_steps=sec.warmup_steps, lr_decay=sec.lr_decay)
+
+
+def id_reinit(model, seed: int):
+    """``ranker.reinit_ids``: ``reinit(epoch)`` for :func:`graphrec.fit.fit` that draws the ranker's id tables
+    (:meth:`~graphrec.models.ranker.Ranker.id_tables`) afresh as the model initialises them, from the epoch's
+    seed, and returns them. The rest of the network keeps what it learnt, so it cannot adapt to ids it has already fitted
+    (MEDA, Liu et al. 2023, against the one-epoch overfitting of Zhang et al. 2022)."""
+    from ..fit import epoch_seed
+
+    tables = model.id_tables()
+
+    def reinit(epoch: int):
+        gen = torch.Generator().manual_seed(epoch_seed(seed + 7, epoch))
+        with torch.no_grad():
+            for w, std in tables:
+                w.copy_(torch.randn(w.shape, generator=gen) * std)
+        return [w for w, _ in tables]
+    return reinit
 
 
 def expansion_redraws(cfg: Config, graphs, metapaths, device: str):
@@ -302,7 +321,8 @@ def train_ranker(cfg: Config, ds: Dataset, model, builder, train_idx: np.ndarray
                           cfg.run.seed + 1, comm)
     return fit(model, task, fit_spec(cfg, ds), device, checkpoint=checkpoint, resume=resume, writer=writer, log=log,
                progress=progress, comm=comm, validate=validate, parameters=parameter_groups(model, sec),
-               on_epoch_end=on_epoch_end or (lambda epoch, h: None))
+               on_epoch_end=on_epoch_end or (lambda epoch, h: None),
+               reinit=id_reinit(model, cfg.run.seed) if sec.reinit_ids else None)
 
 
 def parameter_groups(model, sec) -> List[Dict[str, Any]]:

@@ -81,7 +81,7 @@ class GraphStage(Stage):
         from .gie.graph import build_gift_graph, graph_fingerprint, graph_label
 
         sec = ctx.cfg.graph
-        snaps = graph_snapshots(ctx.dataset, sec.past_fraction, sec.snapshots)
+        snaps = graph_snapshots(ctx.dataset, sec.past_fraction, sec.snapshots, sec.folds)
         swing = {"alpha": sec.swing_alpha, "a2a_topk": sec.a2a_topk, "max_authors_per_user": sec.max_authors_per_user,
                  "max_users_per_author": sec.max_users_per_author}
         label = graph_label(ctx.cfg, ctx.dataset)
@@ -191,7 +191,8 @@ class GraphCLStage(Stage):
         from .gie.graphcl import HeldOutGifts, train_graphcl
 
         ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
-        snaps = ctx.state.get("snapshots") or graph_snapshots(ds, ctx.cfg.graph.past_fraction, ctx.cfg.graph.snapshots)
+        snaps = ctx.state.get("snapshots") or graph_snapshots(ds, ctx.cfg.graph.past_fraction, ctx.cfg.graph.snapshots,
+                                                              ctx.cfg.graph.folds)
         thetas, per_snapshot, init, result, gifts, initial = [], [], None, None, None, None
         for j, rows in enumerate(snaps.rows):
             gifts = HeldOutGifts(ds, graph_label(ctx.cfg, ds), rows, sec.eval_negatives, ctx.cfg.run.seed)
@@ -208,7 +209,9 @@ class GraphCLStage(Stage):
                                    tag="graphcl" if last else f"graphcl_snapshot{j}")
             if initial is None:
                 initial = result.initial
-            init = result.model.theta.weight.detach().clone()
+            # out-of-fold graphs all start from the same initial Θ: one warm-started from a graph holding fold k's
+            # edges would carry them into fold k's Θ
+            init = None if snaps.out_of_fold else result.model.theta.weight.detach().clone()
             thetas.append(result.theta())
             per_snapshot.append({"epochs_run": len(result.history), "best_epoch": result.best_epoch,
                                  "best_val_link_auc": max((h.get("val_link_auc", float("nan")) for h in result.history),

@@ -125,3 +125,78 @@ def _graph_part_rooms(rp):
     out = {"theta": rp.theta[rp.inv]}
     out.update({m: rp.exp[m][rp.inv] for m in rp.exp})
     return out
+
+
+# ----------------------------------------------------------------------------- out-of-fold graphs (untimed data)
+FOLD_SETS = [s for s in SNAPSHOT_SETS if not s.startswith(("graph.snapshots", "graph.past_fraction"))] + ["graph.folds=3"]
+
+
+def _untimed(ds):
+    """The world as TikTok is: rows carry only their split as time."""
+    ds.meta["timestamps"] = False
+    ds.impressions["time"] = ds.impressions["split"].astype(np.int64)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def fold_worlds(tmp_path_factory):
+    """The tiny world made untimed, and a copy with 100 extra training gifts in fold 1, through the graph stages."""
+    from data_prep.simulate import simulate
+
+    tmp = tmp_path_factory.mktemp("folds")
+    cfg = load_config(None, TINY_SIM + FAST_MODELS + FOLD_SETS + [f"data.cache_dir={tmp / 'cache'}"])
+
+    def world():
+        ds = simulate(cfg.simulate, seed=0)
+        ensure_split(ds, 0.1, 0.1)
+        return _untimed(ds)
+    ds, other = world(), world()
+    snaps = graph_snapshots(ds, 0.0, 1, 3)
+    imp = ds.impressions
+    fold1 = np.flatnonzero((snaps.fold_of_row == 1) & (imp["gift"] == 0))
+    changed = np.random.default_rng(1).choice(fold1, 100, replace=False)
+    other.impressions["gift"][changed] = 1
+    return cfg, snaps, _graph_features(cfg, ds, tmp / "a"), _graph_features(cfg, other, tmp / "b")
+
+
+def test_out_of_fold_graphs_hold_every_training_positive_but_their_folds(fold_worlds):
+    cfg, snaps, (ctx, builder), _ = fold_worlds
+    ds = ctx.dataset
+    imp = ds.impressions
+    train = imp["split"] == SPLITS["train"]
+    assert len(snaps) == 4 and snaps.out_of_fold and not snaps.leaky
+    assert set(np.unique(snaps.fold_of_row[train])) == {0, 1, 2} and (snaps.fold_of_row[~train] == 3).all()
+    for k, g in enumerate(ctx.state["graphs"]):
+        u, a = (t.numpy() for t in g.edges("u2a"))
+        keep = train & (imp["gift"] == 1) & (snaps.fold_of_row != k)
+        assert set(zip(u.tolist(), a.tolist())) == set(zip(imp["user"][keep].tolist(), imp["author"][keep].tolist()))
+    # a training row reads its fold's graph; full ranking and sampled evaluation read the graph of all
+    rows = np.flatnonzero(train)[:50]
+    assert (builder.snapshot_of(imp["time"][rows], rows) == snaps.fold_of_row[rows]).all()
+    assert (builder.snapshot_of(imp["time"][rows]) == 3).all()
+    with pytest.raises(Exception, match="graph.folds=3: the dataset .* has timestamps"):
+        from data_prep.simulate import simulate
+        timed = simulate(cfg.simulate, seed=0)
+        ensure_split(timed, 0.1, 0.1)
+        graph_snapshots(timed, 0.0, 1, 3)
+
+
+def test_a_folds_gifts_do_not_reach_its_own_rows_graph_features(fold_worlds):
+    """Gifts added to fold 1's training rows change the graphs of folds 0 and 2 and of all, never fold 1's: the
+    graph features (Θ included: each fold's GraphCL starts from the same Θ, not warm from a graph holding fold
+    1) of fold 1's training rows stay bit for bit, those of other rows change. A row reading another fold's graph,
+    a fold graph holding its own fold, or a warm start from one fails this test."""
+    cfg, snaps, (ctx, builder), (_, other) = fold_worlds
+    imp = ctx.dataset.impressions
+    train = imp["split"] == SPLITS["train"]
+    mine = np.flatnonzero(train & (snaps.fold_of_row == 1))[::4]
+    rest = np.flatnonzero(train & (snaps.fold_of_row != 1))[::4]
+    a, b = _graph_part(builder.impressions(mine)), _graph_part(other.impressions(mine))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    a, b = _graph_part(builder.impressions(rest)), _graph_part(other.impressions(rest))
+    assert not torch.equal(a["user theta"], b["user theta"])
+    rng = np.random.default_rng(0)
+    ta, tb = builder.training(mine[:20], rng), other.training(mine[:20], np.random.default_rng(0))
+    for name, x in _graph_part(ta).items():                   # the sampled negatives read the row's graph too
+        assert torch.equal(x, _graph_part(tb)[name]), name

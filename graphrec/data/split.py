@@ -61,39 +61,73 @@ class GraphSnapshots:
     snapshot whose cut is at or before ``t`` (:meth:`index`), so no edge of its graph is as late as the
     impression itself, and ``-1`` (no graph yet) before the first cut. ``cuts is None`` is the one graph of
     every training positive, read by every row (``past_fraction`` 0 and one snapshot): a training row's
-    own gift is then an edge of the graph its features come from."""
+    own gift is then an edge of the graph its features come from.
 
-    def __init__(self, cuts, rows) -> None:
+    Untimed data has no past; there ``fold_of_row`` (``graph.folds`` K) gives out-of-fold graphs instead:
+    snapshot ``k < K`` holds the training positives outside fold ``k`` and is read by the training rows of fold
+    ``k``; the last holds every training positive and is read by every other row (validation, test, full
+    ranking, serving). No training row's own positive is then an edge of the graph it reads, as for the rows
+    it is evaluated on (out-of-fold target encoding)."""
+
+    def __init__(self, cuts, rows, fold_of_row=None) -> None:
         self.cuts = None if cuts is None else np.asarray(cuts, dtype=np.int64)
         self.rows = list(rows)
+        self.fold_of_row = None if fold_of_row is None else np.asarray(fold_of_row, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def leaky(self) -> bool:
-        """Whether every row reads one graph of every training positive (no cut)."""
-        return self.cuts is None
+        """Whether every row reads one graph of every training positive (no cut, no folds)."""
+        return self.cuts is None and self.fold_of_row is None
 
-    def index(self, times) -> np.ndarray:
-        """``[n]`` int64: the snapshot each time reads, ``-1`` before the first cut."""
+    @property
+    def out_of_fold(self) -> bool:
+        """Whether the snapshots are out-of-fold graphs (untimed data, ``graph.folds``)."""
+        return self.fold_of_row is not None
+
+    def index(self, times, rows=None) -> np.ndarray:
+        """``[n]`` int64: the snapshot each time reads, ``-1`` before the first cut. Out-of-fold graphs: the
+        snapshot of each impression row ``rows`` (its fold's for a training row); without ``rows`` (full
+        ranking, serving, sampled evaluation) the last, of every training positive."""
         times = np.asarray(times, dtype=np.int64)
+        if self.fold_of_row is not None:
+            if rows is None:
+                return np.full(times.shape, len(self.rows) - 1, dtype=np.int64)
+            return self.fold_of_row[np.asarray(rows, dtype=np.int64)]
         if self.cuts is None:
             return np.zeros(times.shape, dtype=np.int64)
         return np.searchsorted(self.cuts, times, side="right").astype(np.int64) - 1
 
 
-def graph_snapshots(ds, past_fraction: float = 0.0, snapshots: int = 1) -> GraphSnapshots:
+FOLD_SEED = 20_240_531   # the out-of-fold graphs' row assignment: fixed, so every stage and run agrees on it
+
+
+def graph_snapshots(ds, past_fraction: float = 0.0, snapshots: int = 1, folds: int = 0) -> GraphSnapshots:
     """The :class:`GraphSnapshots` of ``ds``: with ``snapshots`` 1 and ``past_fraction`` 0, one graph of every
     training row (no cut); otherwise (timed data only) ``snapshots`` cuts spread evenly over the training
     period's rows from the ``past_fraction`` quantile of their times to its end (the last snapshot then holds
     every training positive; validation and test read it). One snapshot with ``past_fraction`` f is one graph
-    of the earliest f of the training period, read by every later row."""
+    of the earliest f of the training period, read by every later row. ``folds`` K > 0 (untimed data only):
+    the K out-of-fold graphs and the graph of every training positive, the training rows dealt to the folds
+    at random (a fixed generator, :data:`FOLD_SEED`)."""
     from ..errors import ConfigError
 
     train = ds.impressions["split"] == SPLITS["train"]
     if snapshots < 1:
         raise ConfigError(f"graph.snapshots={snapshots}: at least one graph is needed")
+    if folds:
+        if ds.timed:
+            raise ConfigError(f"graph.folds={folds}: the dataset {ds.name} has timestamps, so its graph is cut by "
+                              "time (graph.snapshots, graph.past_fraction); set graph.folds to 0")
+        if folds < 2 or snapshots != 1 or past_fraction:
+            raise ConfigError(f"graph.folds={folds} with graph.snapshots={snapshots}, graph.past_fraction="
+                              f"{past_fraction}: out-of-fold graphs need at least 2 folds, one snapshot and no past "
+                              "fraction")
+        fold = np.full(len(train), folds, dtype=np.int64)
+        fold[train] = np.random.default_rng(FOLD_SEED).integers(0, folds, int(train.sum()))
+        return GraphSnapshots(None, [train & (fold != k) for k in range(folds)] + [train], fold)
     if snapshots == 1 and not past_fraction:
         return GraphSnapshots(None, [train])
     if not ds.timed:

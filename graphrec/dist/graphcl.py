@@ -293,7 +293,7 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
     opt = SparseOptimizer(theta, sec.lr)
     task = DistGraphCLTask(anchors, rows[has_pos], U, A, sec.negatives, steps)
 
-    graph_rows = graph_snapshots(ds, cfg.graph.past_fraction, cfg.graph.snapshots).rows[-1]
+    graph_rows = graph_snapshots(ds, cfg.graph.past_fraction, cfg.graph.snapshots, cfg.graph.folds).rows[-1]
     gifts = HeldOutGifts(ds, graph_label(cfg, ds), graph_rows, sec.eval_negatives, seed)
     validate = None
     if len(gifts.val[0]):

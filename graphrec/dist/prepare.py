@@ -63,7 +63,10 @@ def distributed_graphcl(cfg: Config) -> bool:
 def check_one_snapshot_on_trainers(cfg: Config) -> None:
     """The trainers train Θ (``graphcl.distributed``) or walk the expansions (``dist.expansion=walk``) on the one
     graph they hold; several graph snapshots are built by the partition step, with Θ trained there and the
-    expansions read from the cache."""
+    expansions read from the cache. Out-of-fold graphs (``graph.folds``, untimed data) are standalone only."""
+    if cfg.graph.folds:
+        raise ConfigError(f"graph.folds={cfg.graph.folds}: out-of-fold graphs run standalone only (the distributed "
+                          "trainers do not yet read a training row's fold graph); set graph.folds=0 to distribute")
     if cfg.graph.snapshots == 1:
         return
     if distributed_graphcl(cfg):

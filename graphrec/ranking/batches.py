@@ -3,7 +3,8 @@
 For a row (user, time) and each of its candidate authors the builder assembles what the model may
 know then (see :mod:`graphrec.ranking.features` for the rules): the user's ids, side features and
 history; the expansions and Θ from the feature store — of the latest graph snapshot cut at or before the
-row's time (``graph.snapshots``; none before the first cut), the target author padded out of user-side
+row's time (``graph.snapshots``; none before the first cut; untimed data with ``graph.folds``: a training
+row's out-of-fold graph, any other row the graph of every training positive), the target author padded out of user-side
 author sequences by the model; the segment on air, the room's latest statistics and the frozen
 forecasters' features; the author's recent activity.
 
@@ -142,23 +143,27 @@ class BatchBuilder:
 
     def _both_sides(self, users: np.ndarray, user_times: np.ndarray, exclude: Optional[np.ndarray],
                     authors: np.ndarray, room_times: np.ndarray, own: Optional[np.ndarray] = None,
-                    segments: Optional[np.ndarray] = None):
-        """``user_part`` and ``room_part`` of one batch, sharing the second hop (one Θ read per node type)."""
-        up, usnap = self._user_side(users, user_times, exclude)
-        rp, rsnap = self._room_side(authors, room_times, own, segments)
+                    segments: Optional[np.ndarray] = None, user_rows: Optional[np.ndarray] = None,
+                    room_rows: Optional[np.ndarray] = None):
+        """``user_part`` and ``room_part`` of one batch, sharing the second hop (one Θ read per node type);
+        ``user_rows`` / ``room_rows``: the logged impression each side belongs to (out-of-fold graphs)."""
+        up, usnap = self._user_side(users, user_times, exclude, user_rows)
+        rp, rsnap = self._room_side(authors, room_times, own, segments, room_rows)
         self._endpoint_theta((up, usnap), (rp, rsnap))
         self._hide_graph(up, usnap)
         self._hide_graph(rp, rsnap)
         self.built_batches += 1
         return up, rp
 
-    def snapshot_of(self, times: np.ndarray) -> Optional[np.ndarray]:
-        """``[n]`` the graph snapshot each time reads (-1: none yet), or None without graph features."""
+    def snapshot_of(self, times: np.ndarray, rows: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        """``[n]`` the graph snapshot each time (or logged impression ``rows``, for out-of-fold graphs) reads
+        (-1: none yet), or None without graph features."""
         if self.snapshots is None or not self.cfg.metapaths:
             return None
-        return self.snapshots.index(times)
+        return self.snapshots.index(times, rows)
 
-    def _user_side(self, users: np.ndarray, times: np.ndarray, exclude: Optional[np.ndarray]):
+    def _user_side(self, users: np.ndarray, times: np.ndarray, exclude: Optional[np.ndarray],
+                   rows: Optional[np.ndarray] = None):
         """The user side without the endpoints' Θ (hop 1), and each row's graph snapshot (or None)."""
         cfg = self.cfg
         ut = torch.from_numpy(users)
@@ -176,7 +181,7 @@ class BatchBuilder:
         if cfg.user_activity and self.user_activity is not None:
             own = None if exclude is None else (np.asarray(exclude) != PAD).astype(np.float64)
             up.activity = torch.from_numpy(self.user_activity.features(users, times, own))
-        snap = self.snapshot_of(times)
+        snap = self.snapshot_of(times, rows)
         self._node_features(up, "user", ut, snap)
         return up, snap
 
@@ -235,12 +240,12 @@ class BatchBuilder:
             part.exp_theta = {m: found[(id(part), m)] for m in part.exp}
 
     def _room_side(self, authors: np.ndarray, times: np.ndarray, own: Optional[np.ndarray] = None,
-                   segments: Optional[np.ndarray] = None):
+                   segments: Optional[np.ndarray] = None, rows: Optional[np.ndarray] = None):
         """The author side without the endpoints' Θ (hop 1), and the graph snapshot of each distinct entry
         (or None). Author-only pieces are computed once per distinct author — per distinct (author, snapshot)
         pair when the rows read several graph snapshots."""
         cfg = self.cfg
-        snap = self.snapshot_of(times)
+        snap = self.snapshot_of(times, rows)
         if snap is None:
             uniq, inv = np.unique(authors, return_inverse=True)
             usnap = None
@@ -305,7 +310,7 @@ class BatchBuilder:
         u, a, t = self.users[idx], self.authors[idx], self.times[idx]
         own = (self.is_train[idx] & ~self.timed).astype(np.float64) if self.cfg.activity else None
         seg = self.imp_segment[idx] if self.segments is not None and self.imp_segment is not None else None
-        up, rp = self._both_sides(u, t, self._exclude(idx), a, t, own, seg)
+        up, rp = self._both_sides(u, t, self._exclude(idx), a, t, own, seg, idx, idx)
         return Batch(users=up, rooms=rp, cand=torch.arange(len(idx))[:, None], labels=torch.from_numpy(self.labels[idx]))
 
     def pairs(self, users: np.ndarray, authors: np.ndarray, times: np.ndarray) -> Batch:
@@ -344,7 +349,8 @@ class BatchBuilder:
             own = np.zeros((B, C))
             own[:, 0] = self.is_train[idx]
             own = own.reshape(-1)
-        up, rp = self._both_sides(self.users[idx], t, self._exclude(idx), flat_a, flat_t, own)
+        up, rp = self._both_sides(self.users[idx], t, self._exclude(idx), flat_a, flat_t, own, None, idx,
+                                  np.repeat(idx, C))
         batch = Batch(users=up, rooms=rp, cand=torch.arange(B * C).view(B, C), labels=torch.from_numpy(self.labels[idx]),
                       valid=torch.from_numpy(valid))
         if self.cfg.logq:

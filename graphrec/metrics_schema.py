@@ -5,7 +5,8 @@ distributed one (:mod:`graphrec.dist.trainer`, :mod:`graphrec.dist.graphcl`) bui
 functions, so both files have the same keys (``tests/test_dist.py`` compares them) and
 :func:`graphrec.report.run_report` renders either:
 
-* ``run``: :func:`run_entry`; ``config_file``: the experiment file the run was given (None: defaults only);
+* ``run``: :func:`run_entry` (with :func:`software_entry`: the code's commit and the library versions);
+  ``config_file``: the experiment file the run was given (None: defaults only);
 * ``data``: :func:`data_entry`;
 * ``graph``, ``expansion``, ``stat_forecast``, ``product_forecast``: their stages (:mod:`graphrec.pipeline`); a
   distributed run runs those in its partition step, which keeps the entries in ``prepared.json``
@@ -30,10 +31,44 @@ PARTITION_STEP_ENTRIES = ("graph", "expansion", "graphcl", "stat_forecast", "pro
 
 
 def run_entry(cfg, run_dir: Path, device: str, distributed: bool = False) -> Dict[str, Any]:
-    """``run``: the run's name, folder, device (a distributed run: rank 0's), seed, and whether it ran on DGL's
-    distributed engine."""
+    """``run``: the run's name, folder, device (a distributed run: rank 0's), seed, whether it ran on DGL's
+    distributed engine, and what software it ran (:func:`software_entry`)."""
     return {"name": cfg.run.name, "dir": str(run_dir), "device": device, "seed": cfg.run.seed,
-            "distributed": bool(distributed)}
+            "distributed": bool(distributed), "software": software_entry()}
+
+
+def _installed(package: str) -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(repo: Path, *args: str) -> Optional[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def software_entry() -> Dict[str, Any]:
+    """The code and library versions a run used, so a result can be traced to them (two PyTorch releases give
+    a run on the GPU machine and one here): graphrec's git commit and whether tracked files differed from it
+    (None outside a git checkout, e.g. an installed wheel), and the versions of Python, PyTorch, NumPy and DGL
+    (None where not installed). Read from package metadata: nothing is imported."""
+    import platform
+
+    repo = Path(__file__).resolve().parents[1]
+    commit = _git(repo, "rev-parse", "HEAD") if (repo / ".git").exists() else None
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status),
+            "python": platform.python_version(),
+            **{name: _installed(name) for name in ("torch", "numpy", "dgl")}}
 
 
 def data_entry(ds) -> Dict[str, Any]:

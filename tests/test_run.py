@@ -225,3 +225,30 @@ def test_unknown_history_fails_at_the_data_stage(tmp_path, capsys):
     assert "'gfit' is not a behaviour of this dataset" in err and "Traceback" not in err
     metrics = json.loads((only_run_dir(tmp_path) / "metrics.json").read_text())
     assert [s["name"] for s in metrics["stages"]] == ["data"]
+
+
+def test_metrics_record_the_commit_and_the_library_versions(tmp_path, monkeypatch):
+    """``run.software``: the checkout's commit (and whether tracked files differ from it) and the versions of
+    Python, PyTorch, NumPy and DGL, so a number can be traced to the code and the release that made it."""
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    import numpy
+    import torch
+
+    from graphrec import metrics_schema
+    from graphrec.config import load_config
+
+    sw = metrics_schema.run_entry(load_config(None, []), tmp_path, "cpu")["software"]
+    assert sw["torch"].split("+")[0] == torch.__version__.split("+")[0] and sw["numpy"] == numpy.__version__
+    assert sw["python"] == platform.python_version()
+    repo = Path(metrics_schema.__file__).resolve().parents[1]
+    if (repo / ".git").exists():
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        assert sw["commit"] == head.strip() and len(sw["commit"]) == 40 and isinstance(sw["dirty"], bool)
+    # a tracked file that differs from the commit makes the run "dirty"; outside a checkout both are None
+    monkeypatch.setattr(metrics_schema, "_git", lambda repo, *a: "c0ffee" if a[0] == "rev-parse" else " M x.py")
+    assert metrics_schema.software_entry()["dirty"] is True or not (repo / ".git").exists()
+    monkeypatch.setattr(metrics_schema, "_git", lambda repo, *a: None)
+    assert (metrics_schema.software_entry()["commit"], metrics_schema.software_entry()["dirty"]) == (None, None)

@@ -77,11 +77,11 @@ class GraphStage(Stage):
         return None
 
     def run(self, ctx: RunContext) -> None:
-        from .data.split import graph_snapshots
+        from .data.split import graph_snapshots_for
         from .gie.graph import build_gift_graph, graph_fingerprint, graph_label
 
         sec = ctx.cfg.graph
-        snaps = graph_snapshots(ctx.dataset, sec.past_fraction, sec.snapshots, sec.folds)
+        snaps = graph_snapshots_for(ctx.dataset, ctx.cfg)
         swing = {"alpha": sec.swing_alpha, "a2a_topk": sec.a2a_topk, "max_authors_per_user": sec.max_authors_per_user,
                  "max_users_per_author": sec.max_users_per_author}
         label = graph_label(ctx.cfg, ctx.dataset)
@@ -186,13 +186,12 @@ class GraphCLStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
-        from .data.split import graph_snapshots
+        from .data.split import graph_snapshots_for
         from .gie.graph import graph_label
         from .gie.graphcl import HeldOutGifts, train_graphcl
 
         ds, sec, exp = ctx.dataset, ctx.cfg.graphcl, ctx.state["expansions"]
-        snaps = ctx.state.get("snapshots") or graph_snapshots(ds, ctx.cfg.graph.past_fraction, ctx.cfg.graph.snapshots,
-                                                              ctx.cfg.graph.folds)
+        snaps = ctx.state.get("snapshots") or graph_snapshots_for(ds, ctx.cfg)
         thetas, per_snapshot, init, result, gifts, initial = [], [], None, None, None, None
         for j, rows in enumerate(snaps.rows):
             gifts = HeldOutGifts(ds, graph_label(ctx.cfg, ds), rows, sec.eval_negatives, ctx.cfg.run.seed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -126,8 +127,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     run = load_run(args.run)
     if args.weights == "last":
-        from pathlib import Path
-
         from ..checkpoint import load_checkpoint
 
         last = load_checkpoint(Path(args.run) / "checkpoints" / "ranker_last.pt")

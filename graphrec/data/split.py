@@ -101,6 +101,12 @@ class GraphSnapshots:
         return np.searchsorted(self.cuts, times, side="right").astype(np.int64) - 1
 
 
+def graph_snapshots_for(ds, cfg) -> GraphSnapshots:
+    """:func:`graph_snapshots` as the run's ``graph`` section says (past fraction, snapshots, folds)."""
+    g = cfg.graph
+    return graph_snapshots(ds, g.past_fraction, g.snapshots, g.folds)
+
+
 FOLD_SEED = 20_240_531   # the out-of-fold graphs' row assignment: fixed, so every stage and run agrees on it
 
 

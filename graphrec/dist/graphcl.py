@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..data.dataset import save_table
-from ..data.split import graph_snapshots
+from ..data.split import graph_snapshots_for
 from ..gie.graph import graph_label
 from ..gie.graphcl import GraphCL, HeldOutGifts, anchor_loss, graphcl_loss
 from ..gie.metapath import PAD
@@ -293,7 +293,7 @@ def train_dist_graphcl(cfg, ds, store, comm, run_dir: Path, resume: bool, log: C
     opt = SparseOptimizer(theta, sec.lr)
     task = DistGraphCLTask(anchors, rows[has_pos], U, A, sec.negatives, steps)
 
-    graph_rows = graph_snapshots(ds, cfg.graph.past_fraction, cfg.graph.snapshots, cfg.graph.folds).rows[-1]
+    graph_rows = graph_snapshots_for(ds, cfg).rows[-1]
     gifts = HeldOutGifts(ds, graph_label(cfg, ds), graph_rows, sec.eval_negatives, seed)
     validate = None
     if len(gifts.val[0]):

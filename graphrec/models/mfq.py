@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Tokens = Tuple[torch.Tensor, torch.Tensor]   # ([B, L, d], valid mask [B, L] bool)
+QUERY_INIT_STD = 0.02      # the per-author learnable queries start as N(0, 0.02²)
 CHOLESKY_MIN_PIVOT = 1e-3   # OP solves by Cholesky above it (condition ≲ 1e3: float32 keeps 4 digits)
 
 
@@ -141,7 +142,7 @@ class MFQ(nn.Module):
         self.modality_embedding = nn.Parameter(torch.zeros(len(self.modalities), dim))
         self.fuse = _Attend(dim, heads, dropout)
         self.author_query = nn.Embedding(num_authors, query_tokens * dim)
-        nn.init.normal_(self.author_query.weight, std=0.02)
+        nn.init.normal_(self.author_query.weight, std=QUERY_INIT_STD)
         self.query_cross = _Attend(dim, heads, dropout)
         self.query_self = _Attend(dim, heads, dropout)
 

@@ -37,8 +37,11 @@ from torch import nn
 from ..ranking.batch import Batch, RoomPart, UserPart
 from ..schema import METAPATHS
 from .din import DotTargetAttention, TargetAttention, at
-from .mfq import MFQ
+from .mfq import MFQ, QUERY_INIT_STD
 from .sections import section   # names the ranker's parts (profiles, bench train)
+
+ID_INIT_STD = 0.01      # user- and author-id embeddings start as N(0, 0.01²)
+THETA_INIT_STD = 0.1    # −GraphCL: the ranker's own Θ starts as N(0, 0.1²)
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Ranker(nn.Module):
         self.author_emb = nn.Embedding(spec.num_authors, d)
         for emb in (self.user_emb, self.author_emb):
             if emb is not None:
-                nn.init.normal_(emb.weight, std=0.01)
+                nn.init.normal_(emb.weight, std=ID_INIT_STD)
         self.user_cat = nn.ModuleDict({k: nn.Embedding(n, d) for k, n in spec.user_cats.items()})
         self.author_cat = nn.ModuleDict({k: nn.Embedding(n, d) for k, n in spec.author_cats.items()})
         self.user_dense = nn.Linear(spec.user_dense, d) if spec.user_dense else None
@@ -155,7 +158,7 @@ class Ranker(nn.Module):
         if spec.metapaths:
             if not spec.theta_pretrained:   # −GraphCL: Θ is learned by the ranker itself
                 self.theta = nn.Embedding(spec.num_users + spec.num_authors, td)
-                nn.init.normal_(self.theta.weight, std=0.1)
+                nn.init.normal_(self.theta.weight, std=THETA_INIT_STD)
             self.exp_att = nn.ModuleDict({m: DotTargetAttention(td) for m in spec.metapaths})
             user_w += td * (1 + sum(METAPATHS[m].seed == "user" and m not in self.pair_seqs for m in spec.metapaths))
             author_w += td * (1 + sum(METAPATHS[m].seed == "author" for m in spec.metapaths))
@@ -200,18 +203,18 @@ class Ranker(nn.Module):
                 raise ValueError("ranker.popularity_offset needs the author activity features (ranker.use_activity)")
             self.offset_weight = nn.Parameter(torch.ones(()))
 
-    # ------------------------------------------------------------------ Θ
-
     def id_tables(self) -> List[Tuple[nn.Parameter, float]]:
         """The tables indexed by a user or author id, each with the std it is initialised with: the id
         embeddings, MFQ's per-author queries and, for −GraphCL, the Θ the ranker learns itself
         (``ranker.reinit_ids`` draws them afresh each epoch)."""
-        out = [(e.weight, 0.01) for e in (self.user_emb, self.author_emb) if e is not None]
+        out = [(e.weight, ID_INIT_STD) for e in (self.user_emb, self.author_emb) if e is not None]
         if self.mfq is not None:
-            out.append((self.mfq.author_query.weight, 0.02))
+            out.append((self.mfq.author_query.weight, QUERY_INIT_STD))
         if getattr(self, "theta", None) is not None:
-            out.append((self.theta.weight, 0.1))
+            out.append((self.theta.weight, THETA_INIT_STD))
         return out
+
+    # ------------------------------------------------------------------ Θ
     def _theta(self, kind: str, ids: torch.Tensor) -> torch.Tensor:
         """Θ vectors of ``ids`` (``kind`` user/author) from the ranker's own table (−GraphCL)."""
         offset = 0 if kind == "user" else self.spec.num_users

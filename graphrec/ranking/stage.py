@@ -14,7 +14,7 @@ import torch
 
 from ..config import Config
 from ..data.dataset import SPLITS, Dataset
-from ..data.split import graph_snapshots
+from ..data.split import graph_snapshots_for
 from ..errors import UserError
 from ..schema import METAPATHS
 from ..stage import RunContext, Stage
@@ -173,7 +173,7 @@ def build_ranker(cfg: Config, ds: Dataset, mods: Mapping[str, Any], artifacts: M
     author_side = side_features(ds.tables["authors"], truth.get("authors", []))
     snapshots = None
     if mods["metapaths"]:
-        snapshots = graph_snapshots(ds, cfg.graph.past_fraction, cfg.graph.snapshots, cfg.graph.folds)
+        snapshots = graph_snapshots_for(ds, cfg)
         check_snapshot_count(store, snapshots)
     builder = BatchBuilder(ds, store, bcfg, histories, user_side, author_side, activity, room_stats, known,
                            user_activity, snapshots)

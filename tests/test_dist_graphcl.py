@@ -108,8 +108,6 @@ def test_one_loss_for_both_modes():
 # ----------------------------------------------------------------------------- real servers and trainers
 def _exchange_worker(rank, world, port, out_dir):
     """One gloo trainer of :func:`test_exchange_rows_routes_every_row_once_in_dgl_order`."""
-    import torch.distributed as dist
-
     from graphrec.dist.comm import DDPComm
     from graphrec.dist.graphcl import exchange_rows
 
@@ -124,7 +122,9 @@ def _exchange_worker(rank, world, port, out_dir):
     sums = comm.sum([rank + 0.5, 2.0 * rank])
     torch.save({"sent": (rows, values, dest), "got": got, "sums": sums}, Path(out_dir) / f"{rank}.pt")
     comm.barrier()                    # the store's owner (rank 0) must not leave before the others are done
-    dist.destroy_process_group()
+    # leave without torch.distributed's teardown: PyTorch 2.2's gloo destroy_process_group can block for ever once
+    # a peer has gone (a suite run hung 18 min in it); the results are on disk and the barrier waited for every rank
+    os._exit(0)
 
 
 @pytest.mark.parametrize("world", [2, 3])

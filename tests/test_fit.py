@@ -765,8 +765,6 @@ def _ddp_worker(rank, world, port, out_dir, at):
     import os
     import shutil
 
-    import torch.distributed as dist
-
     import graphrec.fit as F
     from graphrec.dist.comm import DDPComm
 
@@ -807,7 +805,9 @@ def _ddp_worker(rank, world, port, out_dir, at):
                 "resumed": _state(resumed), "history": _without_seconds(res.history),
                 "at": [res.resumed_from, res.resumed_at_step], "built": task.built}, out_dir / f"{rank}.pt")
     comm.barrier()
-    dist.destroy_process_group()
+    # leave without torch.distributed's teardown: PyTorch 2.2's gloo destroy_process_group can block for ever once
+    # a peer has gone (a suite run hung 18 min in it); the results are on disk and the barrier waited for every rank
+    os._exit(0)
 
 
 @pytest.mark.parametrize("epoch, step", [(2, 4)])

@@ -532,3 +532,40 @@ def test_reinit_ids_draws_every_id_table_afresh_from_the_epochs_seed_and_nothing
     assert not torch.equal(other.author_emb.weight, net.author_emb.weight)
     own = Ranker(dataclasses.replace(model.spec, theta_pretrained=False))
     assert any(w is own.theta.weight for w, _ in own.id_tables())
+
+
+def test_validation_users_scores_a_fixed_sample_of_whole_users():
+    """``ranker.validation_users``: the per-epoch check scores every validation impression of a fixed seeded
+    sample of users and nothing else (whole users, so GAUC stays a per-user AUC), the same sample each time."""
+    from graphrec.evaluation import impression_metrics, split_mask
+    from graphrec.ranking.stage import build_ranker, enabled_modules
+    from graphrec.ranking.train import RankerScorer, validation, validation_sample
+
+    from .conftest import ranker_world
+
+    cfg, ds, art = ranker_world(["ranker.use_mfq=false", "ranker.mlp=[16]", "simulate.gift_rate=0.2"])
+    model, builder, _ = build_ranker(cfg, ds, enabled_modules(cfg, ds, art), art)
+    val = split_mask(ds, "val")
+    users = np.unique(ds.impressions["user"][val])
+    sample = validation_sample(ds, len(users) // 3, seed=5)
+    assert np.array_equal(sample, validation_sample(ds, len(users) // 3, seed=5))
+    assert len(sample) == len(users) // 3 and np.isin(sample, users).all()
+    assert validation_sample(ds, 0, 5) is None and validation_sample(ds, len(users), 5) is None
+
+    class Counting(RankerScorer):
+        scored = []
+
+        def impression_scores(self, idx):
+            Counting.scored.append(np.asarray(idx))
+            return super().impression_scores(idx)
+
+    validate = validation(lambda: Counting(model, builder), ds, np.flatnonzero(val), cfg.eval.k, cfg.eval.negatives,
+                          1, users=sample)
+    got = validate(model, 0)
+    rows = np.flatnonzero(val & np.isin(ds.impressions["user"], sample))
+    assert np.array_equal(np.sort(np.concatenate(Counting.scored)), rows)
+    want = impression_metrics(RankerScorer(model, builder), ds, "val", cfg.eval.negatives, 1, idx=rows)[ds.main_label]
+    assert got["gauc"] == pytest.approx(want["gauc"]) and got["auc"] == pytest.approx(want["auc"])
+    everyone = validation(lambda: RankerScorer(model, builder), ds, np.flatnonzero(val), cfg.eval.k,
+                          cfg.eval.negatives, 1)(model, 0)
+    assert everyone["auc"] != pytest.approx(got["auc"])

@@ -305,7 +305,7 @@ def train_ranker(cfg: Config, ds: Dataset, model, builder, train_idx: np.ndarray
     """Train with :func:`graphrec.fit.fit` (``train_idx``/``val_idx``: this trainer's shares; ``redraw``: see
     :func:`expansion_redraws`; ``on_epoch_end(epoch, history entry)``: called after each epoch's validation)."""
     from ..fit import fit
-    from .train import RankerObjective, RankerScorer, RankerTask, validation
+    from .train import RankerObjective, RankerScorer, RankerTask, validation, validation_sample
 
     sec = cfg.ranker
     heads = model.spec.tasks
@@ -318,7 +318,7 @@ def train_ranker(cfg: Config, ds: Dataset, model, builder, train_idx: np.ndarray
     task = RankerTask(builder, train_idx, max(1, sec.batch_size // world), objective, sec.max_train_impressions,
                       world, redraw)
     validate = validation(lambda: RankerScorer(model, builder, device), ds, val_idx, cfg.eval.k, cfg.eval.negatives,
-                          cfg.run.seed + 1, comm)
+                          cfg.run.seed + 1, comm, validation_sample(ds, sec.validation_users, cfg.run.seed + 3))
     return fit(model, task, fit_spec(cfg, ds), device, checkpoint=checkpoint, resume=resume, writer=writer, log=log,
                progress=progress, comm=comm, validate=validate, parameters=parameter_groups(model, sec),
                on_epoch_end=on_epoch_end or (lambda epoch, h: None),

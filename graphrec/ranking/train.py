@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation import gathered_scores, impression_metrics, main_metric, topk_metrics
+from ..evaluation import gathered_scores, impression_metrics, main_metric, split_mask, topk_metrics, topk_users
 from ..models.ranker import Ranker
 
 
@@ -174,25 +174,46 @@ class RankerScorer:
         return out
 
 
+def validation_sample(ds, n: int, seed: int) -> Optional[np.ndarray]:
+    """``ranker.validation_users``: a fixed seeded sample of ``n`` validation users, sorted (None: all). Drawn
+    from those the per-epoch check can score (implicit data: users with a validation positive, whom the full
+    ranking averages over; impression logs: users with a validation impression), from the whole dataset, so
+    every distributed trainer draws the same sample."""
+    if n <= 0:
+        return None
+    if ds.implicit:
+        users = topk_users(ds, "val")
+    else:
+        users = np.unique(ds.impressions["user"][split_mask(ds, "val")])
+    if n >= len(users):
+        return None
+    return np.sort(np.random.default_rng(seed).choice(users, n, replace=False)).astype(np.int64)
+
+
 def validation(scorer_of: Callable[[], RankerScorer], ds, val_idx: np.ndarray, k: int, negatives: int,
-               seed: int, comm=None) -> Callable[[Any, int], Dict[str, float]]:
+               seed: int, comm=None, users: Optional[np.ndarray] = None) -> Callable[[Any, int], Dict[str, float]]:
     """The per-epoch validation of :func:`graphrec.fit.fit`: Recall@k etc. of the model's own full ranking
-    (implicit data) or AUC/GAUC of the main label (impression logs). Distributed, per-impression scores
-    are computed on each trainer's share and gathered; the full ranking on rank 0, then shared."""
+    (implicit data) or AUC/GAUC of the main label (impression logs); ``users``: only these users'
+    (:func:`validation_sample`). Distributed, per-impression scores are computed on each trainer's share and
+    gathered; the full ranking on rank 0, then shared."""
     main = ds.main_label
+    imp = ds.impressions
+    if users is not None:             # the sample's rows: this trainer's share of them, and all of them
+        val_idx = val_idx[np.isin(imp["user"][val_idx], users)]
+    sample_idx = None if users is None else np.flatnonzero(split_mask(ds, "val") & np.isin(imp["user"], users))
 
     def validate(model, epoch: int) -> Dict[str, float]:
         scorer = scorer_of()
         if ds.implicit:
             rep = None
             if comm is None or comm.is_main:
-                rep = topk_metrics(scorer, ds, "val", k) or {}
+                rep = topk_metrics(scorer, ds, "val", k, users=users) or {}
             if comm is not None and comm.world > 1:
                 rep = comm.gather(rep)[0]
             return {key: float(v) for key, v in rep.items() if key not in ("label", "users", "k")}
         if comm is not None and comm.world > 1:
             scorer = gathered_scores(scorer, val_idx, comm)
-        rep = impression_metrics(scorer, ds, "val", negatives, seed)
+        rep = impression_metrics(scorer, ds, "val", negatives, seed, idx=sample_idx)
         auc = float(rep.get(main, {}).get("auc", float("nan")))
         gauc = main_metric(rep, main, False)
         return {"gauc": auc if np.isnan(gauc) else gauc, "auc": auc}

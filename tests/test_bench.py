@@ -1,5 +1,6 @@
 """The benchmark commands run and report consistent numbers (their speed is not asserted here)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,7 +130,11 @@ def test_scale_benchmark_reports_time_and_memory_per_stage(tmp_path, capsys):
     rss = [s["peak_rss_gib"] for s in ran]
     assert all(r > 0 for r in rss) and rss == sorted(rss)                  # a running peak never decreases
     assert res["peak_rss_gib"] >= rss[-1] and res["ranker_sample"] == 1500
-    assert "peak RSS" in capsys.readouterr().out
+    m = json.loads((Path(res["run_dir"]) / "metrics.json").read_text())       # the ranker's summary is the run's own
+    assert res["ranker"]["epochs_run"] == len(m["ranker"]["history"]) and res["ranker"]["best_epoch"] == m["ranker"]["best_epoch"]
+    assert res["ranker"]["test"]["mmbee"]["auc"] == m["eval"]["test"]["mmbee"]["gift"]["auc"]
+    printed = capsys.readouterr().out
+    assert "peak RSS" in printed and f"best epoch {m['ranker']['best_epoch']}" in printed
 
 
 def test_dist_benchmark_table_reads_the_one_metrics_schema():

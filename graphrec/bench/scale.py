@@ -7,9 +7,12 @@ Presets (``--set`` overrides anything):
 
 Full-ranking evaluations against every author (LightGCN, the top-K of every model) are off: at
 100k authors they would dominate the run without saying anything about the pipeline's scaling.
-One ranker epoch on a seeded sample of ``--ranker-impressions`` training impressions; the table
-extrapolates a full epoch from its rate. The pipeline runs in a child process; its peak RSS is read
-from the kernel (``ru_maxrss``), so it includes everything the process ever held.
+By default one ranker epoch on a seeded sample of ``--ranker-impressions`` training impressions (a quick
+check of time and memory); ``--ranker-impressions 0`` trains on every training impression each epoch, and
+``--set ranker.epochs=N --set ranker.patience=P`` makes it a real training run (add
+``--set ranker.validation_users=N`` so the per-epoch check does not score 2M validation impressions). The
+pipeline runs in a child process; its peak RSS is read from the kernel (``ru_maxrss``), so it includes
+everything the process ever held.
 """
 from __future__ import annotations
 
@@ -52,9 +55,20 @@ def run(preset: str, overrides: List[str], ranker_impressions: int, workdir: Pat
     train = m["data"]["split"]["train"]
     ranker_s = next((s["seconds"] for s in m["stages"] if s["name"] == "ranker"), None)
     return {"preset": preset, "overrides": sets, "counts": {k: m["data"][k] for k in ("users", "authors", "impressions")},
-            "train_impressions": train, "ranker_sample": min(ranker_impressions, train), "stages": stages,
+            "train_impressions": train, "ranker_sample": min(ranker_impressions or train, train), "stages": stages,
             "wall_seconds": wall, "peak_rss_gib": peak_gib, "target_gib": 12.0, "run_dir": str(run_dir),
-            "ranker_seconds": ranker_s}
+            "ranker_seconds": ranker_s, "ranker": ranker_summary(m)}
+
+
+def ranker_summary(m: Dict) -> Dict:
+    """The ranker's epochs (seconds, impressions/s, validation), its best epoch and the test metrics of every
+    model the run scored (the ranker, popularity, the oracle), from the run's metrics.json."""
+    r = m.get("ranker", {})
+    test = m.get("eval", {}).get("test", {})
+    label = m["data"].get("main_label", "gift")
+    return {"epochs_run": len(r.get("history", [])), "best_epoch": r.get("best_epoch"),
+            "history": r.get("history", []),
+            "test": {name: {k: e.get(label, {}).get(k) for k in ("auc", "gauc")} for name, e in test.items()}}
 
 
 def format_table(res: Dict) -> str:
@@ -66,8 +80,12 @@ def format_table(res: Dict) -> str:
         lines.append(f"{s['stage']:18s} {s['status'][:44]:44s} {s['seconds']:9.1f} {rss:>16s}")
     lines.append(f"whole run: {res['wall_seconds']:.0f} s wall, peak RSS {res['peak_rss_gib']:.2f} GiB "
                  f"(target ≤ {res['target_gib']:.0f} GiB: {'met' if res['peak_rss_gib'] <= res['target_gib'] else 'NOT met'})")
-    lines.append(f"ranker: one epoch on {res['ranker_sample']:,} of {res['train_impressions']:,} training impressions "
-                 "(training plus validation and test scoring)")
+    r = res["ranker"]
+    lines.append(f"ranker: {r['epochs_run']} epoch(s) of {res['ranker_sample']:,} of {res['train_impressions']:,} training "
+                 f"impressions each, best epoch {r['best_epoch']} (seconds include validation and test scoring)")
+    for name, t in r["test"].items():
+        lines.append(f"test {name:12s} AUC {t['auc'] if t['auc'] is not None else float('nan'):.4f}  "
+                     f"GAUC {t['gauc'] if t['gauc'] is not None else float('nan'):.4f}")
     return "\n".join(lines)
 
 
@@ -77,7 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--cfg", help="experiment YAML under the preset (default: the built-in defaults)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--ranker-impressions", type=int, default=1_000_000,
-                    help="training impressions of the ranker's one epoch (a seeded sample)")
+                    help="training impressions of each ranker epoch (a fresh seeded sample); 0 = every one")
     ap.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
     ap.add_argument("--out", help="JSON results (default runs/bench/scale-<preset>.json)")
     args = ap.parse_args(argv)

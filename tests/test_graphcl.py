@@ -52,9 +52,13 @@ def test_algorithm1_positives_from_expansions_and_same_type_negatives(gifted_wor
                 assert (n[i] >= U).all()
 
 
-def test_loss_parts_and_training_improves_link_prediction(gifted_world):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_loss_parts_and_training_improves_link_prediction(gifted_world, sparse):
+    """Dense Adam and ``graphcl.sparse_updates`` (lazy Adam over the batch's rows) both learn the graph."""
     cfg, ds, exp = gifted_world
-    r = train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"], dict(cfg.graphcl, epochs=8), seed=0)
+    r = train_graphcl(ds.num_users, ds.num_authors, exp["u2a2u"], exp["a2u2a"],
+                      dict(cfg.graphcl, epochs=8, sparse_updates=sparse), seed=0)
+    assert r.model.theta.sparse == sparse
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     h = r.history[0]
     assert h["train_loss"] == pytest.approx(h["ce"] + cfg.graphcl.nce_weight * h["nce"], rel=1e-5)

@@ -9,8 +9,8 @@ test link-prediction AUC: the standalone stage's, and for the distributed setups
 (``graphcl.distributed=true``, the default here) or, with ``--standalone-graphcl``, the partition
 step's; "loop s" is GraphCL's epochs alone (the standalone stage's seconds also hold PyTorch's one-off
 set-up of a process's first ``torch.optim`` optimizer, about 0.9 s here). Every setup uses the same data, seed and
-hyper-parameters; DDP averages the gradients of ``world`` batches per step, so a distributed epoch
-takes ``world`` times fewer optimizer steps than a standalone one.
+hyper-parameters; the ranker's batch is global (each of ``world`` trainers takes ``batch_size / world``
+rows per step and DDP averages their gradients), so every setup makes the same optimizer steps per epoch.
 
 ``--preset full`` (or ``small``) is the full-size rehearsal instead: the 1M-user world of ``bench scale
 --preset full`` partitioned in two and trained on two simulated machines (GraphCL on the trainers, one

@@ -49,10 +49,10 @@ class GraphCL(nn.Module):
     """The embedding table Θ (``[num_users + num_authors, dim]``) and the GraphCL loss."""
 
     def __init__(self, num_users: int, num_authors: int, dim: int = 32, temperature: float = 0.2,
-                 nce_weight: float = 1.0) -> None:
+                 nce_weight: float = 1.0, sparse: bool = False) -> None:
         super().__init__()
         self.num_users, self.num_authors = num_users, num_authors
-        self.theta = nn.Embedding(num_users + num_authors, dim)
+        self.theta = nn.Embedding(num_users + num_authors, dim, sparse=sparse)   # sparse: rows of the batch only
         nn.init.normal_(self.theta.weight, std=0.1)
         self.temperature = temperature
         self.nce_weight = nce_weight
@@ -127,11 +127,14 @@ def train_graphcl(num_users: int, num_authors: int, user_pos: np.ndarray, author
     the epoch with the best validation link prediction is kept and training stops after
     ``sec.patience`` epochs without a better one. ``init``: the table to start from (an earlier graph
     snapshot's Θ, so that the snapshots' Θ share one space) instead of a random one; ``tag``: TensorBoard's
-    section."""
+    section. ``sec["sparse_updates"]``: the table gets sparse gradients and ``torch.optim.SparseAdam`` (lazy
+    Adam: a step updates, and moves the moments of, only the rows in the batch) instead of dense Adam, whose
+    every step touches all ``U + A`` rows — at 1M users that, not the batch, is the cost of a step."""
     from ..fit import FitSpec, fit
 
     torch.manual_seed(seed)
-    model = GraphCL(num_users, num_authors, sec["dim"], sec["temperature"], sec["nce_weight"])
+    sparse = bool(sec.get("sparse_updates", False))
+    model = GraphCL(num_users, num_authors, sec["dim"], sec["temperature"], sec["nce_weight"], sparse=sparse)
     if init is not None:
         with torch.no_grad():
             model.theta.weight.copy_(init)
@@ -142,7 +145,10 @@ def train_graphcl(num_users: int, num_authors: int, user_pos: np.ndarray, author
     task = GraphCLTask(pos.to(device), num_users, num_authors, sec["negatives"], sec["batch_size"])
     spec = FitSpec(epochs=sec["epochs"], lr=sec["lr"], seed=seed, amp=amp, tag=tag,
                    patience=sec.get("patience", 0) if validate else 0, monitor="link_auc" if validate else None)
-    result = fit(model, task, spec, device, writer=writer, log=log, progress=progress, validate=validate)
+    model.to(device)
+    optimizer = torch.optim.SparseAdam(list(model.parameters()), lr=sec["lr"]) if sparse else None
+    result = fit(model, task, spec, device, writer=writer, log=log, progress=progress, validate=validate,
+                 optimizer=optimizer)
     trained = (pos >= 0).any(dim=1)
     return GraphCLResult(model.cpu(), initial, result.history, result.best_epoch, trained)
 

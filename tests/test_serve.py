@@ -387,7 +387,11 @@ def test_http_load_test_counts_requests_and_errors(trained_run, tmp_path, capsys
     assert res["mean_ms"] * res["requests"] <= res["clients"] * res["seconds"] * 1000
     assert res["ms_per_user"] == pytest.approx(res["seconds"] * 1000 / (2 * res["requests"]))
     assert res["p50_ms_per_user"] == res["p50_ms"] / 2
-    assert "12 requests of 2 user(s) x 15 candidates" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "12 requests of 2 user(s) x 15 candidates" in printed and f"server start-up {res['startup_s']:.1f} s" in printed
+    # the server holds the ranker's weights: its memory is at least their checkpoint's size, and peaks after start-up
+    weights = (trained_run.run_dir / "checkpoints" / "ranker.pt").stat().st_size / 2**30
+    assert weights < res["server_rss_gib_started"] <= res["server_peak_rss_gib"]
 
 
 def test_cli_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -5,7 +5,9 @@ Starts ``python -m graphrec.serve --run RUN --port 0`` on 127.0.0.1, sends ``--r
 concurrent clients with keep-alive connections, and reports requests/s, p50/p99 latency per HTTP
 round trip, the rate and the p50 also per user (compare batches with single requests at the same
 ``--clients``: with several clients a round trip includes the wait for the others' turns), and the error
-count; then stops the server with SIGTERM (it must exit 0). Needs a trained run: nothing is trained here.
+count, the server's start-up time (process start to listening) and its resident memory (Linux: ``VmRSS``
+once listening, ``VmHWM`` at the end); then stops the server with SIGTERM (it must exit 0). Needs a trained
+run: nothing is trained here.
 Standard library clients only (``http.client``), so the bench needs no test extras.
 """
 from __future__ import annotations
@@ -92,6 +94,7 @@ class ServerProcess:
     """``python -m graphrec.serve`` in a child process on a free port of 127.0.0.1; stopped by SIGTERM."""
 
     def __init__(self, run_dir: Path, startup_s: float = 300.0) -> None:
+        t0 = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, "-m", "graphrec.serve", "--run", str(run_dir), "--port", "0"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: List[str] = []
@@ -108,11 +111,22 @@ class ServerProcess:
 
         threading.Thread(target=drain, daemon=True).start()
         started.wait(startup_s)
+        self.startup_s = time.perf_counter() - t0          # from the process's start until it listens
         if self.url is None:
             self.stop()
             tail = "\n".join(self.lines[-10:])
             raise RuntimeError(f"the server did not start within {startup_s:.0f} s (exit code "
                                f"{self.proc.returncode}); its last output:\n{tail}")
+
+    def memory_gib(self, field: str) -> Optional[float]:
+        """The server's ``VmRSS`` (resident now) or ``VmHWM`` (peak resident) in GiB; None off Linux."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 2**20          # kB
+        except OSError:
+            pass
+        return None
 
     def stop(self, timeout: float = 30.0) -> Optional[int]:
         """The server's exit code after SIGTERM (killed, and None, if it does not stop in ``timeout``)."""
@@ -141,10 +155,13 @@ def serve_http(run_dir: Path, requests: int = 300, clients: int = 4, candidates:
     path = "/score/batch" if batch else "/score"
     server = ServerProcess(run_dir)
     try:
+        rss_started = server.memory_gib("VmRSS")
         load_test(server.url, request_bodies(warmup, users, authors, candidates, batch, seed + 1), clients, path)
         res = load_test(server.url, request_bodies(requests, users, authors, candidates, batch, seed), clients, path)
+        peak = server.memory_gib("VmHWM")
     finally:
         exit_code = server.stop()
+    res.update({"startup_s": server.startup_s, "server_rss_gib_started": rss_started, "server_peak_rss_gib": peak})
     per = batch or 1
     res.update({"run": str(run_dir), "url": server.url, "path": path, "candidates": candidates,
                 "users_per_request": per, "users_per_s": res["requests_per_s"] * per,
@@ -154,6 +171,10 @@ def serve_http(run_dir: Path, requests: int = 300, clients: int = 4, candidates:
                 "ms_per_user": 1000.0 / (res["requests_per_s"] * per) if res["requests_per_s"] else 0.0,
                 "p50_ms_per_user": res["p50_ms"] / per, "server_exit_code": exit_code})
     return res
+
+
+def _gib(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:.2f} GiB"
 
 
 @command
@@ -177,6 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"({res['users_per_s']:.1f} users/s, {res['ms_per_user']:.2f} ms per user), p50 {res['p50_ms']:.1f} ms "
           f"({res['p50_ms_per_user']:.2f} ms per user), p99 {res['p99_ms']:.1f} ms, "
           f"{res['errors']} errors{' ' + str(res['error_kinds']) if res['errors'] else ''}; "
-          f"server exit code {res['server_exit_code']}")
+          f"server start-up {res['startup_s']:.1f} s, resident {_gib(res['server_rss_gib_started'])} once listening, "
+          f"peak {_gib(res['server_peak_rss_gib'])}; server exit code {res['server_exit_code']}")
     write_results(res, args.out or "runs/bench/serve_http.json")
     return 0 if res["errors"] == 0 and res["server_exit_code"] == 0 else 1

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 # GraphCL with lazy Adam over the batch's rows: dense Adam's every step updates all 1.1M rows of Θ (docs/gie.md)
+SIZED = ["graphcl.sparse_updates=true"]
 PRESETS = {
-    "full": ["simulate.num_users=1000000", "simulate.num_authors=100000", "simulate.num_impressions=20000000",
-             "graphcl.sparse_updates=true"],
-    "small": ["simulate.num_users=100000", "simulate.num_authors=10000", "simulate.num_impressions=2000000",
-              "graphcl.sparse_updates=true"],
+    "full": ["simulate.num_users=1000000", "simulate.num_authors=100000", "simulate.num_impressions=20000000"] + SIZED,
+    "small": ["simulate.num_users=100000", "simulate.num_authors=10000", "simulate.num_impressions=2000000"] + SIZED,
 }
 FIXED = ["lightgcn.enabled=false", "eval.topk=false", "eval.two_stage_candidates=0", "ranker.epochs=1",
          "run.progress=false"]
@@ -66,8 +65,8 @@ def run(preset: str, overrides: List[str], ranker_impressions: int, workdir: Pat
 
 
 def ranker_summary(m: Dict) -> Dict:
-    """The ranker's epochs (seconds, impressions/s, validation), its best epoch and the test metrics of every
-    model the run scored (the ranker, popularity, the oracle), from the run's metrics.json."""
+    """The ranker's epochs (their history: loss, validation, seconds), its best epoch and the test AUC/GAUC of
+    the main label of every model the run scored (the ranker, popularity, the oracle), from its metrics.json."""
     r = m.get("ranker", {})
     test = m.get("eval", {}).get("test", {})
     label = m["data"].get("main_label", "gift")

@@ -161,9 +161,9 @@ def serve_http(run_dir: Path, requests: int = 300, clients: int = 4, candidates:
         peak = server.memory_gib("VmHWM")
     finally:
         exit_code = server.stop()
-    res.update({"startup_s": server.startup_s, "server_rss_gib_started": rss_started, "server_peak_rss_gib": peak})
     per = batch or 1
-    res.update({"run": str(run_dir), "url": server.url, "path": path, "candidates": candidates,
+    res.update({"startup_s": server.startup_s, "server_rss_gib_started": rss_started, "server_peak_rss_gib": peak,
+                "run": str(run_dir), "url": server.url, "path": path, "candidates": candidates,
                 "users_per_request": per, "users_per_s": res["requests_per_s"] * per,
                 # per user: the wall time of the run over the users scored (with several clients, requests
                 # overlap), and one round trip's p50 over its users (with several clients it includes the

@@ -197,10 +197,11 @@ def validation(scorer_of: Callable[[], RankerScorer], ds, val_idx: np.ndarray, k
     (:func:`validation_sample`). Distributed, per-impression scores are computed on each trainer's share and
     gathered; the full ranking on rank 0, then shared."""
     main = ds.main_label
-    imp = ds.impressions
-    if users is not None:             # the sample's rows: this trainer's share of them, and all of them
+    sample_idx = None
+    if users is not None and not ds.implicit:     # the sample's rows: this trainer's share of them, and all of them
+        imp = ds.impressions
         val_idx = val_idx[np.isin(imp["user"][val_idx], users)]
-    sample_idx = None if users is None else np.flatnonzero(split_mask(ds, "val") & np.isin(imp["user"], users))
+        sample_idx = np.flatnonzero(split_mask(ds, "val") & np.isin(imp["user"], users))
 
     def validate(model, epoch: int) -> Dict[str, float]:
         scorer = scorer_of()

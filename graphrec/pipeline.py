@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from .metrics_schema import data_entry, graphcl_entry, stage_row, timed
 from .ranking.stage import RankerStage, history_names
 from .schema import GRAPHCL_POSITIVES
 from .report import counts_table, run_report, summary_text
-from .stage import RunContext, Stage, jsonable
+from .stage import RunContext, Stage, cached_stage_output, jsonable
 
 
 # ----------------------------------------------------------------------------- data
@@ -186,6 +186,31 @@ class GraphCLStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
+
+        ds = ctx.dataset
+        out = cached_stage_output(ctx, self.name, ("graph", "expansion", "graphcl"), lambda: self.train(ctx),
+                                  extra={"graph": ctx.state["graph_fingerprint"]})
+        entry = json.loads(out["metrics"])
+        ctx.metrics["graphcl"] = entry
+        quality, per_snapshot = entry["link_prediction"], entry.get("snapshots")
+        summary_text(ctx.writer, "graphcl/summary", {f"link prediction, {which} Θ: {k}": v
+                                                       for which, q in quality.items() for k, v in q.items()})
+        ctx.log.info("GraphCL (%d epochs, best %d%s) link prediction on %d test gifts: trained AUC %.4f MRR %.4f, "
+                     "untrained AUC %.4f MRR %.4f", entry["epochs_run"], entry["best_epoch"],
+                     "" if not per_snapshot else f"; latest of {len(per_snapshot)} snapshots, epochs "
+                     + ", ".join(str(p["epochs_run"]) for p in per_snapshot),
+                     quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
+                     quality["untrained"]["auc"], quality["untrained"].get("mrr", float("nan")))
+        ctx.state["theta"] = out["theta"]
+        save_checkpoint(ctx.run_dir / "checkpoints" / "graphcl.pt",
+                        {"theta": out["theta"], "num_users": ds.num_users, "num_authors": ds.num_authors,
+                         "hparams": dict(ctx.cfg.graphcl)})
+        ctx.writer.add_embedding(out["author_theta"], tag="author_theta", metadata=author_labels(ds))
+
+    @staticmethod
+    def train(ctx: RunContext) -> Dict[str, Any]:
+        """Θ of every snapshot trained: ``{"theta": [U + A, snapshots, dim], "author_theta": the authors' rows
+        of the latest model (TensorBoard's projector), "metrics": the graphcl entry as JSON}``."""
         from .data.split import graph_snapshots_for
         from .gie.graph import graph_label
         from .gie.graphcl import HeldOutGifts, train_graphcl
@@ -216,21 +241,10 @@ class GraphCLStage(Stage):
                                  "best_val_link_auc": max((h.get("val_link_auc", float("nan")) for h in result.history),
                                                           default=float("nan"))})
         quality = gifts.report(result.model.author_embeddings(), initial[ds.num_users:])
-        ctx.metrics["graphcl"] = graphcl_entry(result.history, result.best_epoch, quality, "standalone",
-                                               snapshots=per_snapshot if len(snaps) > 1 else None)
-        summary_text(ctx.writer, "graphcl/summary", {f"link prediction, {which} Θ: {k}": v
-                                                       for which, q in quality.items() for k, v in q.items()})
-        ctx.log.info("GraphCL (%d epochs, best %d%s) link prediction on %d test gifts: trained AUC %.4f MRR %.4f, "
-                     "untrained AUC %.4f MRR %.4f", len(result.history), result.best_epoch,
-                     "" if len(snaps) == 1 else f"; latest of {len(snaps)} snapshots, epochs "
-                     + ", ".join(str(p["epochs_run"]) for p in per_snapshot),
-                     quality["trained"]["pairs"], quality["trained"]["auc"], quality["trained"].get("mrr", float("nan")),
-                     quality["untrained"]["auc"], quality["untrained"].get("mrr", float("nan")))
-        theta = torch.stack(thetas, dim=1)          # [U + A, snapshots, dim]
-        ctx.state["theta"] = theta
-        save_checkpoint(ctx.run_dir / "checkpoints" / "graphcl.pt",
-                        {"theta": theta, "num_users": ds.num_users, "num_authors": ds.num_authors, "hparams": dict(sec)})
-        ctx.writer.add_embedding(result.model.author_embeddings(), tag="author_theta", metadata=author_labels(ds))
+        entry = graphcl_entry(result.history, result.best_epoch, quality, "standalone",
+                              snapshots=per_snapshot if len(snaps) > 1 else None)
+        return {"theta": torch.stack(thetas, dim=1), "author_theta": result.model.author_embeddings().clone(),
+                "metrics": json.dumps(entry, default=jsonable)}
 
 
 # ----------------------------------------------------------------------------- foresight
@@ -248,20 +262,28 @@ class StatForecastStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
-        from .foresight import train_stat_forecaster
+        from .models.stat_forecaster import StatForecaster
 
-        sec = ctx.cfg.stat_forecast
-        result = train_stat_forecaster(ctx.dataset, sec, ctx.cfg.run.seed, ctx.progress, ctx.device, ctx.writer,
-                                       ctx.log.debug, ctx.cfg.run.amp)
-        m = result.metrics
+        out = cached_stage_output(ctx, self.name, ("stat_forecast",), lambda: self.train(ctx))
+        m = json.loads(out["metrics"])
         ctx.metrics["stat_forecast"] = m
         summary_text(ctx.writer, "stat_forecast/summary", {f"held-out MSE, {k}": v for k, v in m["mse"].items()})
         ctx.log.info("statistic forecast MSE (%s) on %d held-out rooms: model %.4f, mean value %.4f, "
                      "latest value %.4f", m["space"], m["heldout_rooms"], m["mse"]["model"],
                      m["mse"]["mean_value"], m["mse"]["latest_value"])
+        path = save_checkpoint(ctx.run_dir / "checkpoints" / "stat_forecast.pt", out["checkpoint"])
+        ctx.state["stat_forecaster"] = StatForecaster.from_checkpoint(path)   # the same model, trained or cached
+
+    @staticmethod
+    def train(ctx: RunContext) -> Dict[str, Any]:
+        """``{"checkpoint": the trained model's checkpoint, "metrics": its entry as JSON}``."""
+        from .foresight import train_stat_forecaster
+
+        sec = ctx.cfg.stat_forecast
+        result = train_stat_forecaster(ctx.dataset, sec, ctx.cfg.run.seed, ctx.progress, ctx.device, ctx.writer,
+                                       ctx.log.debug, ctx.cfg.run.amp)
         features = ctx.dataset.meta.get("stats", {}).get("features", [])
-        save_checkpoint(ctx.run_dir / "checkpoints" / "stat_forecast.pt", result.model.checkpoint(sec, features))
-        ctx.state["stat_forecaster"] = result.model
+        return {"checkpoint": result.model.checkpoint(sec, features), "metrics": json.dumps(result.metrics, default=jsonable)}
 
 
 class ProductForecastStage(Stage):
@@ -278,21 +300,29 @@ class ProductForecastStage(Stage):
 
     def run(self, ctx: RunContext) -> None:
         from .checkpoint import save_checkpoint
-        from .foresight import train_product_forecaster
+        from .models.product_forecaster import ProductForecaster
 
-        sec = ctx.cfg.product_forecast
-        result = train_product_forecaster(ctx.dataset, sec, ctx.cfg.run.seed, ctx.progress, ctx.device, ctx.writer,
-                                          ctx.log.debug, ctx.cfg.run.amp)
-        m = result.metrics
+        out = cached_stage_output(ctx, self.name, ("product_forecast",), lambda: self.train(ctx))
+        m = json.loads(out["metrics"])
         ctx.metrics["product_forecast"] = m
         summary_text(ctx.writer, "product_forecast/summary",
                      {f"held-out hit rate, {k}": v for k, v in m["hit_rate"].items()})
         ctx.log.info("next-category hit rate on %d held-out shopping rooms: model %.4f, most frequent %.4f, "
                      "latest %.4f", m["heldout_rooms"], m["hit_rate"]["model"],
                      m["hit_rate"]["most_frequent_category"], m["hit_rate"]["latest_category"])
-        save_checkpoint(ctx.run_dir / "checkpoints" / "product_forecast.pt",
-                        result.model.checkpoint(sec, ctx.dataset.meta["products"]))
-        ctx.state["product_forecaster"] = result.model
+        path = save_checkpoint(ctx.run_dir / "checkpoints" / "product_forecast.pt", out["checkpoint"])
+        ctx.state["product_forecaster"] = ProductForecaster.from_checkpoint(path)   # the same model, trained or cached
+
+    @staticmethod
+    def train(ctx: RunContext) -> Dict[str, Any]:
+        """``{"checkpoint": the trained model's checkpoint, "metrics": its entry as JSON}``."""
+        from .foresight import train_product_forecaster
+
+        sec = ctx.cfg.product_forecast
+        result = train_product_forecaster(ctx.dataset, sec, ctx.cfg.run.seed, ctx.progress, ctx.device, ctx.writer,
+                                          ctx.log.debug, ctx.cfg.run.amp)
+        return {"checkpoint": result.model.checkpoint(sec, ctx.dataset.meta["products"]),
+                "metrics": json.dumps(result.metrics, default=jsonable)}
 
 
 # ----------------------------------------------------------------------------- baselines

@@ -69,8 +69,8 @@ def run(cfg: Config, config_file: Optional[str] = None, run_dir: Optional[Path] 
     """Run the whole pipeline for ``cfg``; returns the run folder and its metrics.
 
     With ``run_dir`` and ``resume``, an interrupted run continues in its own folder: the stages before
-    the ranker are recomputed (deterministically, from the caches) and the ranker continues from its
-    last checkpoint."""
+    the ranker are rebuilt from the caches (the dataset, the expansions and, with ``run.stage_cache``, the
+    pre-training stages' outputs) and the ranker continues from its last checkpoint."""
     from torch.utils.tensorboard import SummaryWriter
 
     from .data.dataset import atomic_write_text

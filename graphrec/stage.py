@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import abc
+import functools
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
 from .config import Config
 from .data.dataset import Dataset, atomic_write_text
@@ -63,3 +66,60 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: RunContext) -> None:
         """Do the stage's work, reading and extending ``ctx.state`` and ``ctx.metrics``."""
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest() -> str:
+    """A hash of graphrec's own source and defaults: a stage's cached output is reused only by the code
+    that made it (any edit to the package recomputes it)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.yaml")]):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def stage_cache_file(ctx: RunContext, stage: str, sections: Sequence[str],
+                     extra: Optional[Mapping[str, Any]] = None) -> Optional[Path]:
+    """Where the output of ``stage`` is cached for this run (``run.stage_cache``), or None when off.
+
+    The name hashes everything the output depends on: the dataset folder (named by its own inputs'
+    fingerprint), the ``data`` section (the split) and the stage's ``sections``, the seed, bf16 autocast,
+    the device type, :func:`code_digest` and ``extra`` (e.g. the graph's fingerprint). None also for a
+    dataset held in memory only (no folder to name it by)."""
+    if not ctx.cfg.run.stage_cache or ctx.dataset.path is None:
+        return None
+    key = {"stage": stage, "dataset": str(Path(ctx.dataset.path).resolve()),
+           "config": {s: dict(ctx.cfg[s]) for s in ("data", *sections)}, "seed": ctx.cfg.run.seed,
+           "amp": ctx.cfg.run.amp, "device": torch.device(ctx.device).type, "code": code_digest(),
+           "extra": dict(extra or {})}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(ctx.cfg.data.cache_dir) / "stages" / f"{stage}-{digest}.pt"
+
+
+def cached_stage_output(ctx: RunContext, stage: str, sections: Sequence[str],
+                        compute: Callable[[], Dict[str, Any]],
+                        extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """``compute()``'s payload (tensors and plain containers only), or the same payload cached by an earlier
+    run with the same inputs (:func:`stage_cache_file`): ``--resume``, ``--seeds``/``--ablate`` variants that
+    share a stage, and a second ``make run`` then skip the pre-training they already did. A damaged cache
+    file is recomputed and replaced."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .errors import DataError
+
+    path = stage_cache_file(ctx, stage, sections, extra)
+    if path is not None and path.exists():
+        try:
+            payload = load_checkpoint(path)
+        except DataError as exc:
+            ctx.log.warning("%s; computing the stage again", exc)
+        else:
+            ctx.log.info("%s: reusing %s (an earlier run's output for the same data, settings, seed and code; "
+                         "run.stage_cache false recomputes)", stage, path)
+            ctx.metrics.setdefault("stage_cache", {})[stage] = str(path)
+            return payload
+    payload = compute()
+    if path is not None:
+        save_checkpoint(path, payload)
+    return payload

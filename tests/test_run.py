@@ -108,6 +108,49 @@ def test_forecaster_stages_write_checkpoints_metrics_and_report(tmp_path):
     assert "Table 5 shape" in report and "| latest value |" in report and "| latest category |" in report
 
 
+def test_pretraining_stages_reuse_an_earlier_runs_output(tmp_path):
+    import torch
+
+    from graphrec.checkpoint import load_checkpoint
+
+    def once(*extra):
+        sets = tiny_args(tmp_path, "run.skip_stages=[lightgcn, ranker, evaluation]", *extra)[1::2]
+        return run(load_config(None, sets))
+
+    stages = ("graphcl", "stat_forecast", "product_forecast")
+    first = once()
+    assert "stage_cache" not in first.metrics
+    cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "stages").iterdir())
+    assert cached == sorted(stages)
+    second = once()
+    assert set(second.metrics["stage_cache"]) == set(stages)
+    assert "graphcl: reusing" in (second.run_dir / "run.log").read_text()
+    for name in stages:        # the same outputs, and the same metrics entries, as if trained again
+        assert second.metrics[name] == json.loads(json.dumps(first.metrics[name]))
+    assert torch.equal(second.state["theta"], first.state["theta"])
+    for ck in ("graphcl.pt", "stat_forecast.pt", "product_forecast.pt"):
+        a, b = (load_checkpoint(r.run_dir / "checkpoints" / ck) for r in (first, second))
+        weights = (lambda c: [c["theta"]]) if ck == "graphcl.pt" else (lambda c: list(c["state_dict"].values()))
+        assert all(torch.equal(x, y) for x, y in zip(weights(a), weights(b)))
+    sd_first = load_checkpoint(first.run_dir / "checkpoints" / "stat_forecast.pt")["state_dict"]
+    assert all(torch.equal(v, second.state["stat_forecaster"].state_dict()[k]) for k, v in sd_first.items())
+    # another GraphCL setting trains GraphCL again and reuses the forecasters; another seed retrains all three
+    third = once("graphcl.dim=8")
+    assert set(third.metrics["stage_cache"]) == {"stat_forecast", "product_forecast"}
+    assert third.state["theta"].shape[-1] == 8
+    assert "stage_cache" not in once("run.seed=1").metrics
+    # a damaged cache file is trained again and replaced; run.stage_cache false neither reads nor writes
+    for p in (tmp_path / "cache" / "stages").glob("stat_forecast-*.pt"):
+        p.write_bytes(b"not a checkpoint")
+    fourth = once()
+    assert set(fourth.metrics["stage_cache"]) == {"graphcl", "product_forecast"}
+    assert "not a loadable graphrec checkpoint" in (fourth.run_dir / "run.log").read_text()
+    assert set(once().metrics["stage_cache"]) == set(stages)
+    before = sorted((tmp_path / "cache" / "stages").iterdir())
+    assert "stage_cache" not in once("run.stage_cache=false", "run.seed=2").metrics
+    assert sorted((tmp_path / "cache" / "stages").iterdir()) == before
+
+
 def test_forecaster_stages_skip_with_reasons(tmp_path):
     result = run(load_config(None, tiny_args(tmp_path, "stat_forecast.enabled=false",
                                              "stat_forecast.input_steps=40")[1::2]))

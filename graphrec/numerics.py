@@ -14,7 +14,11 @@ from __future__ import annotations
 
 def flush_denormals() -> bool:
     """Flush subnormal floats to zero in this process's CPU arithmetic (x86 FTZ/DAZ); False where the CPU
-    has no such mode (nothing changes there)."""
+    has no such mode (nothing changes there). NumPy's warning that float64's smallest subnormal reads as
+    zero (``np.finfo``, e.g. when matplotlib starts) says just that, so it is silenced."""
+    import warnings
+
     import torch
 
+    warnings.filterwarnings("ignore", message="The value of the smallest subnormal", category=UserWarning)
     return bool(torch.set_flush_denormal(True))

@@ -265,6 +265,31 @@ def plot_dose_response(results: Dict, out: Path) -> Path:
     return _save(fig, Path(out))
 
 
+def plot_learning_curve(results: Dict, out: Path) -> Path:
+    """Test AUC and GAUC of each model against the training impressions it saw (one epoch each), with
+    popularity and the oracle as reference lines (:func:`graphrec.bench.scale.learning_curve`)."""
+    plt = _pyplot()
+    c = results["counts"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("auc", "gauc")):
+        for model in dict.fromkeys(p["model"] for p in results["curve"]):
+            pts = sorted((p["train_impressions"], p["ranker"].get(metric)) for p in results["curve"]
+                         if p["model"] == model and p["ranker"].get(metric) is not None)
+            ax.plot([n for n, _ in pts], [v for _, v in pts], marker="o", label=model)
+        for ref, style in (("popularity", ":"), ("oracle", "--")):
+            vals = [p[ref].get(metric) for p in results["curve"] if p[ref].get(metric) is not None]
+            if vals:
+                ax.axhline(vals[-1], color="grey", ls=style, lw=1, label=ref)
+        ax.set_xscale("log")
+        ax.set_xlabel("training impressions seen (one epoch)")
+        ax.set_ylabel(f"test {metric.upper()}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Learning curve: {c['users']:,} users, {c['authors']:,} streamers "
+                 f"({results['all_train_impressions']:,} training impressions)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
 @command
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m graphrec.plots", description=__doc__.split("\n\n")[0])

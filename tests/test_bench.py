@@ -137,6 +137,35 @@ def test_scale_benchmark_reports_time_and_memory_per_stage(tmp_path, capsys):
     assert "peak RSS" in printed and f"best epoch {m['ranker']['best_epoch']}" in printed
 
 
+def test_scale_learning_curve_one_run_per_point_sharing_the_pretraining(tmp_path, capsys):
+    from .conftest import FAST_MODELS, TINY_SIM
+
+    sets = [a for s in TINY_SIM + FAST_MODELS + ["simulate.num_impressions=6000", f"data.cache_dir={tmp_path / 'c'}"]
+            for a in ("--set", s)]
+    out, fig = tmp_path / "curve.json", tmp_path / "curve.png"
+    assert main(["scale", "--preset", "small", "--curve", "1500,0", "--models", "full,din", "--workdir",
+                 str(tmp_path / "w"), "--out", str(out), "--figure", str(fig)] + sets) == 0
+    res = json.loads(out.read_text())
+    points = res["curve"]
+    assert [(p["model"], p["train_impressions"]) for p in points] == [
+        ("full", 1500), ("full", res["all_train_impressions"]), ("DIN", 1500), ("DIN", res["all_train_impressions"])]
+    for p in points:                                   # each point is its own run, read from its metrics.json
+        m = json.loads((Path(p["run_dir"]) / "metrics.json").read_text())
+        assert len(m["ranker"]["history"]) == 1
+        assert p["ranker"]["auc"] == m["eval"]["test"][m["ranker"]["model"]]["gift"]["auc"]
+        assert p["popularity"]["gauc"] == m["eval"]["test"]["popularity"]["gift"]["gauc"]
+    metrics = [json.loads((Path(p["run_dir"]) / "metrics.json").read_text()) for p in points]
+    assert [m["ranker"]["model"] for m in metrics] == ["mmbee", "mmbee", "din", "din"]
+    assert "stage_cache" not in metrics[0] and set(metrics[1]["stage_cache"]) == {"graphcl", "stat_forecast",
+                                                                                   "product_forecast"}
+    assert fig.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "learning curve, preset small: 300 users" in printed and f"{points[0]['ranker']['auc']:.4f}" in printed
+    with pytest.raises(SystemExit):
+        main(["scale", "--curve", "100,x"])
+    assert "expected comma-separated whole numbers" in capsys.readouterr().err
+
+
 def test_dist_benchmark_table_reads_the_one_metrics_schema():
     from graphrec.bench.dist import _row, format_table
 

@@ -15,6 +15,13 @@ check of time and memory); ``--ranker-impressions 0`` trains on every training i
 ``--set ranker.validation_users=N`` so the per-epoch check does not score 2M validation impressions). The
 pipeline runs in a child process; its peak RSS is read from the kernel (``ru_maxrss``), so it includes
 everything the process ever held.
+
+``--curve 125000,250000,500000,0 [--models full,DIN]``: a learning curve instead of one run. Each point is
+one run of the model (an ``--ablate`` variant) trained for one epoch on a seeded sample of that many training
+impressions (0 = every one), so each impression is seen once: test AUC/GAUC against impressions seen, beside
+popularity and the oracle (which read every training impression). The pre-training stages are shared
+through the stage cache (``run.stage_cache``), so the points after the first train the ranker only.
+``--figure PATH`` draws it.
 """
 from __future__ import annotations
 
@@ -70,9 +77,47 @@ def ranker_summary(m: Dict) -> Dict:
     r = m.get("ranker", {})
     test = m.get("eval", {}).get("test", {})
     label = m["data"].get("main_label", "gift")
-    return {"epochs_run": len(r.get("history", [])), "best_epoch": r.get("best_epoch"),
+    return {"model": r.get("model"), "epochs_run": len(r.get("history", [])), "best_epoch": r.get("best_epoch"),
             "history": r.get("history", []),
             "test": {name: {k: e.get(label, {}).get(k) for k in ("auc", "gauc")} for name, e in test.items()}}
+
+
+def learning_curve(preset: str, overrides: List[str], sizes: List[int], models: List[str], workdir: Path,
+                   cfg: Optional[str] = None, log=print) -> Dict:
+    """One :func:`run` per model (``--ablate`` variant) and sample size, one epoch each: ``{"curve": [point]}``,
+    a point holding the model, its training impressions, the ranker's test AUC/GAUC and those of popularity and
+    the oracle, the ranker stage's seconds and the run folder."""
+    from ..run import ABLATIONS
+
+    points = []
+    for model in models:
+        for n in sizes:
+            log(f"learning curve: {model} on {'every' if n == 0 else f'{n:,}'} training impressions")
+            res = run(preset, list(overrides) + ABLATIONS[model] + ["ranker.epochs=1"], n, workdir, cfg, log)
+            test = res["ranker"]["test"]
+            points.append({"model": model, "train_impressions": res["ranker_sample"],
+                           "ranker": test.get(res["ranker"]["model"], {}), "popularity": test.get("popularity", {}),
+                           "oracle": test.get("oracle", {}), "ranker_seconds": res["ranker_seconds"],
+                           "run_dir": res["run_dir"]})
+    return {"preset": preset, "counts": res["counts"], "overrides": res["overrides"], "curve": points,
+            "all_train_impressions": res["train_impressions"]}
+
+
+def format_curve(res: Dict) -> str:
+    c = res["counts"]
+    lines = [f"learning curve, preset {res['preset']}: {c['users']:,} users, {c['authors']:,} authors, "
+             f"{res['all_train_impressions']:,} training impressions; one epoch per point, test AUC / GAUC",
+             f"{'model':8s} {'impressions':>12s} {'AUC':>7s} {'GAUC':>7s} {'pop AUC':>8s} {'pop GAUC':>9s} "
+             f"{'oracle AUC':>11s} {'ranker s':>9s}"]
+
+    def f(x):
+        return float("nan") if x is None else x
+    for p in res["curve"]:
+        lines.append(f"{p['model']:8s} {p['train_impressions']:12,d} {f(p['ranker'].get('auc')):7.4f} "
+                     f"{f(p['ranker'].get('gauc')):7.4f} {f(p['popularity'].get('auc')):8.4f} "
+                     f"{f(p['popularity'].get('gauc')):9.4f} {f(p['oracle'].get('auc')):11.4f} "
+                     f"{f(p['ranker_seconds']):9.1f}")
+    return "\n".join(lines)
 
 
 def format_table(res: Dict) -> str:
@@ -100,15 +145,51 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--ranker-impressions", type=int, default=1_000_000,
                     help="training impressions of each ranker epoch (a fresh seeded sample); 0 = every one")
+    ap.add_argument("--curve", type=sizes_arg, metavar="N,N,...",
+                    help="a learning curve: one run per model and training-sample size (0 = every impression)")
+    ap.add_argument("--models", type=models_arg, default=["full", "DIN"], metavar="VARIANT,...",
+                    help="with --curve: the --ablate variants to train (default full,DIN)")
+    ap.add_argument("--figure", help="with --curve: draw it into this PNG")
     ap.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
-    ap.add_argument("--out", help="JSON results (default runs/bench/scale-<preset>.json)")
+    ap.add_argument("--out", help="JSON results (default runs/bench/scale-<preset>.json, curve-<preset>.json)")
     args = ap.parse_args(argv)
+    if args.figure and not args.curve:
+        ap.error("--figure draws a learning curve: give --curve too")
+    log = lambda m: print(f"[bench scale] {m}", file=sys.stderr, flush=True)   # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp).resolve()
-        res = run(args.preset, args.overrides, args.ranker_impressions, workdir, args.cfg,
-                  log=lambda m: print(f"[bench scale] {m}", file=sys.stderr, flush=True))
-    print(format_table(res))
+        if args.curve:
+            res = learning_curve(args.preset, args.overrides, args.curve, args.models, workdir, args.cfg, log)
+        else:
+            res = run(args.preset, args.overrides, args.ranker_impressions, workdir, args.cfg, log)
+    print(format_curve(res) if args.curve else format_table(res))
     from . import write_results
 
-    write_results(res, args.out or f"runs/bench/scale-{args.preset}.json")
+    write_results(res, args.out or f"runs/bench/{'curve' if args.curve else 'scale'}-{args.preset}.json")
+    if args.figure:
+        from ..plots import plot_learning_curve
+
+        print(f"figure: {plot_learning_curve(res, Path(args.figure))}")
     return 0
+
+
+def sizes_arg(text: str) -> List[int]:
+    """``--curve``'s comma-separated sample sizes (0 = every training impression)."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated whole numbers, e.g. 250000,1000000,0")
+    if not sizes or any(n < 0 for n in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one or more sizes ≥ 0 (0 = every training impression)")
+    return sizes
+
+
+def models_arg(text: str) -> List[str]:
+    """``--models``: ``--ablate`` variants (any case)."""
+    from ..errors import ConfigError
+    from ..run import ablation_variants
+
+    try:
+        return ablation_variants(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc))

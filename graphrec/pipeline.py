@@ -126,7 +126,8 @@ class ExpansionStage(Stage):
 
         sec = ctx.cfg.expansion
         ks = {name: sec[f"k_{name}"] for name in METAPATHS}
-        params = {"ks": ks, "backend": sec.backend, "retries": sec.retries, "seed": ctx.cfg.run.seed}
+        params = {"ks": ks, "backend": sec.backend, "retries": sec.retries, "seed": ctx.cfg.run.seed,
+                  "oversample": sec.oversample}
         graphs = ctx.state.get("graphs") or [ctx.state["graph"]]
         fps = ctx.state.get("graph_fingerprints") or [ctx.state["graph_fingerprint"]]
         per_snapshot, caches = [], []
@@ -137,7 +138,7 @@ class ExpansionStage(Stage):
             if exp is None:
                 device = ctx.device if sec.backend == "torch" else "cpu"
                 exp = offline_expansions(g, ks, sec.backend, device, ctx.cfg.run.seed, sec.retries,
-                                         progress=ctx.progress)
+                                         progress=ctx.progress, oversample=sec.oversample)
                 save_expansions(cache, exp, fp, params)
             else:
                 ctx.log.info("using cached expansions %s", cache)

@@ -175,6 +175,36 @@ def test_expansion_exclusions_and_padding():
             assert g.to_canonical_etype(path.etypes[-1])[2] == path.endpoint, name
 
 
+def test_most_visited_keeps_the_k_most_frequent_distinct_endpoints():
+    from graphrec.gie.metapath import most_visited
+
+    ends = torch.tensor([[5, 2, 5, PAD, 2, 5, 7, PAD],
+                         [PAD, PAD, PAD, PAD, PAD, PAD, PAD, PAD],
+                         [3, 3, 1, 1, 4, PAD, PAD, PAD]])
+    top = most_visited(ends, 3)
+    assert top.tolist() == [[5, 2, 7], [PAD, PAD, PAD], [1, 3, 4]]   # by visits; ties: smaller id first
+    assert most_visited(ends, 10).shape == (3, 10) and most_visited(ends, 10)[0, 3:].eq(PAD).all()
+
+
+def test_oversampled_expansion_ranks_a_seeds_neighbourhood():
+    g = toy_graph()
+    for walker in walkers(g):
+        gen = torch.Generator().manual_seed(0)
+        users = torch.arange(5)
+        sampled = expand(walker, g, "u2a2u", users, 3, generator=gen)
+        ranked = expand(walker, g, "u2a2u", users, 3, generator=gen, oversample=50)
+        for s in range(5):
+            got = [x for x in ranked[s].tolist() if x != PAD]
+            assert len(got) == len(set(got)) and s not in got               # distinct, never the seed
+            # 150 walks reach every similar user the 3 samples could: the ranked set covers them
+            assert set(x for x in sampled[s].tolist() if x != PAD) <= set(got) or len(got) == 3
+        new = expand(walker, g, "u2a2u2a", users, 2, generator=gen, oversample=20)
+        u, a = g.edges(etype="u2a")
+        gifted = set(zip(u.tolist(), a.tolist()))
+        assert all((s, x) not in gifted for s in range(5) for x in new[s].tolist() if x != PAD)
+        assert (new[1] == PAD).all()                                      # nothing new for user 1
+
+
 def test_offline_cache_is_tied_to_graph_and_params(tmp_path):
     g = toy_graph()
     ks = {"u2a2u": 4, "u2a2u2a": 3, "u2a2a": 2, "a2a": 2, "a2u2a": 5}

@@ -124,10 +124,10 @@ def breakdown(model, task, device: str, batches: int = 8) -> Dict[str, float]:
 class OnlineExpansions:
     """A feature store whose expansions are walked per request instead of read from the offline cache."""
 
-    def __init__(self, store, graph, ks: Dict[str, int], seed: int = 0) -> None:
+    def __init__(self, store, graph, ks: Dict[str, int], seed: int = 0, oversample: int = 1) -> None:
         from ..gie.metapath import CSRWalker, GiftedLookup
 
-        self.store, self.graph, self.ks = store, graph, ks
+        self.store, self.graph, self.ks, self.oversample = store, graph, ks, oversample
         self.walker = CSRWalker(graph)
         self.gifted = GiftedLookup(graph)
         self.gen = torch.Generator().manual_seed(seed)
@@ -143,7 +143,7 @@ class OnlineExpansions:
             for name in walk:
                 m = name[4:]
                 out[name] = expand(self.walker, self.graph, m, uniq, self.ks[m], generator=self.gen,
-                                   gifted=self.gifted)[inverse]
+                                   gifted=self.gifted, oversample=self.oversample)[inverse]
         return {n: out[n] for n in names}
 
 
@@ -161,7 +161,8 @@ def serve_latency(ctx, requests: int, candidates: int, seed: int = 0) -> Dict:
     cache = SegmentCache()
     offline = builder.store
     variants = {"offline cache": (offline, None), "offline cache + room cache": (offline, cache),
-                "online walk": (OnlineExpansions(offline, ctx.state["graph"], ks, seed), None)}
+                "online walk": (OnlineExpansions(offline, ctx.state["graph"], ks, seed,
+                                                 ctx.cfg.expansion.oversample), None)}
     out = {}
     for name, (store, seg_cache) in variants.items():
         builder.store, model.segment_cache = store, seg_cache

@@ -341,7 +341,8 @@ def walk_expansions(t: Trainer) -> Dict[str, Any]:
     cfg, store, rank = t.cfg, t.store, t.comm.rank
     t0 = time.perf_counter()
     ks = {m: cfg.expansion[f"k_{m}"] for m in t.modules["metapaths"]}
-    mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, rank, log=t.log.info)
+    mine = walk_owned_expansions(store, ks, cfg.run.seed, cfg.expansion.retries, rank, log=t.log.info,
+                                 oversample=cfg.expansion.oversample)
     store.graph.barrier()               # every trainer's walks are written before anyone reads them
     save_table(t.run_dir / "expansions" / f"rank{rank}.npz",     # what this trainer walked, original ids
                {**{f"{m}_seeds": s.numpy() for m, (s, _) in mine.items()},

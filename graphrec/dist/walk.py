@@ -92,7 +92,7 @@ class DistWalker:
 
 
 def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: int = 3, rank: int = 0,
-                          batch_size: int = 65536, log: Callable[[str], None] = lambda m: None
+                          batch_size: int = 65536, log: Callable[[str], None] = lambda m: None, oversample: int = 1
                           ) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     """Walk every metapath with ``ks[name] > 0`` for the seeds this trainer owns (``node_split``) and
     write them, in original ids, into ``store``'s ``exp_<name>`` (every trainer reads them there after
@@ -115,7 +115,7 @@ def walk_owned_expansions(store, ks: Mapping[str, int], seed: int = 0, retries: 
         for s in range(0, len(seeds), batch_size):
             batch = seeds[s:s + batch_size]
             gifted = walker.gifted(batch) if name == "u2a2u2a" else None
-            ids = expand(walker, g, name, batch, k, retries, gen, gifted)
+            ids = expand(walker, g, name, batch, k, retries, gen, gifted, oversample)
             orig = torch.where(ids >= 0, store.orig_of_new[end][ids.clamp(min=0)], torch.full_like(ids, PAD))
             # one graph snapshot (graph.snapshots 1 is required with dist.expansion=walk)
             store.write(seed_type, store.orig_of_new[seed_type][batch], {f"exp_{name}": orig.unsqueeze(1)})

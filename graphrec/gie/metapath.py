@@ -14,6 +14,9 @@ Each expansion draws ``K`` walk endpoints per seed (uniform neighbour choice at 
 replacement). An endpoint equal to the seed itself is rejected (a node is never its own expansion),
 and so is, for ``u2a2u2a``, an author the user already gifted; rejected and dead-end walks are
 re-drawn up to ``retries`` times and otherwise become padding (``PAD = -1``, mask False).
+With ``oversample`` N > 1 (``expansion.oversample``) a seed walks N·K times and keeps the K distinct
+endpoints it reached most often (Pixie's visit counts: a ranked neighbourhood instead of a sample with
+repeats; :func:`most_visited`).
 
 Back ends, equal in distribution (tested):
 * :class:`DGLWalker`: ``dgl.sampling.random_walk(metapath=...)``, the CPU reference;
@@ -147,9 +150,30 @@ class GiftedLookup:
         return self.keys[idx] == q
 
 
+def most_visited(ends: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N, k]``: each row's ``k`` distinct non-``PAD`` values of ``ends [N, M]`` that occur most often (ties: the
+    smaller id first), ``PAD`` where a row has fewer."""
+    s, _ = torch.sort(ends, dim=1)
+    starts = torch.ones_like(s, dtype=torch.bool)
+    starts[:, 1:] = s[:, 1:] != s[:, :-1]
+    run = torch.cumsum(starts, dim=1) - 1                          # which run of equal values each entry is in
+    counts = torch.zeros(s.shape, dtype=torch.long, device=s.device).scatter_add_(1, run, torch.ones_like(run))
+    values = torch.full_like(s, PAD).scatter_(1, run, s)
+    counts = counts.masked_fill(values < 0, 0)                     # padding is never an expansion
+    order = torch.sort(counts, dim=1, descending=True, stable=True).indices[:, :k]
+    top = values.gather(1, order).masked_fill(counts.gather(1, order) == 0, PAD)
+    if top.shape[1] < k:
+        top = torch.cat([top, torch.full((len(top), k - top.shape[1]), PAD, dtype=top.dtype, device=top.device)], 1)
+    return top
+
+
 def expand(walker, g, name: str, seeds: torch.Tensor, k: int, retries: int = 3,
-           generator: Optional[torch.Generator] = None, gifted: Optional[GiftedLookup] = None) -> torch.Tensor:
-    """``[len(seeds), k]`` endpoint ids of metapath ``name`` (``PAD`` where none was found)."""
+           generator: Optional[torch.Generator] = None, gifted: Optional[GiftedLookup] = None,
+           oversample: int = 1) -> torch.Tensor:
+    """``[len(seeds), k]`` endpoint ids of metapath ``name`` (``PAD`` where none was found); with ``oversample``
+    N > 1, the ``k`` distinct endpoints most often reached by ``N·k`` walks."""
+    if oversample > 1:
+        return most_visited(expand(walker, g, name, seeds, k * oversample, retries, generator, gifted), k)
     seed_type, etypes = METAPATHS[name].seed, METAPATHS[name].etypes
     out = walker.walk(seeds, etypes, k, generator)
     same_type = METAPATHS[name].endpoint == seed_type
@@ -183,11 +207,11 @@ class ExpansionSampler:
     its device: the offline cache, and the per-epoch redraws of ``ranker.redraw_expansions``."""
 
     def __init__(self, g, ks: Mapping[str, int], backend: str = "torch", device: str = "cpu", retries: int = 3,
-                 batch_size: int = 65536) -> None:
+                 batch_size: int = 65536, oversample: int = 1) -> None:
         self.walker = make_walker(g, backend, device)
         self.device = self.walker.device if backend == "torch" else torch.device("cpu")
         self.gifted = GiftedLookup(g, str(self.device))
-        self.g, self.ks, self.retries, self.batch_size = g, dict(ks), retries, batch_size
+        self.g, self.ks, self.retries, self.batch_size, self.oversample = g, dict(ks), retries, batch_size, oversample
         self.num_nodes = {nt: g.num_nodes(nt) for nt in g.ntypes}
 
     def draw(self, seed: int, progress: bool = False) -> Dict[str, torch.Tensor]:
@@ -203,15 +227,17 @@ class ExpansionSampler:
             parts = []
             for s in tqdm(range(0, n, self.batch_size), desc=f"expand {name}", disable=not progress, leave=False):
                 seeds = torch.arange(s, min(s + self.batch_size, n), device=self.device)
-                parts.append(expand(self.walker, self.g, name, seeds, k, self.retries, gen, self.gifted).int())
+                parts.append(expand(self.walker, self.g, name, seeds, k, self.retries, gen, self.gifted,
+                                    self.oversample).int())
             out[name] = torch.cat(parts) if parts else torch.zeros(0, k, dtype=torch.int32, device=self.device)
         return out
 
 
 def offline_expansions(g, ks: Mapping[str, int], backend: str = "torch", device: str = "cpu", seed: int = 0,
-                       retries: int = 3, batch_size: int = 65536, progress: bool = False) -> Dict[str, np.ndarray]:
+                       retries: int = 3, batch_size: int = 65536, progress: bool = False,
+                       oversample: int = 1) -> Dict[str, np.ndarray]:
     """Every metapath with ``ks[name] > 0`` for every node of its seed type: ``{name: [N, K] int32}``."""
-    drawn = ExpansionSampler(g, ks, backend, device, retries, batch_size).draw(seed, progress)
+    drawn = ExpansionSampler(g, ks, backend, device, retries, batch_size, oversample).draw(seed, progress)
     return {name: t.cpu().numpy() for name, t in drawn.items()}
 
 

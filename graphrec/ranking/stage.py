@@ -291,7 +291,8 @@ def expansion_redraws(cfg: Config, graphs, metapaths, device: str):
     from ..gie.metapath import ExpansionSampler
 
     ks = {m: cfg.expansion[f"k_{m}"] for m in metapaths}
-    samplers = [ExpansionSampler(g, ks, "torch", device, cfg.expansion.retries) for g in graphs]
+    samplers = [ExpansionSampler(g, ks, "torch", device, cfg.expansion.retries, oversample=cfg.expansion.oversample)
+                for g in graphs]
 
     def draw(epoch: int):
         drawn = [s.draw(epoch_seed(cfg.run.seed + 1, epoch) + j) for j, s in enumerate(samplers)]

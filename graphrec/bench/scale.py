@@ -92,7 +92,7 @@ def learning_curve(preset: str, overrides: List[str], sizes: List[int], models: 
     points = []
     for model in models:
         for n in sizes:
-            log(f"learning curve: {model} on {'every' if n == 0 else f'{n:,}'} training impressions")
+            log(f"learning curve: {model} on {'every training impression' if n == 0 else f'{n:,} training impressions'}")
             res = run(preset, list(overrides) + ABLATIONS[model] + ["ranker.epochs=1"], n, workdir, cfg, log)
             test = res["ranker"]["test"]
             points.append({"model": model, "train_impressions": res["ranker_sample"],

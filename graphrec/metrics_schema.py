@@ -12,6 +12,9 @@ functions, so both files have the same keys (``tests/test_dist.py`` compares the
   distributed run runs those in its partition step, which keeps the entries in ``prepared.json``
   (:data:`PARTITION_STEP_ENTRIES`) for the trainers to copy;
 * ``graphcl``: :func:`graphcl_entry` (the standalone stage, in a run or a partition step, or the trainers);
+* ``stage_cache``: ``{stage: file}`` for each pre-training stage whose output an earlier run had cached
+  (:func:`graphrec.stage.cached_stage_output`), ``{}`` when every stage trained; a distributed run copies its
+  partition step's;
 * ``ranker``: :func:`ranker_entry`;
 * ``eval``: :mod:`graphrec.evaluation`'s schema (``record``; ``evaluate_distributed`` on the trainers);
 * ``stages``: one :func:`stage_row` per stage (a distributed run: per step of its trainers);
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 # the entries a distributed run takes from its partition step (which runs those stages standalone)
-PARTITION_STEP_ENTRIES = ("graph", "expansion", "graphcl", "stat_forecast", "product_forecast")
+PARTITION_STEP_ENTRIES = ("graph", "expansion", "graphcl", "stat_forecast", "product_forecast", "stage_cache")
 
 
 def run_entry(cfg, run_dir: Path, device: str, distributed: bool = False) -> Dict[str, Any]:

@@ -90,6 +90,7 @@ def run(cfg: Config, config_file: Optional[str] = None, run_dir: Optional[Path] 
                      progress=cfg.run.progress and sys.stderr.isatty())
     ctx.metrics["run"] = run_entry(cfg, run_dir, device)
     ctx.metrics["config_file"] = config_file
+    ctx.metrics["stage_cache"] = {}         # filled by the stages that reuse an earlier run's output
     ctx.state["resume"] = resume
     writer.add_text("config", "```yaml\n" + cfg.to_yaml() + "```", 0)
     log.info("%s run folder %s (device %s)", "resuming in" if resume else "new", run_dir, device)

@@ -156,7 +156,7 @@ def test_scale_learning_curve_one_run_per_point_sharing_the_pretraining(tmp_path
         assert p["popularity"]["gauc"] == m["eval"]["test"]["popularity"]["gift"]["gauc"]
     metrics = [json.loads((Path(p["run_dir"]) / "metrics.json").read_text()) for p in points]
     assert [m["ranker"]["model"] for m in metrics] == ["mmbee", "mmbee", "din", "din"]
-    assert "stage_cache" not in metrics[0] and set(metrics[1]["stage_cache"]) == {"graphcl", "stat_forecast",
+    assert metrics[0]["stage_cache"] == {} and set(metrics[1]["stage_cache"]) == {"graphcl", "stat_forecast",
                                                                                    "product_forecast"}
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out

@@ -86,13 +86,15 @@ def stage_cache_file(ctx: RunContext, stage: str, sections: Sequence[str],
 
     The name hashes everything the output depends on: the dataset folder (named by its own inputs'
     fingerprint), the ``data`` section (the split) and the stage's ``sections``, the seed, bf16 autocast,
-    the device type, :func:`code_digest` and ``extra`` (e.g. the graph's fingerprint). None also for a
+    the device type, :func:`code_digest`, the PyTorch and NumPy versions (a second environment on another
+    PyTorch shares the cache folder) and ``extra`` (e.g. the graph's fingerprint). None also for a
     dataset held in memory only (no folder to name it by)."""
     if not ctx.cfg.run.stage_cache or ctx.dataset.path is None:
         return None
     key = {"stage": stage, "dataset": str(Path(ctx.dataset.path).resolve()),
            "config": {s: dict(ctx.cfg[s]) for s in ("data", *sections)}, "seed": ctx.cfg.run.seed,
            "amp": ctx.cfg.run.amp, "device": torch.device(ctx.device).type, "code": code_digest(),
+           "torch": torch.__version__, "numpy": np.__version__,
            "extra": dict(extra or {})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(ctx.cfg.data.cache_dir) / "stages" / f"{stage}-{digest}.pt"

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
-import torch
 
 from .config import Config
 from .data.dataset import Dataset, atomic_write_text
@@ -89,6 +88,8 @@ def stage_cache_file(ctx: RunContext, stage: str, sections: Sequence[str],
     the device type, :func:`code_digest`, the PyTorch and NumPy versions (a second environment on another
     PyTorch shares the cache folder) and ``extra`` (e.g. the graph's fingerprint). None also for a
     dataset held in memory only (no folder to name it by)."""
+    import torch
+
     if not ctx.cfg.run.stage_cache or ctx.dataset.path is None:
         return None
     key = {"stage": stage, "dataset": str(Path(ctx.dataset.path).resolve()),

@@ -249,9 +249,40 @@ class GraphCLStage(Stage):
 
 
 # ----------------------------------------------------------------------------- foresight
-class StatForecastStage(Stage):
+class ForecasterStage(Stage):
+    """A LiveForesighter forecaster's stage: trained (or read from the stage cache), its entry in the metrics, its
+    checkpoint in the run folder (:data:`graphrec.reload.FORECASTER_CHECKPOINTS`) and, read back from that
+    checkpoint, the model the ranker uses, so a trained and a cached forecaster are the same model."""
+
+    state_key = ""                     # the artifact name graphrec.ranking.stage.build_ranker reads
+
+    def run(self, ctx: RunContext) -> None:
+        from .checkpoint import save_checkpoint
+        from .reload import FORECASTER_CHECKPOINTS
+
+        out = cached_stage_output(ctx, self.name, (self.section,), lambda: self.train(ctx))
+        m = json.loads(out["metrics"])
+        ctx.metrics[self.name] = m
+        self.report(ctx, m)
+        path = save_checkpoint(ctx.run_dir / FORECASTER_CHECKPOINTS[self.name], out["checkpoint"])
+        ctx.state[self.state_key] = self.model_class().from_checkpoint(path)
+
+    def train(self, ctx: RunContext) -> Dict[str, Any]:
+        """``{"checkpoint": the trained model's checkpoint, "metrics": its entry as JSON}``."""
+        raise NotImplementedError
+
+    def report(self, ctx: RunContext, m: Dict[str, Any]) -> None:
+        """The held-out result in TensorBoard and the log."""
+        raise NotImplementedError
+
+    def model_class(self):
+        raise NotImplementedError
+
+
+class StatForecastStage(ForecasterStage):
     name = "stat_forecast"
     section = "stat_forecast"
+    state_key = "stat_forecaster"
     summary = "pre-train LiveForesighter's statistic forecaster (RevIN + iTransformer)"
 
     def missing_inputs(self, ctx: RunContext) -> Optional[str]:
@@ -261,23 +292,7 @@ class StatForecastStage(Stage):
             return "the dataset has no statistic sequences"
         return stat_forecast_shortage(ctx.dataset, ctx.cfg.stat_forecast, ctx.cfg.run.seed)
 
-    def run(self, ctx: RunContext) -> None:
-        from .checkpoint import save_checkpoint
-        from .models.stat_forecaster import StatForecaster
-
-        out = cached_stage_output(ctx, self.name, ("stat_forecast",), lambda: self.train(ctx))
-        m = json.loads(out["metrics"])
-        ctx.metrics["stat_forecast"] = m
-        summary_text(ctx.writer, "stat_forecast/summary", {f"held-out MSE, {k}": v for k, v in m["mse"].items()})
-        ctx.log.info("statistic forecast MSE (%s) on %d held-out rooms: model %.4f, mean value %.4f, "
-                     "latest value %.4f", m["space"], m["heldout_rooms"], m["mse"]["model"],
-                     m["mse"]["mean_value"], m["mse"]["latest_value"])
-        path = save_checkpoint(ctx.run_dir / "checkpoints" / "stat_forecast.pt", out["checkpoint"])
-        ctx.state["stat_forecaster"] = StatForecaster.from_checkpoint(path)   # the same model, trained or cached
-
-    @staticmethod
-    def train(ctx: RunContext) -> Dict[str, Any]:
-        """``{"checkpoint": the trained model's checkpoint, "metrics": its entry as JSON}``."""
+    def train(self, ctx: RunContext) -> Dict[str, Any]:
         from .foresight import train_stat_forecaster
 
         sec = ctx.cfg.stat_forecast
@@ -286,10 +301,22 @@ class StatForecastStage(Stage):
         features = ctx.dataset.meta.get("stats", {}).get("features", [])
         return {"checkpoint": result.model.checkpoint(sec, features), "metrics": json.dumps(result.metrics, default=jsonable)}
 
+    def report(self, ctx: RunContext, m: Dict[str, Any]) -> None:
+        summary_text(ctx.writer, "stat_forecast/summary", {f"held-out MSE, {k}": v for k, v in m["mse"].items()})
+        ctx.log.info("statistic forecast MSE (%s) on %d held-out rooms: model %.4f, mean value %.4f, "
+                     "latest value %.4f", m["space"], m["heldout_rooms"], m["mse"]["model"],
+                     m["mse"]["mean_value"], m["mse"]["latest_value"])
 
-class ProductForecastStage(Stage):
+    def model_class(self):
+        from .models.stat_forecaster import StatForecaster
+
+        return StatForecaster
+
+
+class ProductForecastStage(ForecasterStage):
     name = "product_forecast"
     section = "product_forecast"
+    state_key = "product_forecaster"
     summary = "pre-train LiveForesighter's product forecaster (causal Transformer, next fine category)"
 
     def missing_inputs(self, ctx: RunContext) -> Optional[str]:
@@ -299,24 +326,7 @@ class ProductForecastStage(Stage):
             return "the dataset has no product sequences"
         return product_forecast_shortage(ctx.dataset, ctx.cfg.product_forecast, ctx.cfg.run.seed)
 
-    def run(self, ctx: RunContext) -> None:
-        from .checkpoint import save_checkpoint
-        from .models.product_forecaster import ProductForecaster
-
-        out = cached_stage_output(ctx, self.name, ("product_forecast",), lambda: self.train(ctx))
-        m = json.loads(out["metrics"])
-        ctx.metrics["product_forecast"] = m
-        summary_text(ctx.writer, "product_forecast/summary",
-                     {f"held-out hit rate, {k}": v for k, v in m["hit_rate"].items()})
-        ctx.log.info("next-category hit rate on %d held-out shopping rooms: model %.4f, most frequent %.4f, "
-                     "latest %.4f", m["heldout_rooms"], m["hit_rate"]["model"],
-                     m["hit_rate"]["most_frequent_category"], m["hit_rate"]["latest_category"])
-        path = save_checkpoint(ctx.run_dir / "checkpoints" / "product_forecast.pt", out["checkpoint"])
-        ctx.state["product_forecaster"] = ProductForecaster.from_checkpoint(path)   # the same model, trained or cached
-
-    @staticmethod
-    def train(ctx: RunContext) -> Dict[str, Any]:
-        """``{"checkpoint": the trained model's checkpoint, "metrics": its entry as JSON}``."""
+    def train(self, ctx: RunContext) -> Dict[str, Any]:
         from .foresight import train_product_forecaster
 
         sec = ctx.cfg.product_forecast
@@ -324,6 +334,18 @@ class ProductForecastStage(Stage):
                                           ctx.log.debug, ctx.cfg.run.amp)
         return {"checkpoint": result.model.checkpoint(sec, ctx.dataset.meta["products"]),
                 "metrics": json.dumps(result.metrics, default=jsonable)}
+
+    def report(self, ctx: RunContext, m: Dict[str, Any]) -> None:
+        summary_text(ctx.writer, "product_forecast/summary",
+                     {f"held-out hit rate, {k}": v for k, v in m["hit_rate"].items()})
+        ctx.log.info("next-category hit rate on %d held-out shopping rooms: model %.4f, most frequent %.4f, "
+                     "latest %.4f", m["heldout_rooms"], m["hit_rate"]["model"],
+                     m["hit_rate"]["most_frequent_category"], m["hit_rate"]["latest_category"])
+
+    def model_class(self):
+        from .models.product_forecaster import ProductForecaster
+
+        return ProductForecaster
 
 
 # ----------------------------------------------------------------------------- baselines
